@@ -1,0 +1,1 @@
+"""Transfer-learning pipeline: prepare -> train -> evaluate, driven by DVC."""

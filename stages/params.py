@@ -1,0 +1,180 @@
+"""Read params.yaml into typed, validated objects.
+
+Every stage goes through `load_params()`, so a typo or a wrong type is reported once, with
+the key's full name and what to do, before any work starts. Unknown keys are rejected
+(with a close-match suggestion) because a silently ignored knob is worse than an error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from stages.errors import PipelineError
+
+STRATEGIES = ("feature_extract", "fine_tune", "full_tune", "auto")
+CLASS_WEIGHTING = ("none", "balanced")
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@dataclass(frozen=True)
+class DemoParams:
+    per_class: int = 50
+    size: int = 64
+
+
+@dataclass(frozen=True)
+class DataParams:
+    source: str = "data/demo"
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    image_size: int = 224
+
+
+@dataclass(frozen=True)
+class AugmentParams:
+    hflip: bool = True
+    min_scale: float = 0.6
+    feature_views: int = 4
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    batch_size: int = 64
+    bootstrap: int = 1000
+
+
+@dataclass(frozen=True)
+class Params:
+    model_name: str = "tf_efficientnet_lite0"
+    weights: str = "default"
+    strategy: str = "feature_extract"
+    freeze_layers: int = 5
+    num_epochs: int = 15
+    patience: int = 4
+    lr: float = 1e-3
+    lr_decay: float = 0.5
+    weight_decay: float = 1e-4
+    batch_size: int = 32
+    seed: int = 42
+    label_smoothing: float = 0.0
+    class_weighting: str = "none"
+    precision: str = "auto"
+    augment: AugmentParams = field(default_factory=AugmentParams)
+    data: DataParams = field(default_factory=DataParams)
+    demo: DemoParams = field(default_factory=DemoParams)
+    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+
+
+def _suggest(key: str, choices: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(key, list(choices), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _coerce(value, kind, key: str):
+    """Check one scalar against its declared type; ints are accepted where floats are."""
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif kind is str:
+        if isinstance(value, str):
+            return value
+    raise PipelineError(
+        f"params.yaml: '{key}' must be {kind.__name__}, got {value!r}; fix the value in params.yaml"
+    )
+
+
+def _build(cls, raw, prefix: str = ""):
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise PipelineError(f"params.yaml: '{prefix.rstrip('.')}' must be a mapping of keys")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    values = {}
+    for key, value in raw.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            raise PipelineError(
+                f"params.yaml: unknown key '{full}'{_suggest(str(key), names)}; "
+                f"known keys here: {', '.join(names)}"
+            )
+        kind = hints[key]
+        if dataclasses.is_dataclass(kind):
+            values[key] = _build(kind, value, prefix=f"{full}.")
+        else:
+            values[key] = _coerce(value, kind, full)
+    return cls(**values)
+
+
+def _check_choice(value: str, choices, key: str) -> None:
+    if value not in choices:
+        raise PipelineError(
+            f"params.yaml: '{key}' is '{value}'{_suggest(value, choices)}; "
+            f"choose one of: {', '.join(choices)}"
+        )
+
+
+def _check_range(ok: bool, key: str, rule: str, value) -> None:
+    if not ok:
+        raise PipelineError(f"params.yaml: '{key}' must be {rule}, got {value!r}")
+
+
+def validate(p: Params) -> Params:
+    _check_choice(p.strategy, STRATEGIES, "strategy")
+    _check_choice(p.class_weighting, CLASS_WEIGHTING, "class_weighting")
+    _check_choice(p.precision, PRECISIONS, "precision")
+    _check_range(p.num_epochs > 0, "num_epochs", "> 0", p.num_epochs)
+    _check_range(p.patience > 0, "patience", "> 0", p.patience)
+    _check_range(p.batch_size > 0, "batch_size", "> 0", p.batch_size)
+    _check_range(p.freeze_layers >= 0, "freeze_layers", ">= 0", p.freeze_layers)
+    _check_range(p.lr > 0, "lr", "> 0", p.lr)
+    _check_range(0 < p.lr_decay <= 1, "lr_decay", "in (0, 1]", p.lr_decay)
+    _check_range(p.weight_decay >= 0, "weight_decay", ">= 0", p.weight_decay)
+    _check_range(0 <= p.label_smoothing < 1, "label_smoothing", "in [0, 1)", p.label_smoothing)
+    _check_range(p.augment.feature_views >= 1, "augment.feature_views", ">= 1", p.augment.feature_views)
+    _check_range(0 < p.augment.min_scale <= 1, "augment.min_scale", "in (0, 1]", p.augment.min_scale)
+    d = p.data
+    _check_range(0 < d.val_fraction < 1, "data.val_fraction", "in (0, 1)", d.val_fraction)
+    _check_range(0 <= d.test_fraction < 1, "data.test_fraction", "in [0, 1)", d.test_fraction)
+    _check_range(
+        d.val_fraction + d.test_fraction < 1,
+        "data.val_fraction + data.test_fraction", "< 1", d.val_fraction + d.test_fraction,
+    )
+    _check_range(d.image_size >= 16, "data.image_size", ">= 16", d.image_size)
+    _check_range(bool(d.source.strip()), "data.source", "a directory path", d.source)
+    _check_range(p.demo.per_class >= 3, "demo.per_class", ">= 3", p.demo.per_class)
+    _check_range(p.demo.size >= 8, "demo.size", ">= 8", p.demo.size)
+    _check_range(p.evaluate.batch_size > 0, "evaluate.batch_size", "> 0", p.evaluate.batch_size)
+    _check_range(p.evaluate.bootstrap >= 0, "evaluate.bootstrap", ">= 0", p.evaluate.bootstrap)
+    return p
+
+
+def parse_params(raw: dict) -> Params:
+    return validate(_build(Params, raw))
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(f"{path}: not found; run the stage from the repository root")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise PipelineError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    return parse_params(raw or {})
+
+
+def as_dict(p: Params) -> dict:
+    return dataclasses.asdict(p)

@@ -1,0 +1,189 @@
+"""Stage `prepare`: data.source (an ImageFolder) -> data/prepared/<split>/<class>/... + manifest.
+
+A source holding train/ and val/ (and optionally test/) folders is used as split; otherwise a
+stratified, seeded split is made. Writes metrics/data.json: counts per class and split,
+skipped files with reasons, duplicates and label conflicts.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import shutil
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+from stages import data as D
+from stages.errors import PipelineError, run_main
+from stages.fileio import write_json
+from stages.params import load_params
+
+OUT_DIR = Path("data/prepared")
+REPORT = Path("metrics/data.json")
+
+
+def _load_folder(root: Path, prefix: str, image_size: int, skipped: list):
+    """Decode every image below an ImageFolder root: ({class: [record]}, class names)."""
+    classes, files, ignored = D.list_class_folder(root)
+    skipped.extend({"file": f"{prefix}{f}", "reason": r} for f, r in ignored)
+    records = defaultdict(list)
+    for path, label in files:
+        rel = path.relative_to(root).as_posix()
+        try:
+            img = D.load_rgb(path)
+        except D.BadImage as exc:
+            skipped.append({"file": f"{prefix}{rel}", "reason": str(exc)})
+            continue
+        pixel_hash = D.sha256_bytes(f"{img.size}".encode() + img.tobytes())
+        stored = D.bounded(img, image_size)
+        blob, ext = D.encode(stored, path.suffix)
+        within = path.relative_to(root / label).with_suffix("")
+        records[label].append({"rel": f"{prefix}{rel}", "label": label, "sha256": pixel_hash,
+                               "stem": "__".join(within.parts),
+                               "blob": blob, "ext": ext, "size": img.size})
+    return records, classes
+
+
+def _check_classes(records: dict, classes: list, where: str) -> list[str]:
+    empty = [c for c in classes if not records.get(c)]
+    for c in empty:
+        print(f"warning: {where}class folder '{c}' has no usable images; it is left out",
+              file=sys.stderr)
+    usable = [c for c in classes if records.get(c)]
+    if len(usable) < 2:
+        raise PipelineError(f"data.source {where or '.'}: {len(usable)} class folder(s) with images "
+                            f"({', '.join(usable) or 'none'}); a classifier needs at least 2 "
+                            f"(one sub-folder of images per class)")
+    return empty
+
+
+def collect(source: Path, val_fraction: float, test_fraction: float, seed: int, image_size: int):
+    """({split: [record]}, classes, report extras)."""
+    skipped: list[dict] = []
+    given = D.given_split_dirs(source)
+    if given:
+        per_split, class_sets = {}, {}
+        for split, folder in given.items():
+            records, _ = _load_folder(folder, f"{split}/", image_size, skipped)
+            per_split[split] = [r for c in sorted(records) for r in records[c]]
+            class_sets[split] = sorted(c for c in records if records[c])
+        train_classes = class_sets["train"]
+        if len(train_classes) < 2:
+            raise PipelineError(f"data.source {source}/train: fewer than 2 class folders with images")
+        for split, names in class_sets.items():
+            if names != train_classes:
+                extra = sorted(set(names) ^ set(train_classes))
+                raise PipelineError(
+                    f"data.source {source}/{split}: classes differ from train/ ({', '.join(extra)}); "
+                    f"every split needs the same class folders")
+        return per_split, train_classes, {"split_given": True, "skipped": skipped}
+    records, classes = _load_folder(source, "", image_size, skipped)
+    empty = _check_classes(records, classes, "")
+    classes = [c for c in classes if c not in empty]
+    items, by_rel = [], {}
+    for c in classes:
+        for r in records[c]:
+            items.append(D.Item(r["rel"], c, r["sha256"]))
+            by_rel[r["rel"]] = r
+    splits = D.stratified_split(items, val_fraction, test_fraction, seed)
+    per_split = {s: [by_rel[it.rel] for it in v] for s, v in splits.items() if v}
+    return per_split, classes, {"split_given": False, "skipped": skipped,
+                                "empty_classes": empty}
+
+
+def duplicates_report(per_split: dict) -> dict:
+    """Identical images (same decoded pixels): groups, cross-split leaks, label conflicts."""
+    by_hash = defaultdict(list)
+    for split, records in per_split.items():
+        for r in records:
+            by_hash[r["sha256"]].append((split, r["label"], r["rel"]))
+    groups = [sorted(v) for v in by_hash.values() if len(v) > 1]
+    conflicts = [[rel for _, _, rel in g] for g in groups if len({lab for _, lab, _ in g}) > 1]
+    leaks = [[f"{s}:{rel}" for s, _, rel in g] for g in groups if len({s for s, _, _ in g}) > 1]
+    return {"duplicate_groups": len(groups),
+            "duplicate_files": sum(len(g) - 1 for g in groups),
+            "label_conflicts": sorted(conflicts),
+            "cross_split_duplicates": sorted(leaks)}
+
+
+def write_prepared(per_split: dict, out_dir: Path) -> list[dict]:
+    """Write images + manifest into a temp dir, then swap it in (never half-written)."""
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    rows = []
+    for split in D.SPLITS:
+        used = set()
+        for r in per_split.get(split, []):
+            stem = r["stem"]
+            name = f"{stem}{r['ext']}"
+            if (r["label"], name) in used:
+                name = f"{stem}-{r['sha256'][:8]}{r['ext']}"
+            used.add((r["label"], name))
+            rel_out = f"{split}/{r['label']}/{name}"
+            target = tmp / rel_out
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(r["blob"])
+            rows.append({"file": rel_out, "source": r["rel"], "class": r["label"], "split": split,
+                         "sha256": r["sha256"], "width": r["size"][0], "height": r["size"][1]})
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    (tmp / D.MANIFEST).write_text(buf.getvalue(), encoding="utf-8")
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+    return rows
+
+
+def build_report(rows: list[dict], classes: list, extras: dict, dups: dict) -> dict:
+    counts = {s: {c: 0 for c in classes} for s in D.SPLITS}
+    for r in rows:
+        counts[r["split"]][r["class"]] += 1
+    counts = {s: v for s, v in counts.items() if sum(v.values())}
+    totals = {c: sum(counts[s][c] for s in counts) for c in classes}
+    widths = sorted(int(r["width"]) for r in rows)
+    heights = sorted(int(r["height"]) for r in rows)
+    mid = len(rows) // 2
+    return {
+        "n_images": len(rows),
+        "n_classes": len(classes),
+        **{f"n_{s}": sum(v.values()) for s, v in counts.items()},
+        "imbalance_ratio": round(max(totals.values()) / max(1, min(totals.values())), 3),
+        "n_skipped": len(extras["skipped"]),
+        "split_given": extras["split_given"],
+        "image_size_px": {"min": [widths[0], heights[0]], "median": [widths[mid], heights[mid]],
+                          "max": [widths[-1], heights[-1]]},
+        "per_split_class": counts,
+        "duplicates": dups,
+        "empty_classes": extras.get("empty_classes", []),
+        "skipped": extras["skipped"],
+    }
+
+
+def main(argv=None) -> None:
+    params = load_params()
+    source = D.check_source(params.data.source)
+    per_split, classes, extras = collect(source, params.data.val_fraction,
+                                         params.data.test_fraction, params.seed,
+                                         params.data.image_size)
+    dups = duplicates_report(per_split)
+    rows = write_prepared(per_split, OUT_DIR)
+    report = build_report(rows, classes, extras, dups)
+    write_json(REPORT, report)
+    sizes = ", ".join(f"{s} {report.get(f'n_{s}', 0)}" for s in D.SPLITS)
+    print(f"prepare: {len(rows)} images, {len(classes)} classes ({sizes}); "
+          f"{report['n_skipped']} skipped, {dups['duplicate_files']} duplicate file(s)")
+    for s in extras["skipped"]:
+        print(f"  skipped {s['file']}: {s['reason']}", file=sys.stderr)
+    for pair in dups["label_conflicts"]:
+        print(f"warning: the same image is labelled differently: {' vs '.join(pair)}", file=sys.stderr)
+    for leak in dups["cross_split_duplicates"]:
+        print(f"warning: identical images in different splits (leakage): {', '.join(leak)}",
+              file=sys.stderr)
+
+
+if __name__ == "__main__":
+    run_main(main)
