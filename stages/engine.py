@@ -132,7 +132,7 @@ def fit(model: nn.Module, optimizer, train_loader, val_loader, normalizer: Norma
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total_loss += float(loss) * len(targets)
+            total_loss += float(loss.detach()) * len(targets)
             correct += int((logits.argmax(1) == targets).sum())
             seen += len(targets)
         val_logits, val_labels = predict_logits(model, val_loader, normalizer, rt, desc="val")
@@ -160,7 +160,7 @@ def fit_head(head: nn.Linear, train_features: torch.Tensor, train_labels: torch.
              val_features: torch.Tensor, val_labels: torch.Tensor, optimizer, cfg: FitConfig,
              generator: torch.Generator, log: EpochLogger | None = None) -> FitResult:
     """Train the head on cached features. train_features is [views, N, D]: each epoch every
-    image contributes one of its views, drawn at random (view 0 is the un-augmented one)."""
+    image contributes all its views (view 0 is the un-augmented one), shuffled together."""
     device = next(head.parameters()).device
     train_features, train_labels = train_features.to(device), train_labels.to(device)
     val_features, val_labels = val_features.to(device), val_labels.to(device)
@@ -174,24 +174,23 @@ def fit_head(head: nn.Linear, train_features: torch.Tensor, train_labels: torch.
     epoch = 0
     for epoch in range(1, cfg.num_epochs + 1):
         head.train()
-        order = torch.randperm(n, generator=generator)
-        view = torch.randint(views, (n,), generator=generator)
+        order = torch.randperm(views * n, generator=generator)  # every view of every image
         total_loss, correct = 0.0, 0
-        for start in range(0, n, cfg.batch_size):
+        for start in range(0, views * n, cfg.batch_size):
             idx = order[start:start + cfg.batch_size]
-            x = train_features[view[idx], idx]
-            y = train_labels[idx]
+            x = train_features[idx // n, idx % n]
+            y = train_labels[idx % n]
             logits = head(x)
             loss = loss_fn(logits, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total_loss += float(loss) * len(idx)
+            total_loss += float(loss.detach()) * len(idx)
             correct += int((logits.argmax(1) == y).sum())
         head.eval()
         with torch.inference_mode():
             val_loss, val_acc = _scores(head(val_features).cpu(), val_labels.cpu())
-        _log_epoch(epoch, {"train_loss": total_loss / n, "train_accuracy": correct / n,
+        _log_epoch(epoch, {"train_loss": total_loss / (views * n), "train_accuracy": correct / (views * n),
                            "val_loss": val_loss, "val_accuracy": val_acc}, history, log,
                    optimizer.param_groups[0]["lr"])
         scheduler.step(val_acc)

@@ -57,7 +57,7 @@ class Params:
     freeze_layers: int = 5
     num_epochs: int = 15
     patience: int = 4
-    lr: float = 1e-3
+    lr: float = 3e-3
     lr_decay: float = 0.5
     weight_decay: float = 1e-4
     batch_size: int = 32
