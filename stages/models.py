@@ -374,7 +374,8 @@ def load_model_file(path) -> LoadedModel:
 
 
 # ------------------------------------------------------------------ CLI
-def describe(model_name: str, out=sys.stdout) -> None:
+def describe(model_name: str, out=None) -> None:
+    out = out or sys.stdout
     family, bare = resolve_family(model_name)
     model = create_architecture(family, bare)
     head_name = find_head(model)

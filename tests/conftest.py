@@ -1,0 +1,97 @@
+"""Shared fixtures: tiny real images and a throwaway copy of the pipeline repository."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+# What a user's clone holds that the pipeline needs (code, graph, params, ignore rules).
+REPO_FILES = ["stages", "dvc.yaml", "params.yaml", ".gitignore", ".dvcignore",
+              "data/.gitignore", "metrics/.gitignore", "models/.gitignore"]
+
+
+def digit_images(per_class: int, classes=(0, 1, 2), size: int = 32):
+    """Real scans (scikit-learn digits) as RGB PIL images: [(class name, image)]."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    out = []
+    for digit in classes:
+        for index in np.flatnonzero(digits.target == digit)[:per_class]:
+            pixels = np.round(255 * np.pad(digits.images[index] / 16.0, 2)).astype(np.uint8)
+            img = Image.fromarray(pixels, "L").resize((size, size), Image.Resampling.BICUBIC)
+            out.append((f"digit{digit}", img.convert("RGB")))
+    return out
+
+
+def write_image_folder(root: Path, per_class: int = 8, classes=(0, 1, 2), size: int = 32) -> Path:
+    counters = {}
+    for label, img in digit_images(per_class, classes, size):
+        counters[label] = counters.get(label, 0) + 1
+        (root / label).mkdir(parents=True, exist_ok=True)
+        img.save(root / label / f"img{counters[label]:03d}.png")
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path) -> Path:
+    return write_image_folder(tmp_path / "images")
+
+
+def run(cmd, cwd, check=True, env=None):
+    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(map(str, cmd))} failed ({result.returncode}):\n"
+                             f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+TINY = {  # a configuration that runs the whole graph in well under a minute
+    "demo": {"per_class": 6, "size": 16},
+    "data": {"image_size": 32},
+    "num_epochs": 2,
+    "augment": {"feature_views": 2},
+    "evaluate": {"bootstrap": 20},
+}
+
+
+def merge(base: dict, changes: dict) -> dict:
+    out = dict(base)
+    for key, value in changes.items():
+        out[key] = merge(out.get(key, {}), value) if isinstance(value, dict) else value
+    return out
+
+
+def make_repo(dest: Path, params: dict | None = None) -> Path:
+    """A git + DVC repository holding the pipeline, with params.yaml overridden."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in REPO_FILES:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+        elif src.exists():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name)
+    base = yaml.safe_load((REPO / "params.yaml").read_text())
+    (dest / "params.yaml").write_text(yaml.safe_dump(merge(base, merge(TINY, params or {})),
+                                                     sort_keys=False))
+    run(["git", "init", "-q"], dest)
+    run(["git", "config", "user.email", "test@example.com"], dest)
+    run(["git", "config", "user.name", "test"], dest)
+    run(["dvc", "init", "-q"], dest)
+    run(["dvc", "config", "core.analytics", "false"], dest)
+    run(["git", "add", "-A"], dest)
+    run(["git", "commit", "-qm", "pipeline"], dest)
+    return dest
+
+
+@pytest.fixture
+def pipeline_repo(tmp_path) -> Path:
+    return make_repo(tmp_path / "repo")

@@ -1,0 +1,80 @@
+"""Scanning, decoding and splitting images."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+from PIL import Image
+
+from stages import data as D
+from stages.errors import PipelineError
+
+
+def items(per_class: dict) -> list[D.Item]:
+    return [D.Item(f"{label}/{i}.png", label, f"{label}-{i}") for label, n in per_class.items()
+            for i in range(n)]
+
+
+def test_split_is_stratified_deterministic_and_disjoint():
+    source = items({"a": 40, "b": 20, "c": 11})
+    first = D.stratified_split(source, 0.15, 0.15, seed=7)
+    again = D.stratified_split(source, 0.15, 0.15, seed=7)
+    other = D.stratified_split(source, 0.15, 0.15, seed=8)
+    assert first == again
+    assert first != other
+    files = [it.rel for split in first.values() for it in split]
+    assert sorted(files) == sorted(it.rel for it in source)  # each file in exactly one split
+    for label, n in {"a": 40, "b": 20, "c": 11}.items():
+        counts = Counter(s for s, v in first.items() for it in v if it.label == label)
+        assert counts["val"] == max(1, round(n * 0.15)) and counts["test"] == max(1, round(n * 0.15))
+        assert counts["train"] == n - counts["val"] - counts["test"]
+
+
+def test_identical_images_stay_in_one_split():
+    source = items({"a": 30, "b": 30})
+    twins = [D.Item(f"a/copy{i}.png", "a", "a-3") for i in range(4)]  # same content as a/3.png
+    split = D.stratified_split(source + twins, 0.2, 0.2, seed=0)
+    where = {s for s, v in split.items() for it in v if it.sha256 == "a-3"}
+    assert len(where) == 1
+
+
+def test_too_small_class_is_a_clear_error():
+    with pytest.raises(PipelineError, match="class 'b' has 2 distinct image"):
+        D.stratified_split(items({"a": 10, "b": 2}), 0.2, 0.2, seed=0)
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    img = Image.new("RGB", (40, 20), "red")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
+    path = tmp_path / "rotated.jpg"
+    img.save(path, exif=exif.tobytes())
+    assert D.load_rgb(path).size == (20, 40)
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P", "L", "I;16", "CMYK"])
+def test_modes_become_rgb(tmp_path, mode):
+    img = Image.new(mode, (8, 8))
+    path = tmp_path / ("x.tif" if mode == "CMYK" else "x.png")
+    img.save(path)
+    assert D.load_rgb(path).mode == "RGB"
+
+
+def test_non_image_raises_bad_image(tmp_path):
+    path = tmp_path / "notes.jpg"
+    path.write_text("not a picture")
+    with pytest.raises(D.BadImage, match="not an image"):
+        D.load_rgb(path)
+
+
+def test_bounded_never_enlarges():
+    assert D.bounded(Image.new("RGB", (1000, 500)), 224).size == (560, 280)
+    assert D.bounded(Image.new("RGB", (64, 48)), 224).size == (64, 48)
+
+
+def test_given_split_detected(tmp_path):
+    for split in ("train", "val"):
+        (tmp_path / split / "a").mkdir(parents=True)
+    assert set(D.given_split_dirs(tmp_path)) == {"train", "val"}
+    assert D.given_split_dirs(tmp_path / "train") is None

@@ -1,0 +1,77 @@
+"""End to end: the real `dvc repro` graph in a throwaway repository, on a tiny configuration."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import torch
+
+from conftest import run
+
+DECLARED_OUTPUTS = [
+    "data/demo", "data/prepared/manifest.csv", "metrics/data.json", "models/model.pt",
+    "metrics/train.json", "metrics/timing.json", "metrics/train_live/metrics.json",
+    "metrics/eval.json", "metrics/eval/confusion.csv", "metrics/eval/confusion.png",
+    "metrics/eval/predictions.csv", "metrics/classification_report.txt",
+]
+
+
+def read_json(path):
+    return json.loads(path.read_text())
+
+
+def test_repro_then_experiment(pipeline_repo):
+    repo = pipeline_repo
+    first = run(["dvc", "repro"], repo)
+    for name in DECLARED_OUTPUTS:
+        assert (repo / name).exists(), f"{name} missing after dvc repro\n{first.stdout}"
+
+    data = read_json(repo / "metrics/data.json")
+    train = read_json(repo / "metrics/train.json")
+    evaluation = read_json(repo / "metrics/eval.json")
+    with open(repo / "data/prepared/manifest.csv") as fh:
+        manifest = list(csv.DictReader(fh))
+    # 10 digit classes x 6 images, three-way split, every class in every split
+    assert data["n_images"] == len(manifest) == 60
+    assert {r["split"] for r in manifest} == {"train", "val", "test"}
+    assert evaluation["split"] == "test"
+    assert evaluation["n_images"] == data["n_test"] == sum(r["split"] == "test" for r in manifest)
+    assert 0.0 <= evaluation["accuracy"] <= 1.0
+    assert set(evaluation["per_class"]) == {str(d) for d in range(10)}
+    assert sum(c["support"] for c in evaluation["per_class"].values()) == evaluation["n_images"]
+    with open(repo / "metrics/eval/predictions.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert abs(sum(int(r["correct"]) for r in rows) / len(rows) - evaluation["accuracy"]) < 1e-6
+    # feature_extract: only the new 10-class head of lite0 (1280 features) trains
+    assert train["strategy"] == "feature_extract"
+    assert train["trainable_params"] == 1280 * 10 + 10
+    assert 1 <= train["best_epoch"] <= train["epochs_run"] <= 2
+    assert train["weights"]["source"] == "bundled"
+    model = torch.load(repo / "models/model.pt", weights_only=True)
+    assert model["class_names"] == [str(d) for d in range(10)]
+    assert model["preprocess"]["image_size"] == 32
+
+    second = run(["dvc", "repro"], repo)
+    assert "Running stage" not in second.stdout, second.stdout
+    assert "up to date" in run(["dvc", "status"], repo).stdout
+
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "baseline results"], repo)
+    exp = run(["dvc", "exp", "run", "-S", "strategy=full_tune"], repo)
+    assert "Running stage 'train'" in exp.stdout
+    assert "Running stage 'prepare'" not in exp.stdout  # data unchanged: cached
+    full = read_json(repo / "metrics/train.json")
+    assert full["strategy"] == "full_tune"
+    assert full["trainable_params"] == full["total_params"]
+    assert "up to date" in run(["dvc", "status"], repo).stdout
+    shown = run(["dvc", "exp", "show", "--csv"], repo).stdout
+    assert "full_tune" in shown and "accuracy" in shown
+
+
+def test_bad_param_is_one_line(pipeline_repo):
+    result = run(["dvc", "exp", "run", "-S", "strategy=fine_tunes"], pipeline_repo, check=False)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors and "did you mean 'fine_tune'" in errors[0], result.stderr
+    assert "Traceback" not in result.stderr

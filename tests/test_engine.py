@@ -1,0 +1,68 @@
+"""The fit loops: true best-epoch restore, frozen BatchNorm, early stopping."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from stages import engine as E
+from stages import models as M
+from stages.data import Normalizer
+from stages.runtime import Runtime
+
+
+def test_early_stopping_keeps_a_deep_copy():
+    layer = nn.Linear(2, 2)
+    stopper = E.EarlyStopping(patience=2)
+    stopper.update(1, 0.9, 0.1, layer)
+    saved = stopper.best_state["weight"].clone()
+    with torch.no_grad():
+        layer.weight.add_(1.0)  # later training must not leak into the saved best state
+    assert torch.equal(stopper.best_state["weight"], saved)
+    assert not stopper.update(2, 0.5, 0.2, layer)
+    assert stopper.update(3, 0.5, 0.2, layer)  # two epochs without improvement -> stop
+
+
+def test_best_epoch_weights_are_restored_not_the_last():
+    """Validation labels are the opposite of training labels, so validation accuracy is best
+    early and falls as the head learns: the returned head must be that early epoch's."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 8, generator=gen)
+    y = (x[:, 0] > 0).long()
+    head = nn.Linear(8, 2)
+    snapshots = {}
+
+    def log(epoch, row):
+        snapshots[epoch] = copy.deepcopy(head.state_dict())
+
+    cfg = E.FitConfig(num_epochs=8, patience=3, batch_size=16)
+    optimizer = torch.optim.SGD(head.parameters(), lr=0.5)
+    result = E.fit_head(head, x.unsqueeze(0), y, x, 1 - y, optimizer, cfg,
+                        torch.Generator().manual_seed(1), log)
+    assert result.best_epoch < result.epochs_run
+    final = head.state_dict()
+    assert all(torch.equal(final[k], snapshots[result.best_epoch][k]) for k in final)
+    assert not all(torch.equal(final[k], snapshots[result.epochs_run][k]) for k in final)
+    best_acc = max(r["val_accuracy"] for r in result.history)
+    assert result.best_val_accuracy == best_acc
+
+
+def test_frozen_batchnorm_statistics_do_not_change():
+    built = M.build_model("resnet18", 2, "none", seed=0)
+    model = built.model
+    frozen = M.apply_freezing(model, built.stages, 3)  # stem, layer1, layer2
+    before = {n: b.clone() for n, b in model.named_buffers() if "running_mean" in n}
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    labels = torch.tensor([0, 1] * 4)
+    loader = torch.utils.data.DataLoader(list(zip(images, labels)), batch_size=4)
+    groups = M.parameter_groups(model, built.stages, built.head_name, 0.01, 0.5, 0.0)
+    rt = Runtime(torch.device("cpu"), None)
+    E.fit(model, torch.optim.AdamW(groups), loader, loader, Normalizer((0.5,) * 3, (0.5,) * 3),
+          E.FitConfig(num_epochs=1, patience=1, batch_size=4), rt, frozen)
+    after = dict(model.named_buffers())
+    for name, value in before.items():
+        changed = not torch.equal(after[name], value)
+        in_frozen = name.startswith(("bn1", "layer1", "layer2"))
+        assert changed != in_frozen, name

@@ -1,0 +1,173 @@
+"""Backbones: head replacement, stages, strategies, layered learning rates, weights."""
+
+from __future__ import annotations
+
+import urllib.error
+
+import pytest
+import torch
+from torch import nn
+
+from stages import models as M
+from stages import weights as W
+from stages.errors import PipelineError
+
+ARCHITECTURES = ["resnet50", "vgg16", "mobilenet_v3_small", "efficientnet_b0", "convnext_tiny",
+                 "timm/resnet18", "timm/efficientnet_b0", "tf_efficientnet_lite0"]
+
+
+@pytest.fixture(scope="module", params=ARCHITECTURES)
+def built(request):
+    return M.build_model(request.param, num_classes=3, weights_spec="none", seed=0)
+
+
+def trainable_names(model):
+    return {n for n, p in model.named_parameters() if p.requires_grad}
+
+
+def head_names(built):
+    return {f"{built.head_name}.{n}" for n, _ in built.model.get_submodule(built.head_name).named_parameters()}
+
+
+def test_head_has_class_count(built):
+    head = built.model.get_submodule(built.head_name)
+    assert isinstance(head, nn.Linear) and head.out_features == 3
+    built.model.eval()
+    with torch.inference_mode():
+        assert built.model(torch.zeros(1, 3, 64, 64)).shape == (1, 3)
+
+
+def test_stages_cover_the_backbone_in_order(built):
+    stages = built.stages
+    assert len(stages) >= M.MIN_STAGES
+    ids = [id(p) for s in stages for p in s.parameters()]
+    assert len(ids) == len(set(ids)), "a parameter sits in two stages"
+    head = {id(p) for p in built.model.get_submodule(built.head_name).parameters()}
+    everything = {id(p) for p in built.model.parameters()}
+    assert set(ids) | head == everything
+
+
+def test_feature_extract_trains_only_the_head(built):
+    n = M.frozen_stage_count("feature_extract", 0, len(built.stages))
+    M.apply_freezing(built.model, built.stages, n)
+    assert trainable_names(built.model) == head_names(built)
+
+
+def test_full_tune_trains_everything(built):
+    M.apply_freezing(built.model, built.stages, M.frozen_stage_count("full_tune", 3, len(built.stages)))
+    assert all(p.requires_grad for p in built.model.parameters())
+
+
+@pytest.mark.parametrize("freeze", [0, 1, 3])
+def test_fine_tune_freezes_exactly_the_first_stages(built, freeze):
+    M.apply_freezing(built.model, built.stages, M.frozen_stage_count("fine_tune", freeze, len(built.stages)))
+    for i, stage in enumerate(built.stages):
+        flags = {p.requires_grad for p in stage.parameters()}
+        assert flags == ({False} if i < freeze else {True}), f"stage {i} {stage.name}"
+    assert all(p.requires_grad for p in built.model.get_submodule(built.head_name).parameters())
+
+
+def test_freeze_layers_out_of_range_is_clear(built):
+    with pytest.raises(PipelineError, match="freeze_layers.*stages"):
+        M.frozen_stage_count("fine_tune", len(built.stages), len(built.stages))
+
+
+def test_parameter_groups_carry_layered_learning_rates(built):
+    M.apply_freezing(built.model, built.stages, 2)
+    groups = M.parameter_groups(built.model, built.stages, built.head_name, lr=0.01,
+                                lr_decay=0.5, weight_decay=0.0)
+    assert groups[0]["name"] == "head" and groups[0]["lr"] == 0.01
+    n = len(built.stages)
+    by_name = {g["name"]: g["lr"] for g in groups}
+    for i, stage in enumerate(built.stages):
+        assert by_name[stage.name] == pytest.approx(0.01 * 0.5 ** (n - i))
+    stage_lrs = [by_name[stage.name] for stage in built.stages]
+    assert stage_lrs == sorted(stage_lrs) and stage_lrs[-1] < by_name["head"]  # head > late > early
+    # every parameter in exactly one group, frozen ones included (groups fixed up front)
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert sorted(ids) == sorted(id(p) for p in built.model.parameters())
+
+
+def test_auto_strategy_table():
+    assert M.auto_strategy(999) == "feature_extract"
+    assert M.auto_strategy(1000) == "fine_tune"
+    assert M.auto_strategy(10000) == "fine_tune"
+    assert M.auto_strategy(10001) == "full_tune"
+
+
+def test_unknown_model_name_lists_close_matches():
+    with pytest.raises(PipelineError, match="resnet50"):
+        M.resolve_family("resnet5O")
+
+
+def test_describe_lists_stages(capsys):
+    M.describe("resnet50")
+    out = capsys.readouterr().out
+    for name in ("stem", "layer1", "layer4", "fc"):
+        assert name in out
+
+
+def test_weights_file_with_wrong_shape_fails_clearly(tmp_path):
+    state = M.create_architecture("torchvision", "resnet18").state_dict()
+    state["layer1.0.conv1.weight"] = torch.zeros(1, 1, 1, 1)
+    path = tmp_path / "bad.pth"
+    torch.save(state, path)
+    with pytest.raises(PipelineError, match=r"bad.pth: does not fit .*layer1.0.conv1.weight"):
+        M.build_model("resnet18", 3, str(path))
+
+
+def test_weights_file_loads_backbone_and_records_hash(tmp_path):
+    source = M.create_architecture("torchvision", "resnet18")
+    path = tmp_path / "good.pth"
+    torch.save({"state_dict": source.state_dict()}, path)
+    built = M.build_model("resnet18", 4, str(path))
+    assert torch.equal(built.model.layer4[1].conv2.weight, source.layer4[1].conv2.weight)
+    assert built.weights.source == "file" and len(built.weights.sha256) == 64
+    assert built.model.fc.out_features == 4
+
+
+def test_missing_torchvision_weights_name_the_cache_file(monkeypatch, tmp_path):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    with pytest.raises(PipelineError) as info:
+        M.build_model("mobilenet_v3_small", 3, "default")
+    message = str(info.value)
+    assert str(tmp_path / "hub" / "checkpoints" / "mobilenet_v3_small-047dcff4.pth") in message
+    assert "weights: none" in message and "\n" not in message
+
+
+def test_bundled_lite0_weights_are_real_imagenet_weights():
+    """scikit-learn's sample photo of a flower is ImageNet class 985 ('daisy')."""
+    from sklearn.datasets import load_sample_images
+    from PIL import Image
+
+    from stages.data import Normalizer, eval_geometry
+
+    flower = next(img for img, name in zip(load_sample_images().images,
+                                           load_sample_images().filenames) if "flower" in name)
+    model = M.create_architecture("timm", "tf_efficientnet_lite0")
+    W.load_bundled_lite0(model, "default")
+    pre = W.timm_preprocess(model)
+    image = torch.from_numpy(flower.copy()).permute(2, 0, 1).contiguous()
+    batch = eval_geometry(pre)(image).unsqueeze(0)
+    model.eval()
+    with torch.inference_mode():
+        logits = model(Normalizer(pre.mean, pre.std)(batch))
+    assert int(logits.argmax()) == 985
+
+
+def test_model_file_round_trip(tmp_path):
+    built = M.build_model("mobilenet_v3_small", 2, "none", seed=1)
+    pre = built.preprocess.with_image_size(64)
+    path = tmp_path / "model.pt"
+    M.save_model_file(path, built, ["cat", "dog"], pre)
+    loaded = M.load_model_file(path)
+    assert loaded.class_names == ["cat", "dog"] and loaded.preprocess == pre
+    x = torch.rand(2, 3, 64, 64)
+    built.model.eval()
+    with torch.inference_mode():
+        assert torch.equal(loaded.model(x), built.model(x))
