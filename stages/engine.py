@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -38,6 +39,7 @@ class FitResult:
     best_val_accuracy: float
     best_val_loss: float
     history: list = field(default_factory=list)
+    train_seconds: list = field(default_factory=list)  # per epoch, train pass only (benchmarks)
 
 
 class EarlyStopping:
@@ -119,11 +121,12 @@ def fit(model: nn.Module, optimizer, train_loader, val_loader, normalizer: Norma
     loss_fn = make_loss(cfg, rt)
     scheduler = make_scheduler(optimizer, cfg.patience)
     stopper = EarlyStopping(cfg.patience)
-    history = []
+    history, seconds = [], []
     epoch = 0
     for epoch in range(1, cfg.num_epochs + 1):
         set_train_mode(model, frozen_modules)
         total_loss, correct, seen = 0.0, 0, 0
+        started = time.perf_counter()
         for images, targets in tqdm(train_loader, desc=f"epoch {epoch}", leave=False, disable=None):
             images, targets = normalizer(to_device(images, rt)), targets.to(rt.device)
             with rt.autocast():
@@ -135,6 +138,7 @@ def fit(model: nn.Module, optimizer, train_loader, val_loader, normalizer: Norma
             total_loss += float(loss.detach()) * len(targets)
             correct += int((logits.argmax(1) == targets).sum())
             seen += len(targets)
+        seconds.append(time.perf_counter() - started)
         val_logits, val_labels = predict_logits(model, val_loader, normalizer, rt, desc="val")
         val_loss, val_acc = _scores(val_logits, val_labels)
         _log_epoch(epoch, {"train_loss": total_loss / max(seen, 1), "train_accuracy": correct / max(seen, 1),
@@ -145,7 +149,8 @@ def fit(model: nn.Module, optimizer, train_loader, val_loader, normalizer: Norma
             print(f"early stopping: no better val accuracy for {cfg.patience} epochs")
             break
     model.load_state_dict(stopper.best_state)
-    return FitResult(stopper.best_epoch, epoch, stopper.best_key[0], stopper.best_key[1], history)
+    return FitResult(stopper.best_epoch, epoch, stopper.best_key[0], stopper.best_key[1], history,
+                     seconds)
 
 
 # ------------------------------------------------------------------ feature_extract

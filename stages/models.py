@@ -116,7 +116,7 @@ def find_head(model: nn.Module) -> str:
     return last
 
 
-def _set_submodule(model: nn.Module, qualified: str, new: nn.Module) -> None:
+def set_submodule(model: nn.Module, qualified: str, new: nn.Module) -> None:
     parent_name, _, child = qualified.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, new)
@@ -129,7 +129,7 @@ def replace_head(model: nn.Module, num_classes: int, seed: int) -> str:
     torch.manual_seed(seed)  # the new head's initialisation depends on the seed alone
     new = nn.Linear(old.in_features, num_classes)
     torch.random.set_rng_state(generator_state)
-    _set_submodule(model, head_name, new)
+    set_submodule(model, head_name, new)
     return head_name
 
 

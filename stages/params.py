@@ -57,6 +57,7 @@ class Params:
     freeze_layers: int = 5
     num_epochs: int = 15
     patience: int = 4
+    warmup_epochs: int = 0
     lr: float = 3e-3
     lr_decay: float = 0.5
     weight_decay: float = 1e-4
@@ -137,6 +138,7 @@ def validate(p: Params) -> Params:
     _check_choice(p.precision, PRECISIONS, "precision")
     _check_range(p.num_epochs > 0, "num_epochs", "> 0", p.num_epochs)
     _check_range(p.patience > 0, "patience", "> 0", p.patience)
+    _check_range(p.warmup_epochs >= 0, "warmup_epochs", ">= 0", p.warmup_epochs)
     _check_range(p.batch_size > 0, "batch_size", "> 0", p.batch_size)
     _check_range(p.freeze_layers >= 0, "freeze_layers", ">= 0", p.freeze_layers)
     _check_range(p.lr > 0, "lr", "> 0", p.lr)
@@ -174,6 +176,14 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     except yaml.YAMLError as exc:
         raise PipelineError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     return parse_params(raw or {})
+
+
+def merge_overrides(base: dict, changes: dict) -> dict:
+    """Nested update of raw params (a dict from params.yaml) with `changes`."""
+    out = dict(base)
+    for key, value in changes.items():
+        out[key] = merge_overrides(out.get(key) or {}, value) if isinstance(value, dict) else value
+    return out
 
 
 def as_dict(p: Params) -> dict:

@@ -8,6 +8,7 @@ curves logged with dvclive, drawn by `dvc plots show`).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -60,7 +61,7 @@ def feature_extract(built: M.BuiltModel, pre, params: Params, splits, rt, optimi
     """Run the frozen backbone once per image and view, then train only the head."""
     model = built.model
     head = model.get_submodule(built.head_name)
-    M._set_submodule(model, built.head_name, torch.nn.Identity())  # model(x) -> pooled features
+    M.set_submodule(model, built.head_name, torch.nn.Identity())  # model(x) -> pooled features
     normalizer = D.Normalizer(pre.mean, pre.std).to(rt.device)
     views = params.augment.feature_views
     train_views = []
@@ -75,7 +76,7 @@ def feature_extract(built: M.BuiltModel, pre, params: Params, splits, rt, optimi
     val_loader = E.make_loader(D.ImageTensorDataset(splits["val"], D.eval_geometry(pre)),
                                params.evaluate.batch_size, False, None, rt)
     val_features, val_labels = E.extract_features(model, val_loader, normalizer, rt, desc="features val")
-    M._set_submodule(model, built.head_name, head)
+    M.set_submodule(model, built.head_name, head)
     return E.fit_head(head, torch.stack(train_views), train_labels, val_features, val_labels,
                       optimizer, cfg, generator, log)
 
@@ -114,6 +115,15 @@ def main(argv=None) -> None:
             optimizer = torch.optim.AdamW([g for g in groups if g["name"] == "head"])
             result = feature_extract(built, pre, params, splits, rt, optimizer, cfg, generator, log)
         else:
+            if params.warmup_epochs:
+                # fastai-style head warm-up: a trained head before the backbone unfreezes keeps
+                # the random head's large early gradients out of the pretrained weights
+                print(f"head warm-up: {params.warmup_epochs} epoch(s) on frozen-backbone features")
+                warm = dataclasses.replace(cfg, num_epochs=params.warmup_epochs,
+                                           patience=params.warmup_epochs)
+                head_only = torch.optim.AdamW([{"params": groups[0]["params"], "lr": params.lr,
+                                                "weight_decay": params.weight_decay}])
+                feature_extract(built, pre, params, splits, rt, head_only, warm, generator, None)
             optimizer = torch.optim.AdamW(groups)
             train_ds = D.ImageTensorDataset(splits["train"], D.train_geometry(
                 pre, params.augment.hflip, params.augment.min_scale))

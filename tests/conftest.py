@@ -11,6 +11,8 @@ import pytest
 import yaml
 from PIL import Image
 
+from stages.params import merge_overrides
+
 REPO = Path(__file__).resolve().parents[1]
 # What a user's clone holds that the pipeline needs (code, graph, params, ignore rules).
 REPO_FILES = ["stages", "dvc.yaml", "params.yaml", ".gitignore", ".dvcignore",
@@ -62,13 +64,6 @@ TINY = {  # a configuration that runs the whole graph in well under a minute
 }
 
 
-def merge(base: dict, changes: dict) -> dict:
-    out = dict(base)
-    for key, value in changes.items():
-        out[key] = merge(out.get(key, {}), value) if isinstance(value, dict) else value
-    return out
-
-
 def make_repo(dest: Path, params: dict | None = None) -> Path:
     """A git + DVC repository holding the pipeline, with params.yaml overridden."""
     dest.mkdir(parents=True, exist_ok=True)
@@ -80,7 +75,7 @@ def make_repo(dest: Path, params: dict | None = None) -> Path:
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / name)
     base = yaml.safe_load((REPO / "params.yaml").read_text())
-    (dest / "params.yaml").write_text(yaml.safe_dump(merge(base, merge(TINY, params or {})),
+    (dest / "params.yaml").write_text(yaml.safe_dump(merge_overrides(base, merge_overrides(TINY, params or {})),
                                                      sort_keys=False))
     run(["git", "init", "-q"], dest)
     run(["git", "config", "user.email", "test@example.com"], dest)

@@ -58,8 +58,8 @@ def test_repro_then_experiment(pipeline_repo):
 
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-qm", "baseline results"], repo)
-    exp = run(["dvc", "exp", "run", "-S", "strategy=full_tune"], repo)
-    assert "Running stage 'train'" in exp.stdout
+    exp = run(["dvc", "exp", "run", "-S", "strategy=full_tune", "-S", "warmup_epochs=1"], repo)
+    assert "Running stage 'train'" in exp.stdout and "head warm-up: 1 epoch" in exp.stdout
     assert "Running stage 'prepare'" not in exp.stdout  # data unchanged: cached
     full = read_json(repo / "metrics/train.json")
     assert full["strategy"] == "full_tune"
