@@ -90,8 +90,8 @@ def write_eval_dir(out: Path, probs, y, classes: list, samples, summary: dict) -
     R.confusion_png(out / "confusion_normalized.png", S.row_normalized(matrix), classes,
                     f"{split}: {n} images\nrow-normalised (recall on the diagonal)", normalized=True)
     roc, pr = S.class_curves(probs, y, classes)
-    write_json(out / "roc.json", roc)
-    write_json(out / "pr.json", pr)
+    R.write_rows_json(out / "roc.json", roc)
+    R.write_rows_json(out / "pr.json", pr)
     R.reliability_png(out / "reliability.png", S.reliability_bins(confidence, preds == y),
                       summary["ece"], f"{split}: {n} images")
     wrong = sorted((i for i in range(n) if preds[i] != y[i]), key=lambda i: (-confidence[i], i))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,11 @@ def write_csv(path: Path, header: list, rows) -> None:
     writer.writerow(header)
     writer.writerows(rows)
     write_text(path, buf.getvalue())
+
+
+def write_rows_json(path: Path, rows: list) -> None:
+    """A JSON list with one object per line: DVC plots read it, a diff stays readable."""
+    write_text(path, "[\n" + ",\n".join(json.dumps(row) for row in rows) + "\n]\n")
 
 
 def confusion_png(path: Path, matrix: np.ndarray, class_names: list, title: str,
@@ -83,12 +89,13 @@ def reliability_png(path: Path, bins: dict, ece: float, title: str) -> None:
     top.set_ylim(0, 1)
     top.set_ylabel("accuracy")
     top.set_title(f"{title}\nECE {ece:.4f} ({len(edges) - 1} equal-width bins)")
-    top.legend(loc="upper left", fontsize=8)
     bottom.bar(edges[:-1], bins["count"], width=width, align="edge", edgecolor="black",
                color="tab:grey")
     bottom.set_xlabel("confidence (top-1 probability)")
     bottom.set_ylabel("images")
     bottom.yaxis.get_major_locator().set_params(integer=True)
+    # legend in the count panel: over the bars it would hide the calibration gaps
+    bottom.legend(*top.get_legend_handles_labels(), loc="upper left", fontsize=7)
     fig.tight_layout()
     save_png(fig, path)
 
