@@ -1,17 +1,25 @@
 """Stage `evaluate`: score the held-out split with the trained model file.
 
 The scored split is `test` when prepare made one (it took no part in training or in choosing
-the best epoch); otherwise `val`, and eval.json then says `selection_split_scored: true`
-because that number is optimistic.
+the best epoch); otherwise `val`, and eval.json and the console then say
+`selection_split_scored: true` because that number is optimistic.
 
-Outputs in metrics/: eval.json (summary, per-class scores), classification_report.txt,
-eval/confusion.csv (DVC confusion plot), eval/confusion.png (counts), eval/predictions.csv.
+Outputs: metrics/eval.json (headline numbers and per-class P/R/F1),
+metrics/classification_report.txt (readable per-class table) and metrics/eval/:
+  per_class.json         per-class report (+ one-vs-rest ROC-AUC, average precision)
+  predictions.csv        every scored image: path, true, predicted, confidence, top-k
+  confusion.csv          one row per image for the DVC confusion plot
+  confusion.png, confusion_normalized.png      counts and row-normalised (recall) matrices
+  roc.json, pr.json      one-vs-rest curves per class for DVC plots
+  reliability.png        calibration diagram;  mistakes.png  most confident mistakes
+The directory is built beside its place and swapped in whole, then eval.json is written.
 """
 
 from __future__ import annotations
 
 import csv
-import io
+import os
+import shutil
 import time
 from pathlib import Path
 
@@ -20,9 +28,10 @@ import torch
 
 from stages import data as D
 from stages import metrics as S
+from stages import reports as R
 from stages.engine import make_loader, predict_logits
 from stages.errors import PipelineError, run_main
-from stages.fileio import atomic_path, write_json, write_text
+from stages.fileio import write_json, write_text
 from stages.models import load_model_file
 from stages.params import load_params
 from stages.runtime import pick_runtime, prepare_model, seed_everything
@@ -30,47 +39,66 @@ from stages.runtime import pick_runtime, prepare_model, seed_everything
 PREPARED = Path("data/prepared")
 MODEL_FILE = Path("models/model.pt")
 EVAL_JSON = Path("metrics/eval.json")
-REPORT_TXT = Path("metrics/classification_report.txt")
 EVAL_DIR = Path("metrics/eval")
+REPORT_TXT = Path("metrics/classification_report.txt")
 
 
 def scored_split(splits: dict) -> str:
-    return "test" if "test" in splits else "val"
+    if "test" in splits:
+        return "test"
+    if "val" in splits:
+        return "val"
+    raise PipelineError(f"{PREPARED}: no test or val images to score; rerun `dvc repro prepare` "
+                        f"with data.test_fraction > 0")
 
 
-def write_csv(path: Path, header: list, rows: list) -> None:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    write_text(path, buf.getvalue())
+def source_paths(prepared: Path) -> dict[str, str]:
+    """Prepared file -> its path relative to data.source, from prepare's manifest."""
+    with open(prepared / D.MANIFEST, newline="", encoding="utf-8") as fh:
+        return {(prepared / r["file"]).as_posix(): r["source"] for r in csv.DictReader(fh)}
 
 
-def confusion_png(path: Path, matrix: np.ndarray, class_names: list, title: str) -> None:
-    import matplotlib
+def score(loaded, samples, batch_size: int, rt) -> tuple[np.ndarray, np.ndarray]:
+    """(softmax probabilities [N, classes] as float64, labels) in sample order."""
+    model = prepare_model(loaded.model, rt)
+    loader = make_loader(D.ImageTensorDataset(samples, D.eval_geometry(loaded.preprocess)),
+                         batch_size, False, None, rt)
+    normalizer = D.Normalizer(loaded.preprocess.mean, loaded.preprocess.std).to(rt.device)
+    logits, labels = predict_logits(model, loader, normalizer, rt, desc="evaluate")
+    return torch.softmax(logits, 1).numpy().astype(np.float64), labels.numpy()
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    n = len(class_names)
-    size = max(4.0, 0.55 * n + 2)
-    fig, ax = plt.subplots(figsize=(size, size * 0.9))
-    ax.imshow(matrix, cmap="Blues")
-    ax.set_xticks(range(n), class_names, rotation=45, ha="right")
-    ax.set_yticks(range(n), class_names)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title)
-    top = matrix.max() if matrix.size else 0
-    for i in range(n):
-        for j in range(n):
-            value = matrix[i, j]
-            ax.text(j, i, f"{value:g}", ha="center", va="center", fontsize=8,
-                    color="white" if value > top / 2 else "black")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
-    plt.close(fig)
+def write_eval_dir(out: Path, probs, y, classes: list, samples, summary: dict) -> dict:
+    """Every file of metrics/eval/ into `out`; returns the per-class report."""
+    split, n = summary["split"], len(y)
+    preds, confidence = probs.argmax(1), probs.max(1)
+    per_class = S.per_class_report(probs, y, classes)
+    write_json(out / "per_class.json", per_class)
+
+    files = [path.as_posix() for path, _ in samples]
+    sources = source_paths(PREPARED)
+    top = S.top_k_indices(probs, summary["top_k"])
+    R.write_csv(out / "predictions.csv",
+                ["path", "prepared_file", "true", "predicted", "confidence", "correct", "top_k"],
+                [[sources.get(f, f), f, classes[y[i]], classes[preds[i]], f"{confidence[i]:.6f}",
+                  int(y[i] == preds[i]), ";".join(f"{classes[c]}={probs[i, c]:.4f}" for c in top[i])]
+                 for i, f in enumerate(files)])
+    R.write_csv(out / "confusion.csv", ["actual", "predicted"],
+                [[classes[a], classes[b]] for a, b in zip(y, preds)])
+    matrix = S.confusion(y, preds, len(classes))
+    R.confusion_png(out / "confusion.png", matrix, classes, f"{split}: {n} images\ncounts")
+    R.confusion_png(out / "confusion_normalized.png", S.row_normalized(matrix), classes,
+                    f"{split}: {n} images\nrow-normalised (recall on the diagonal)", normalized=True)
+    roc, pr = S.class_curves(probs, y, classes)
+    R.write_rows_json(out / "roc.json", roc)
+    R.write_rows_json(out / "pr.json", pr)
+    R.reliability_png(out / "reliability.png", S.reliability_bins(confidence, preds == y),
+                      summary["ece"], f"{split}: {n} images")
+    wrong = sorted((i for i in range(n) if preds[i] != y[i]), key=lambda i: (-confidence[i], i))
+    R.mistakes_gallery(out / "mistakes.png",
+                       [(files[i], classes[y[i]], classes[preds[i]], confidence[i]) for i in wrong],
+                       f"{split}")
+    return per_class
 
 
 def main(argv=None) -> None:
@@ -86,35 +114,33 @@ def main(argv=None) -> None:
     split = scored_split(splits)
     samples = splits[split]
     if split == "val":
-        print("note: no test split; scoring val, which also chose the best epoch (optimistic)")
-    model = prepare_model(loaded.model, rt)
-    loader = make_loader(D.ImageTensorDataset(samples, D.eval_geometry(loaded.preprocess)),
-                         params.evaluate.batch_size, False, None, rt)
-    normalizer = D.Normalizer(loaded.preprocess.mean, loaded.preprocess.std).to(rt.device)
-    logits, labels = predict_logits(model, loader, normalizer, rt, desc=f"evaluate {split}")
-    probs = torch.softmax(logits, 1).numpy().astype(np.float64)
-    y = labels.numpy()
-    preds = probs.argmax(1)
-
+        print("note: no test split, so the scored split (val) is the one that chose the best "
+              "epoch; these numbers are optimistic (eval.json: selection_split_scored: true)")
+    probs, y = score(loaded, samples, params.evaluate.batch_size, rt)
     summary = {"split": split, "selection_split_scored": split == "val", "n_images": len(y),
-               **S.summary(probs, y)}
-    per_class = S.per_class(y, preds, classes)
-    write_json(EVAL_JSON, {**summary, "per_class": per_class})
+               "n_classes": len(classes),
+               **S.summary(probs, y, params.seed, params.evaluate.bootstrap)}
 
-    from sklearn.metrics import classification_report
+    staging = EVAL_DIR.with_name(f".{EVAL_DIR.name}.tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    per_class = write_eval_dir(staging, probs, y, classes, samples, summary)
+    shutil.rmtree(EVAL_DIR, ignore_errors=True)
+    os.replace(staging, EVAL_DIR)
+    write_text(REPORT_TXT, R.per_class_table(split, len(y), per_class, summary))
+    write_json(EVAL_JSON, {**summary, "per_class": {name: {k: row[k] for k in (
+        "precision", "recall", "f1", "support")} for name, row in per_class.items()}})
 
-    write_text(REPORT_TXT, f"split: {split} ({len(y)} images)\n" + classification_report(
-        y, preds, labels=list(range(len(classes))), target_names=classes, digits=4, zero_division=0))
-    matrix = S.confusion(y, preds, len(classes))
-    write_csv(EVAL_DIR / "confusion.csv", ["actual", "predicted"],
-              [[classes[a], classes[b]] for a, b in zip(y, preds)])
-    confusion_png(EVAL_DIR / "confusion.png", matrix, classes, f"{split}: {len(y)} images")
-    rel = [str(Path(p).relative_to(PREPARED)) for p, _ in samples]
-    write_csv(EVAL_DIR / "predictions.csv", ["file", "true", "predicted", "confidence", "correct"],
-              [[f, classes[a], classes[b], f"{probs[i, b]:.6f}", int(a == b)]
-               for i, (f, a, b) in enumerate(zip(rel, y, preds))])
-    print(f"evaluate: {split} accuracy {summary['accuracy']:.4f}, macro-F1 {summary['macro_f1']:.4f} "
-          f"on {len(y)} images ({time.perf_counter() - started:.1f} s)")
+    def with_ci(name):
+        ci = (f" (95% CI {summary[f'{name}_ci95_low']:.4f}-{summary[f'{name}_ci95_high']:.4f})"
+              if f"{name}_ci95_low" in summary else "")
+        return f"{name} {summary[name]:.4f}{ci}"
+
+    auc = summary["roc_auc_ovr_macro"]
+    print(f"evaluate: {split}, {len(y)} images: {with_ci('accuracy')}, {with_ci('macro_f1')}, "
+          f"balanced accuracy {summary['balanced_accuracy']:.4f}, top-{summary['top_k']} "
+          f"{summary['top_k_accuracy']:.4f}, ROC-AUC {'n/a' if auc is None else f'{auc:.4f}'} "
+          f"({summary['roc_auc_classes']}/{len(classes)} classes), ECE {summary['ece']:.4f} "
+          f"[{time.perf_counter() - started:.1f} s]")
 
 
 if __name__ == "__main__":

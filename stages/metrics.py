@@ -1,9 +1,30 @@
-"""Scores computed from predicted probabilities and true labels (pure functions, no I/O)."""
+"""Scores computed from predicted probabilities and true labels (pure functions, no I/O).
+
+Conventions (also in docs/README-evaluation.md):
+* `probs` is [N, classes] softmax output, `labels` the true class indices; the prediction is
+  the arg-max and its probability the confidence.
+* Per-class and macro scores count every class the model knows, also one absent from the
+  scored split (its F1 is 0, as scikit-learn's zero_division=0 defines it).
+* ROC-AUC is one-vs-rest per class and macro-averaged over the classes that have both
+  positives and negatives in the scored split; `roc_auc_classes` says how many that was.
+* Expected calibration error: top-1 confidence in ECE_BINS equal-width bins ((0, 1/15],
+  (1/15, 2/15], ...); ECE = sum over bins of (bin share of images) x |accuracy - mean confidence|.
+* Confidence intervals: percentile bootstrap over images (resampled with replacement),
+  seeded, 95%.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 from sklearn import metrics as skm
+
+ECE_BINS = 15
+CI_LEVEL = 0.95
+CURVE_POINTS = 100  # at most this many points per class curve: keeps the DVC plot files small
+
+
+def _r(value) -> float | None:
+    return None if value is None else round(float(value), 6)
 
 
 def confusion(labels: np.ndarray, preds: np.ndarray, n_classes: int) -> np.ndarray:
@@ -11,27 +32,159 @@ def confusion(labels: np.ndarray, preds: np.ndarray, n_classes: int) -> np.ndarr
     return skm.confusion_matrix(labels, preds, labels=list(range(n_classes)))
 
 
+def row_normalized(matrix: np.ndarray) -> np.ndarray:
+    """Each row divided by its sum (the recall view); rows of absent classes stay 0."""
+    sums = matrix.sum(1, keepdims=True)
+    return np.divide(matrix, sums, out=np.zeros(matrix.shape, dtype=np.float64), where=sums > 0)
+
+
 def per_class(labels: np.ndarray, preds: np.ndarray, class_names: list) -> dict:
     p, r, f, s = skm.precision_recall_fscore_support(
         labels, preds, labels=list(range(len(class_names))), zero_division=0)
-    return {name: {"precision": round(float(p[i]), 6), "recall": round(float(r[i]), 6),
-                   "f1": round(float(f[i]), 6), "support": int(s[i])}
+    return {name: {"precision": _r(p[i]), "recall": _r(r[i]), "f1": _r(f[i]), "support": int(s[i])}
             for i, name in enumerate(class_names)}
 
 
+def top_k(n_classes: int) -> int:
+    """k = min(5, classes - 1): with k = classes every image would count as a hit."""
+    return max(1, min(5, n_classes - 1))
+
+
+def top_k_indices(probs: np.ndarray, k: int) -> np.ndarray:
+    """[N, k] class indices by falling probability (ties: lower index first)."""
+    return np.argsort(-probs, axis=1, kind="stable")[:, :k]
+
+
 def top_k_accuracy(probs: np.ndarray, labels: np.ndarray, k: int) -> float:
-    top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-    return float(np.mean([labels[i] in top[i] for i in range(len(labels))]))
+    return float((top_k_indices(probs, k) == labels[:, None]).any(1).mean())
 
 
-def summary(probs: np.ndarray, labels: np.ndarray) -> dict:
+def _ovr_scorable(labels: np.ndarray, c: int) -> bool:
+    positives = int((labels == c).sum())
+    return 0 < positives < len(labels)
+
+
+def ranking_per_class(probs: np.ndarray, labels: np.ndarray) -> tuple[list, list]:
+    """One-vs-rest (ROC-AUC, average precision) per class; None where the scored split lacks
+    the class's positives or negatives (the score is undefined then)."""
+    aucs, aps = [], []
+    for c in range(probs.shape[1]):
+        if _ovr_scorable(labels, c):
+            aucs.append(float(skm.roc_auc_score(labels == c, probs[:, c])))
+            aps.append(float(skm.average_precision_score(labels == c, probs[:, c])))
+        else:
+            aucs.append(None)
+            aps.append(None)
+    return aucs, aps
+
+
+def macro_over_defined(values: list) -> tuple[float | None, int]:
+    defined = [v for v in values if v is not None]
+    return (float(np.mean(defined)) if defined else None), len(defined)
+
+
+def reliability_bins(confidence: np.ndarray, correct: np.ndarray, n_bins: int = ECE_BINS) -> dict:
+    """Per equal-width confidence bin (right-closed): count, mean confidence, accuracy."""
+    index = np.clip(np.ceil(confidence * n_bins).astype(int) - 1, 0, n_bins - 1)
+    count = np.bincount(index, minlength=n_bins)
+    conf_sum = np.bincount(index, weights=confidence, minlength=n_bins)
+    hit_sum = np.bincount(index, weights=correct.astype(np.float64), minlength=n_bins)
+    safe = np.maximum(count, 1)
+    return {"edges": np.linspace(0.0, 1.0, n_bins + 1), "count": count,
+            "confidence": conf_sum / safe, "accuracy": hit_sum / safe}
+
+
+def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray,
+                               n_bins: int = ECE_BINS) -> float:
+    bins = reliability_bins(confidence, correct, n_bins)
+    share = bins["count"] / max(len(confidence), 1)
+    return float(np.sum(share * np.abs(bins["accuracy"] - bins["confidence"])))
+
+
+def macro_f1_rows(labels: np.ndarray, preds: np.ndarray, n_classes: int) -> np.ndarray:
+    """Macro-F1 of every row of [B, N] label/prediction arrays at once (same definition as
+    per_class: all classes count, an undefined F1 is 0)."""
+    rows = np.arange(labels.shape[0])[:, None] * n_classes
+    size = labels.shape[0] * n_classes
+    hits = np.bincount((rows + labels)[labels == preds], minlength=size)
+    true = np.bincount((rows + labels).ravel(), minlength=size)
+    pred = np.bincount((rows + preds).ravel(), minlength=size)
+    denom = (true + pred).astype(np.float64)
+    f1 = np.divide(2.0 * hits, denom, out=np.zeros(size), where=denom > 0)
+    return f1.reshape(-1, n_classes).mean(1)
+
+
+def bootstrap_ci(labels: np.ndarray, preds: np.ndarray, n_classes: int, resamples: int,
+                 seed: int, level: float = CI_LEVEL) -> dict:
+    """{"accuracy": (low, high), "macro_f1": (low, high)}: percentile bootstrap over images."""
+    rng = np.random.default_rng(seed)
+    n = len(labels)
+    accuracy, macro_f1 = [], []
+    for start in range(0, resamples, 256):  # chunks bound the memory of [B, N] index arrays
+        idx = rng.integers(0, n, size=(min(256, resamples - start), n))
+        y, p = labels[idx], preds[idx]
+        accuracy.append((y == p).mean(1))
+        macro_f1.append(macro_f1_rows(y, p, n_classes))
+    tails = [(1 - level) / 2 * 100, (1 + level) / 2 * 100]
+    return {name: tuple(float(v) for v in np.percentile(np.concatenate(values), tails))
+            for name, values in (("accuracy", accuracy), ("macro_f1", macro_f1))}
+
+
+def _thin(n: int, limit: int = CURVE_POINTS) -> np.ndarray:
+    """Indices of at most `limit` points spread over a curve of n, first and last kept."""
+    return np.arange(n) if n <= limit else np.unique(np.linspace(0, n - 1, limit).round().astype(int))
+
+
+def class_curves(probs: np.ndarray, labels: np.ndarray, class_names: list) -> tuple[list, list]:
+    """One-vs-rest ROC and precision-recall points of every scorable class, as rows for DVC
+    plots: ({class, point, fpr, tpr}, {class, point, recall, precision}); `point` orders them."""
+    roc, pr = [], []
+    for c, name in enumerate(class_names):
+        if not _ovr_scorable(labels, c):
+            continue
+        fpr, tpr, _ = skm.roc_curve(labels == c, probs[:, c])
+        for i, j in enumerate(_thin(len(fpr))):
+            roc.append({"class": name, "point": i, "fpr": _r(fpr[j]), "tpr": _r(tpr[j])})
+        precision, recall, _ = skm.precision_recall_curve(labels == c, probs[:, c])
+        precision, recall = precision[::-1], recall[::-1]  # rising recall
+        for i, j in enumerate(_thin(len(recall))):
+            pr.append({"class": name, "point": i, "recall": _r(recall[j]),
+                       "precision": _r(precision[j])})
+    return roc, pr
+
+
+def per_class_report(probs: np.ndarray, labels: np.ndarray, class_names: list) -> dict:
+    """per_class() plus one-vs-rest ROC-AUC and average precision (None where undefined)."""
+    report = per_class(labels, probs.argmax(1), class_names)
+    aucs, aps = ranking_per_class(probs, labels)
+    for i, row in enumerate(report.values()):
+        row["roc_auc"], row["average_precision"] = _r(aucs[i]), _r(aps[i])
+    return report
+
+
+def summary(probs: np.ndarray, labels: np.ndarray, seed: int, resamples: int) -> dict:
+    """The headline numbers of eval.json (flat, so `dvc metrics diff` stays readable)."""
     preds = probs.argmax(1)
     n_classes = probs.shape[1]
-    k = max(1, min(5, n_classes - 1))
-    return {
-        "accuracy": round(float(skm.accuracy_score(labels, preds)), 6),
-        "balanced_accuracy": round(float(skm.balanced_accuracy_score(labels, preds)), 6),
-        "macro_f1": round(float(skm.f1_score(labels, preds, average="macro",
-                                              labels=list(range(n_classes)), zero_division=0)), 6),
-        f"top{k}_accuracy": round(top_k_accuracy(probs, labels, k), 6),
+    k = top_k(n_classes)
+    auc, auc_classes = macro_over_defined(ranking_per_class(probs, labels)[0])
+    confidence = probs.max(1)
+    out = {
+        "accuracy": _r(skm.accuracy_score(labels, preds)),
+        "balanced_accuracy": _r(skm.balanced_accuracy_score(labels, preds)),
+        "macro_f1": _r(skm.f1_score(labels, preds, average="macro",
+                                    labels=list(range(n_classes)), zero_division=0)),
+        "top_k": k,
+        "top_k_accuracy": _r(top_k_accuracy(probs, labels, k)),
+        "roc_auc_ovr_macro": _r(auc),
+        "roc_auc_classes": auc_classes,
+        "ece": _r(expected_calibration_error(confidence, preds == labels)),
+        "ece_bins": ECE_BINS,
     }
+    if resamples > 0:
+        ci = bootstrap_ci(labels, preds, n_classes, resamples, seed)
+        for name, (low, high) in ci.items():
+            out[f"{name}_ci95_low"] = _r(low)
+            out[f"{name}_ci95_high"] = _r(high)
+        out["bootstrap_resamples"] = resamples
+    return out
