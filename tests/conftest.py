@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +17,10 @@ from stages.params import merge_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 # What a user's clone holds that the pipeline needs (code, graph, params, ignore rules).
-REPO_FILES = ["stages", "dvc.yaml", "params.yaml", ".gitignore", ".dvcignore",
+REPO_FILES = ["stages", "dvc.yaml", "params.yaml", ".gitignore", ".dvcignore", ".dvc/plots",
               "data/.gitignore", "metrics/.gitignore", "models/.gitignore"]
+# Stage commands say `python`: make that the interpreter running the tests.
+ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
 
 
 def digit_images(per_class: int, classes=(0, 1, 2), size: int = 32):
@@ -48,7 +52,7 @@ def image_folder(tmp_path) -> Path:
 
 
 def run(cmd, cwd, check=True, env=None):
-    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
+    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env or ENV)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(map(str, cmd))} failed ({result.returncode}):\n"
                              f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
@@ -65,8 +69,14 @@ TINY = {  # a configuration that runs the whole graph in well under a minute
 
 
 def make_repo(dest: Path, params: dict | None = None) -> Path:
-    """A git + DVC repository holding the pipeline, with params.yaml overridden."""
+    """A git + DVC repository holding the pipeline, with params.yaml overridden
+    (the TINY configuration, then `params`), committed."""
     dest.mkdir(parents=True, exist_ok=True)
+    run(["git", "init", "-q"], dest)
+    run(["git", "config", "user.email", "test@example.com"], dest)
+    run(["git", "config", "user.name", "test"], dest)
+    run(["dvc", "init", "-q"], dest)  # before copying: it refuses an existing .dvc/
+    run(["dvc", "config", "core.analytics", "false"], dest)
     for name in REPO_FILES:
         src = REPO / name
         if src.is_dir():
@@ -77,11 +87,6 @@ def make_repo(dest: Path, params: dict | None = None) -> Path:
     base = yaml.safe_load((REPO / "params.yaml").read_text())
     (dest / "params.yaml").write_text(yaml.safe_dump(merge_overrides(base, merge_overrides(TINY, params or {})),
                                                      sort_keys=False))
-    run(["git", "init", "-q"], dest)
-    run(["git", "config", "user.email", "test@example.com"], dest)
-    run(["git", "config", "user.name", "test"], dest)
-    run(["dvc", "init", "-q"], dest)
-    run(["dvc", "config", "core.analytics", "false"], dest)
     run(["git", "add", "-A"], dest)
     run(["git", "commit", "-qm", "pipeline"], dest)
     return dest

@@ -6,10 +6,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +16,8 @@ from PIL import Image, ImageDraw
 from stages import metrics as S
 from stages import reports as R
 
-REPO = Path(__file__).resolve().parents[1]
-COPIED = ["stages", "dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", ".dvc/plots",
-          "data/.gitignore", "metrics/.gitignore", "models/.gitignore"]
+from conftest import make_repo, run
+
 SHAPES = ("circle", "square", "triangle")
 
 
@@ -47,40 +42,16 @@ def draw_shapes(root: Path, per_class: int = 12, size: int = 32) -> Path:
     return root
 
 
-def sh(cmd: list, cwd: Path) -> subprocess.CompletedProcess:
-    # the stage commands say `python`: make it this interpreter
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
-    assert result.returncode == 0, f"{cmd} failed:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
-    return result
-
-
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     """A repository copy after `dvc repro evaluate` on the shapes (9 test images)."""
     base = tmp_path_factory.mktemp("eval")
     images = draw_shapes(base / "shapes")
-    repo = base / "repo"
-    repo.mkdir()
-    sh(["git", "init", "-q"], repo)
-    sh([sys.executable, "-m", "dvc", "init", "-q"], repo)
-    for name in COPIED:
-        src, dst = REPO / name, repo / name
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if src.is_dir():
-            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, dst)
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params.update(strategy="feature_extract", num_epochs=1, batch_size=8)
-    params["data"].update(source=str(images), image_size=32, val_fraction=0.25, test_fraction=0.25)
-    params["augment"]["feature_views"] = 1
-    params["evaluate"]["bootstrap"] = 50
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    for cmd in (["git", "config", "user.email", "t@example.com"], ["git", "config", "user.name", "t"],
-                ["git", "add", "-A"], ["git", "commit", "-qm", "pipeline"],
-                [sys.executable, "-m", "dvc", "repro", "evaluate"]):
-        sh(cmd, repo)
+    repo = make_repo(base / "repo", {
+        "strategy": "feature_extract", "num_epochs": 1, "batch_size": 8,
+        "data": {"source": str(images), "image_size": 32, "val_fraction": 0.25, "test_fraction": 0.25},
+        "augment": {"feature_views": 1}, "evaluate": {"bootstrap": 50}})
+    run(["dvc", "repro", "evaluate"], repo)
     return repo
 
 
@@ -154,7 +125,7 @@ def test_declared_plots_exist_render_and_rerun_is_byte_identical(run_dir):
     for curve in ("roc.json", "pr.json"):
         points = json.loads((run_dir / "metrics/eval" / curve).read_text())
         assert {p["class"] for p in points} <= set(SHAPES) and points
-    shown = sh([sys.executable, "-m", "dvc", "plots", "show", "-o", "plots_html"], run_dir)
+    shown = run(["dvc", "plots", "show", "-o", "plots_html"], run_dir)
     html = (run_dir / "plots_html/index.html").read_text()
     assert "ROC curves" in html and "mistakes.png" in html, shown.stdout
 
@@ -163,7 +134,7 @@ def test_declared_plots_exist_render_and_rerun_is_byte_identical(run_dir):
         return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
 
     before = digests()
-    sh([sys.executable, "-m", "stages.evaluate"], run_dir)
+    run(["python", "-m", "stages.evaluate"], run_dir)
     assert digests() == before
 
 

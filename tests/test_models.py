@@ -143,7 +143,6 @@ def test_missing_torchvision_weights_name_the_cache_file(monkeypatch, tmp_path):
 def test_bundled_lite0_weights_are_real_imagenet_weights():
     """scikit-learn's sample photo of a flower is ImageNet class 985 ('daisy')."""
     from sklearn.datasets import load_sample_images
-    from PIL import Image
 
     from stages.data import Normalizer, eval_geometry
 
