@@ -17,6 +17,7 @@ from torch import nn
 from tqdm import tqdm
 
 from stages.data import Normalizer
+from stages.distributed import unwrap
 from stages.models import set_train_mode
 from stages.runtime import Runtime, to_device
 
@@ -75,12 +76,13 @@ def make_scheduler(optimizer, patience: int):
 
 
 def make_loader(dataset, batch_size: int, shuffle: bool, generator: torch.Generator | None,
-                rt: Runtime, drop_last: bool = False):
+                rt: Runtime, drop_last: bool = False, sampler=None):
     """On CPU the data path runs in the main process: with 2 cores, workers would compete with
     the model for them. On a GPU, persistent workers decode while the GPU computes."""
     workers = 0 if rt.device.type == "cpu" else min(8, torch.get_num_threads())
     return torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, drop_last=drop_last,
+        dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+        generator=generator, drop_last=drop_last,
         num_workers=workers, persistent_workers=workers > 0, pin_memory=rt.device.type == "cuda")
 
 
@@ -105,6 +107,13 @@ def _scores(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
     return loss, accuracy
 
 
+def _summed_scores(logits: torch.Tensor, labels: torch.Tensor, reduce) -> tuple[float, float]:
+    """_scores over the samples of all processes: each holds a shard, sums are reduced."""
+    loss_sum = float(nn.functional.cross_entropy(logits, labels, reduction="sum"))
+    loss_sum, correct, n = reduce([loss_sum, int((logits.argmax(1) == labels).sum()), len(labels)])
+    return loss_sum / max(n, 1), correct / max(n, 1)
+
+
 def _log_epoch(epoch: int, row: dict, history: list, log: EpochLogger | None, lr: float) -> None:
     row = {"epoch": epoch, **row, "lr": lr}
     history.append(row)
@@ -116,14 +125,20 @@ def _log_epoch(epoch: int, row: dict, history: list, log: EpochLogger | None, lr
 
 # ------------------------------------------------------------------ full training
 def fit(model: nn.Module, optimizer, train_loader, val_loader, normalizer: Normalizer,
-        cfg: FitConfig, rt: Runtime, frozen_modules: list, log: EpochLogger | None = None) -> FitResult:
-    """Train end to end; frozen modules (BatchNorm included) stay in eval mode."""
+        cfg: FitConfig, rt: Runtime, frozen_modules: list, log: EpochLogger | None = None,
+        reduce=None) -> FitResult:
+    """Train end to end; frozen modules (BatchNorm included) stay in eval mode.
+    Distributed (stages.distributed): `model` is the DDP wrapper, the loaders hold this
+    process's shards and `reduce` sums [loss, correct, count] over all processes."""
     loss_fn = make_loss(cfg, rt)
     scheduler = make_scheduler(optimizer, cfg.patience)
     stopper = EarlyStopping(cfg.patience)
     history, seconds = [], []
+    net = unwrap(model)  # validation and best-state copies use the plain module (no collectives)
     epoch = 0
     for epoch in range(1, cfg.num_epochs + 1):
+        if hasattr(train_loader.sampler, "set_epoch"):
+            train_loader.sampler.set_epoch(epoch)  # DistributedSampler: a new shuffle each epoch
         set_train_mode(model, frozen_modules)
         total_loss, correct, seen = 0.0, 0, 0
         started = time.perf_counter()
@@ -139,16 +154,19 @@ def fit(model: nn.Module, optimizer, train_loader, val_loader, normalizer: Norma
             correct += int((logits.argmax(1) == targets).sum())
             seen += len(targets)
         seconds.append(time.perf_counter() - started)
-        val_logits, val_labels = predict_logits(model, val_loader, normalizer, rt, desc="val")
-        val_loss, val_acc = _scores(val_logits, val_labels)
+        if reduce is not None:
+            total_loss, correct, seen = reduce([total_loss, correct, seen])
+        val_logits, val_labels = predict_logits(net, val_loader, normalizer, rt, desc="val")
+        val_loss, val_acc = (_scores(val_logits, val_labels) if reduce is None
+                             else _summed_scores(val_logits, val_labels, reduce))
         _log_epoch(epoch, {"train_loss": total_loss / max(seen, 1), "train_accuracy": correct / max(seen, 1),
                            "val_loss": val_loss, "val_accuracy": val_acc}, history, log,
                    optimizer.param_groups[0]["lr"])
         scheduler.step(val_acc)
-        if stopper.update(epoch, val_acc, val_loss, model):
+        if stopper.update(epoch, val_acc, val_loss, net):
             print(f"early stopping: no better val accuracy for {cfg.patience} epochs")
             break
-    model.load_state_dict(stopper.best_state)
+    net.load_state_dict(stopper.best_state)
     return FitResult(stopper.best_epoch, epoch, stopper.best_key[0], stopper.best_key[1], history,
                      seconds)
 

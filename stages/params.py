@@ -66,6 +66,7 @@ class Params:
     label_smoothing: float = 0.0
     class_weighting: str = "none"
     precision: str = "auto"
+    train_cmd: str = "python -m stages.train"
     augment: AugmentParams = field(default_factory=AugmentParams)
     data: DataParams = field(default_factory=DataParams)
     demo: DemoParams = field(default_factory=DemoParams)
@@ -136,6 +137,8 @@ def validate(p: Params) -> Params:
     _check_choice(p.strategy, STRATEGIES, "strategy")
     _check_choice(p.class_weighting, CLASS_WEIGHTING, "class_weighting")
     _check_choice(p.precision, PRECISIONS, "precision")
+    _check_range("stages.train" in p.train_cmd, "train_cmd", "a command running stages.train "
+                 "(python -m stages.train | torchrun --nproc_per_node=N -m stages.train)", p.train_cmd)
     _check_range(p.num_epochs > 0, "num_epochs", "> 0", p.num_epochs)
     _check_range(p.patience > 0, "patience", "> 0", p.patience)
     _check_range(p.warmup_epochs >= 0, "warmup_epochs", ">= 0", p.warmup_epochs)

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from stages import data as D
+from stages import distributed as DD
 from stages import engine as E
 from stages import models as M
 from stages.errors import PipelineError, run_main
@@ -82,6 +83,14 @@ def feature_extract(built: M.BuiltModel, pre, params: Params, splits, rt, optimi
 
 
 def main(argv=None) -> None:
+    ctx = DD.init_from_env()  # torchrun: one process per GPU; see stages/distributed.py
+    try:
+        _train(ctx)
+    finally:
+        DD.finish(ctx)
+
+
+def _train(ctx: DD.DistContext) -> None:
     started = time.perf_counter()
     params = load_params()
     generator = seed_everything(params.seed)
@@ -94,6 +103,7 @@ def main(argv=None) -> None:
     if params.strategy == "auto":
         print(f"strategy auto: {n_train} training images -> {strategy}")
     built = M.build_model(params.model_name, len(classes), params.weights, params.seed)
+    DD.reseed_augmentation(ctx, params.seed)
     pre = built.preprocess.with_image_size(params.data.image_size)
     n_frozen = M.frozen_stage_count(strategy, params.freeze_layers, len(built.stages))
     frozen = M.apply_freezing(built.model, built.stages, n_frozen)
@@ -109,7 +119,7 @@ def main(argv=None) -> None:
     print(f"train: {params.model_name} ({built.weights.source} weights), {strategy}, "
           f"{n_frozen}/{len(built.stages)} stages frozen, {M.count_trainable(model):,d} trainable "
           f"parameters, {n_train} train / {len(splits['val'])} val images, {rt.describe()}")
-    log = EpochLog(LIVE_DIR)
+    log = EpochLog(LIVE_DIR) if ctx.is_main else None
     try:
         if strategy == "feature_extract":
             optimizer = torch.optim.AdamW([g for g in groups if g["name"] == "head"])
@@ -128,13 +138,21 @@ def main(argv=None) -> None:
             train_ds = D.ImageTensorDataset(splits["train"], D.train_geometry(
                 pre, params.augment.hflip, params.augment.min_scale))
             val_ds = D.ImageTensorDataset(splits["val"], D.eval_geometry(pre), cache_output=True)
-            drop_last = n_train % params.batch_size == 1 and n_train > params.batch_size
-            train_loader = E.make_loader(train_ds, params.batch_size, True, generator, rt, drop_last)
-            val_loader = E.make_loader(val_ds, params.evaluate.batch_size, False, None, rt)
+            sampler = DD.train_sampler(train_ds, ctx, params.seed)
+            batch_size = DD.per_rank_batch(params.batch_size, ctx)
+            n_local = len(sampler) if sampler is not None else n_train
+            drop_last = n_local % batch_size == 1 and n_local > batch_size
+            train_loader = E.make_loader(train_ds, batch_size, True, generator, rt, drop_last, sampler)
+            val_loader = E.make_loader(DD.shard(val_ds, ctx), params.evaluate.batch_size, False, None, rt)
             normalizer = D.Normalizer(pre.mean, pre.std).to(rt.device)
-            result = E.fit(model, optimizer, train_loader, val_loader, normalizer, cfg, rt, frozen, log)
+            result = E.fit(DD.wrap(model, ctx), optimizer, train_loader, val_loader, normalizer, cfg,
+                           rt, frozen, log, reduce=DD.reducer(ctx, rt.device))
     finally:
-        log.close()
+        if log:
+            log.close()
+    DD.report_sync(model, ctx)
+    if not ctx.is_main:
+        return
     summary = {
         "model_name": params.model_name,
         "strategy": strategy,
@@ -152,6 +170,7 @@ def main(argv=None) -> None:
         "n_val": len(splits["val"]),
         "image_size": pre.image_size,
         "precision": "bf16" if rt.dtype else "fp32",
+        "processes": ctx.world_size,
     }
     M.save_model_file(MODEL_FILE, built, classes, pre, extra=summary)
     write_json(TRAIN_METRICS, summary)

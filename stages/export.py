@@ -1,0 +1,230 @@
+"""Export a trained model file for serving: `python -m stages.export`.
+
+Writes into --out-dir (default models/export/):
+  model.torchscript.pt  TorchScript (torch.jit.trace), loads with torch.jit.load, no code needed
+  model.onnx            ONNX (opset 17, dynamic batch size), for onnxruntime and friends
+  preprocess.json       the preprocessing contract: what a caller does to an image before
+                        the network (size, resize, crop, mean/std, interpolation, class names)
+  parity.json           exported vs eager outputs on real images (max abs difference)
+
+Both exported networks take a float32 NCHW batch, already normalised as preprocess.json says,
+and return logits (apply softmax for probabilities). The parity check runs the eager model
+(fp32, CPU) and each export on the same preprocessed real images and fails (exit 2, no
+`parity.json`) when any logit differs by more than --tolerance x max(1, largest |logit|), or
+a predicted class changes where the eager top-2 margin was clear of that bound. fp32 rounding
+alone moves logits by ~1e-4..1e-3 (reported as `eager_fp32_vs_fp64`), hence the default 5e-3.
+Parity images: --images (files or folders), else data/prepared (test, then val, then train).
+
+ONNX needs the optional extra: pip install -e '.[export]' (onnx, onnxruntime); without it use
+--formats torchscript. The ONNX file is written by the TorchScript-based exporter
+(torch.onnx.export(dynamo=False)), which needs no extra packages beyond onnx.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+
+from stages import data as D
+from stages import predict as P
+from stages.errors import PipelineError, run_main
+from stages.fileio import atomic_path, write_json
+from stages.models import load_model_file
+
+DEFAULT_MODEL = Path("models/model.pt")
+DEFAULT_OUT = Path("models/export")
+PREPARED = Path("data/prepared")
+FORMATS = ("torchscript", "onnx")
+FILES = {"torchscript": "model.torchscript.pt", "onnx": "model.onnx"}
+CONTRACT_FORMAT = 1
+ONNX_OPSET = 17
+
+
+# ------------------------------------------------------------------ parity inputs
+def parity_images(paths: list[str] | None, limit: int) -> list[Path]:
+    """Up to `limit` image files, spread evenly over what is found (sorted, deterministic)."""
+    if paths:
+        files, missing = P.collect_images(paths)
+        if missing:
+            raise PipelineError(f"--images {missing[0][0]}: {missing[0][1]}")
+    elif (PREPARED / D.MANIFEST).is_file():
+        _, splits = D.read_manifest(PREPARED)
+        split = next(s for s in ("test", "val", "train") if s in splits)
+        files = [path for path, _ in splits[split]]
+    else:
+        raise PipelineError(f"no parity images: {PREPARED} not found; pass --images FOLDER with a "
+                            f"few real images (the check compares exported and eager outputs on them)")
+    if not files:
+        raise PipelineError("no parity images found; pass --images with image files or folders")
+    step = max(1, len(files) // limit)
+    return files[::step][:limit]
+
+
+def preprocessed_batch(loaded, files: list[Path]) -> torch.Tensor:
+    """Float32 NCHW batch exactly as predict/evaluate feed the network (decode, geometry,
+    normalise); unreadable files are an error here (they would make the check vacuous)."""
+    dataset = P.ImageFiles(files, loaded.preprocess)
+    tensors = []
+    for i in range(len(dataset)):
+        tensor, _, error = dataset[i]
+        if error:
+            raise PipelineError(f"parity image {files[i]}: {error}; remove it or pass other --images")
+        tensors.append(tensor)
+    normalizer = D.Normalizer(loaded.preprocess.mean, loaded.preprocess.std)
+    return normalizer(torch.stack(tensors)).contiguous()
+
+
+# ------------------------------------------------------------------ exporters
+def export_torchscript(model: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
+    with torch.no_grad():
+        traced = torch.jit.trace(model, example, check_trace=False)
+    with atomic_path(path) as tmp:
+        torch.jit.save(traced, str(tmp))
+
+
+def export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
+    with atomic_path(path) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's deprecation / tracer notices
+        torch.onnx.export(model, (example,), str(tmp), dynamo=False, opset_version=ONNX_OPSET,
+                          input_names=["input"], output_names=["logits"],
+                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+
+
+def run_torchscript(path: Path, batch: torch.Tensor) -> torch.Tensor:
+    module = torch.jit.load(str(path), map_location="cpu")
+    with torch.inference_mode():
+        return module(batch).float()
+
+
+def run_onnx(path: Path, batch: torch.Tensor) -> torch.Tensor:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return torch.from_numpy(session.run(["logits"], {"input": batch.numpy()})[0]).float()
+
+
+def check_onnx_available() -> None:
+    try:
+        import onnx  # noqa: F401  (the exporter serialises with it)
+        import onnxruntime  # noqa: F401  (the parity check runs with it)
+    except ImportError as exc:
+        raise PipelineError(f"ONNX export needs the optional packages onnx and onnxruntime "
+                            f"({exc.name} is missing): pip install -e '.[export]', or pass "
+                            f"--formats torchscript") from None
+
+
+# ------------------------------------------------------------------ contract
+def contract(loaded, model_file: Path, formats: list[str]) -> dict:
+    pre = loaded.preprocess
+    return {
+        "format": CONTRACT_FORMAT,
+        "model_file": str(model_file),
+        "model_name": loaded.info["model_name"],
+        "files": {f: FILES[f] for f in formats},
+        "class_names": list(loaded.class_names),
+        "image_size": pre.image_size,
+        "resize_size": pre.resize_size,
+        "interpolation": pre.interpolation,
+        "mean": list(pre.mean),
+        "std": list(pre.std),
+        "input": {"name": "input", "dtype": "float32", "layout": "NCHW (RGB)",
+                  "shape": ["batch", 3, pre.image_size, pre.image_size]},
+        "output": {"name": "logits", "dtype": "float32", "shape": ["batch", len(loaded.class_names)],
+                   "meaning": "unnormalised class scores in class_names order; softmax gives probabilities"},
+        "steps": [
+            "decode to 8-bit RGB, EXIF orientation applied, transparency composited on white",
+            f"resize so the shorter side is resize_size ({pre.resize_size} px), {pre.interpolation}, antialiased",
+            f"centre crop image_size x image_size ({pre.image_size} px)",
+            "x = (pixel / 255 - mean) / std, per channel",
+        ],
+    }
+
+
+# ------------------------------------------------------------------ main
+def export(model_file: Path, out_dir: Path, formats: list[str], images: list[str] | None,
+           n_images: int, tolerance: float) -> dict:
+    """Write the exports and the contract; returns the parity report (raises above tolerance)."""
+    if "onnx" in formats:
+        check_onnx_available()
+    loaded = load_model_file(model_file)
+    model = loaded.model.float().eval()
+    files = parity_images(images, n_images)
+    batch = preprocessed_batch(loaded, files)
+    with torch.no_grad():
+        eager = model(batch).float()
+        # fp32 rounding alone, as a yardstick for the export differences
+        fp64 = copy.deepcopy(model).double()(batch.double()).float()
+    fp64_noise = float((fp64 - eager).abs().max())
+    bound = tolerance * max(1.0, float(eager.abs().max()))
+    top2 = eager.topk(min(2, eager.shape[1]), dim=1).values
+    clear = (top2[:, 0] - top2[:, -1]) > 2 * bound  # a near-tie may flip within tolerance
+    # trace with a batch of 2: the parity batch then also checks a different batch size
+    example = batch[:2] if len(batch) >= 2 else torch.cat([batch, batch])
+    report = {"n_images": len(files), "tolerance": tolerance, "allowed_abs_diff_logits": bound,
+              "eager_fp32_vs_fp64_abs_diff_logits": fp64_noise, "formats": {}}
+    print(f"export: {len(files)} parity images, allowed |logit diff| {bound:.3g}; "
+          f"eager fp32 vs fp64 (rounding alone): {fp64_noise:.3g}")
+    failures = []
+    for fmt in formats:
+        path = out_dir / FILES[fmt]
+        if fmt == "torchscript":
+            export_torchscript(model, example, path)
+            out = run_torchscript(path, batch)
+        else:
+            export_onnx(model, example, path)
+            out = run_onnx(path, batch)
+        diff = float((out - eager).abs().max())
+        prob_diff = float((out.softmax(1) - eager.softmax(1)).abs().max())
+        same = out.argmax(1) == eager.argmax(1)
+        flipped = int((~same & clear).sum())
+        report["formats"][fmt] = {"file": FILES[fmt], "max_abs_diff_logits": diff,
+                                  "max_abs_diff_probs": prob_diff,
+                                  "same_predicted_class": f"{int(same.sum())}/{len(files)}"}
+        print(f"export: {fmt:<11} {path}  max |logit diff| {diff:.3g}, max |prob diff| "
+              f"{prob_diff:.3g}, same class {int(same.sum())}/{len(files)}")
+        if not diff <= bound or flipped:  # `not <=` also catches NaN
+            failures.append(f"{fmt}: max abs logit difference {diff:.3g} (allowed {bound:.3g}), "
+                            f"{flipped} clear prediction(s) changed")
+    if failures:
+        (out_dir / "parity.json").unlink(missing_ok=True)
+        raise PipelineError(f"parity check FAILED on {len(files)} images: {'; '.join(failures)}; "
+                            f"the exported files in {out_dir} do not reproduce {model_file}")
+    write_json(out_dir / "preprocess.json", contract(loaded, model_file, formats))
+    write_json(out_dir / "parity.json", report)
+    return report
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m stages.export",
+                                     description="Export a trained model file to TorchScript and ONNX with a parity check.")
+    parser.add_argument("--model", default=str(DEFAULT_MODEL), help="model file written by train (default: %(default)s)")
+    parser.add_argument("--out-dir", default=str(DEFAULT_OUT), help="output folder (default: %(default)s)")
+    parser.add_argument("--formats", default=",".join(FORMATS),
+                        help="comma-separated: torchscript, onnx (default: %(default)s)")
+    parser.add_argument("--images", nargs="+", metavar="PATH",
+                        help=f"parity images (files/folders; default: {PREPARED} test/val/train split)")
+    parser.add_argument("--n-images", type=int, default=32, help="parity images used at most (default: %(default)s)")
+    parser.add_argument("--tolerance", type=float, default=5e-3,
+                        help="allowed |logit difference| = tolerance x max(1, largest |logit|) "
+                             "(default: %(default)s)")
+    args = parser.parse_args(argv)
+    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+    unknown = sorted(set(formats) - set(FORMATS))
+    if unknown or not formats:
+        parser.error(f"--formats: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(FORMATS)}")
+    if args.n_images < 1:
+        parser.error("--n-images must be >= 1")
+    torch.manual_seed(0)
+    export(Path(args.model), Path(args.out_dir), formats, args.images, args.n_images, args.tolerance)
+    print(f"export: parity OK -> {args.out_dir}/preprocess.json, parity.json", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,205 @@
+"""Classify new images with a trained model file: `python -m stages.predict PATH...`.
+
+Only the model file is needed (architecture, classes and preprocessing are stored in it; no
+params.yaml). Each image goes through exactly what `evaluate` does: decoded to RGB with its
+EXIF orientation applied (stages.data.load_rgb), the model file's eval geometry (resize of
+the shorter side + centre crop), normalised on the compute device, then the model.
+
+Folders are searched recursively; hidden files and folders (names starting with '.') and
+non-image extensions are skipped. A file that cannot be decoded is reported on stderr and
+left out; the exit code is then 1 (the predictions of all other files are still written).
+
+Output: CSV (default, stdout when no --output) with columns path, predicted, confidence,
+top1_class, top1_prob, ... topK_class, topK_prob; or JSON lines when --output ends in
+.jsonl / .ndjson: {"path", "predicted", "confidence", "top_k": [{"class", "prob"}, ...]}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import sys
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from stages import data as D
+from stages.errors import PipelineError, run_main
+from stages.fileio import write_text
+from stages.models import load_model_file
+from stages.runtime import pick_runtime, prepare_model, to_device
+
+DEFAULT_MODEL = Path("models/model.pt")
+JSONL_SUFFIXES = (".jsonl", ".ndjson")
+
+
+# ------------------------------------------------------------------ inputs
+def collect_images(paths: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """(image files in argument order, folders sorted) and [(path, reason)] for missing paths.
+    A file named explicitly is always tried; inside folders only image extensions are taken."""
+    files, missing = [], []
+    for arg in paths:
+        path = Path(arg)
+        if path.is_file():
+            files.append(path)
+        elif path.is_dir():
+            for found in sorted(path.rglob("*")):
+                rel = found.relative_to(path)
+                if (found.is_file() and found.suffix.lower() in D.IMAGE_EXTENSIONS
+                        and not any(part.startswith(".") for part in rel.parts)):
+                    files.append(found)
+        else:
+            missing.append((arg, "no such file or folder"))
+    return files, missing
+
+
+class ImageFiles(torch.utils.data.Dataset):
+    """Item i: (uint8 CHW tensor after the eval geometry, or None, index, error or None)."""
+
+    def __init__(self, files: list[Path], preprocess):
+        self.files = files
+        self.geometry = D.eval_geometry(preprocess)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int):
+        from torchvision.transforms.v2.functional import pil_to_tensor
+
+        try:
+            img = D.load_rgb(self.files[i])
+        except D.BadImage as exc:
+            return None, i, str(exc)
+        return self.geometry(pil_to_tensor(img)), i, None
+
+
+def collate(items):
+    """Stack the decoded images of a batch; unreadable ones travel as (index, reason)."""
+    good = [(t, i) for t, i, err in items if err is None]
+    bad = [(i, err) for t, i, err in items if err is not None]
+    images = torch.stack([t for t, _ in good]) if good else None
+    return images, [i for _, i in good], bad
+
+
+def make_loader(files: list[Path], preprocess, batch_size: int, device: torch.device):
+    """Decoding in worker processes pays off on a GPU; on CPU it would take the model's cores."""
+    workers = 0 if device.type == "cpu" else min(8, torch.get_num_threads())
+    return torch.utils.data.DataLoader(ImageFiles(files, preprocess), batch_size=batch_size,
+                                       shuffle=False, num_workers=workers, collate_fn=collate,
+                                       pin_memory=device.type == "cuda")
+
+
+# ------------------------------------------------------------------ prediction
+@torch.inference_mode()
+def predict_files(loaded, files: list[Path], batch_size: int, precision: str = "auto",
+                  progress: bool | None = None):
+    """(probabilities [n_ok, classes] float32, indices of `files` they belong to,
+    [(index, reason)] of files that could not be read)."""
+    rt = pick_runtime(precision)
+    model = prepare_model(loaded.model, rt).eval()
+    normalizer = D.Normalizer(loaded.preprocess.mean, loaded.preprocess.std).to(rt.device)
+    probs, order, failed = [], [], []
+    # progress None: a bar when stderr is a terminal (tqdm's own rule)
+    bar = tqdm(total=len(files), desc="predict", unit="img", file=sys.stderr,
+               disable=None if progress is None else not progress)
+    for images, indices, bad in make_loader(files, loaded.preprocess, batch_size, rt.device):
+        failed.extend(bad)
+        if images is not None:
+            with rt.autocast():
+                logits = model(normalizer(to_device(images, rt)))
+            probs.append(torch.softmax(logits.float(), 1).cpu())
+            order.extend(indices)
+        bar.update(len(indices) + len(bad))
+    bar.close()
+    n_classes = len(loaded.class_names)
+    return (torch.cat(probs) if probs else torch.zeros(0, n_classes)), order, failed
+
+
+def rows(files: list[Path], probs: torch.Tensor, order: list[int], class_names: list, k: int):
+    """One dict per predicted file: path, predicted, confidence, top_k [(class, prob)]."""
+    k = min(k, len(class_names))
+    top_p, top_i = probs.topk(k, dim=1)  # ties: lower class index first, like argmax
+    out = []
+    for row, index in enumerate(order):
+        top = [(class_names[int(c)], float(p)) for p, c in zip(top_p[row], top_i[row])]
+        out.append({"path": str(files[index]), "predicted": top[0][0], "confidence": top[0][1],
+                    "top_k": top})
+    return out
+
+
+def format_csv(records: list[dict], k: int) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    header = ["path", "predicted", "confidence"]
+    for j in range(1, k + 1):
+        header += [f"top{j}_class", f"top{j}_prob"]
+    writer.writerow(header)
+    for r in records:
+        line = [r["path"], r["predicted"], f"{r['confidence']:.6f}"]
+        for name, p in r["top_k"]:
+            line += [name, f"{p:.6f}"]
+        writer.writerow(line)
+    return buf.getvalue()
+
+
+def format_jsonl(records: list[dict]) -> str:
+    return "".join(json.dumps({"path": r["path"], "predicted": r["predicted"],
+                               "confidence": round(r["confidence"], 6),
+                               "top_k": [{"class": c, "prob": round(p, 6)} for c, p in r["top_k"]]})
+                   + "\n" for r in records)
+
+
+# ------------------------------------------------------------------ CLI
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="python -m stages.predict",
+                                     description="Classify image files or folders with a trained model file.")
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="image files and/or folders (searched recursively)")
+    parser.add_argument("--model", default=str(DEFAULT_MODEL), help="model file written by train (default: %(default)s)")
+    parser.add_argument("--top-k", type=int, default=3, help="classes listed per image (default: %(default)s)")
+    parser.add_argument("--output", "-o", help="predictions file: .csv or .jsonl (default: CSV on stdout)")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per batch (default: %(default)s)")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                        help="auto: bf16 autocast where the device runs it natively (default: %(default)s)")
+    args = parser.parse_args(argv)
+    if args.top_k < 1:
+        parser.error("--top-k must be >= 1")
+    if args.batch_size < 1:
+        parser.error("--batch-size must be >= 1")
+    if args.output and not args.output.lower().endswith((".csv",) + JSONL_SUFFIXES):
+        parser.error(f"--output {args.output}: use a .csv, .jsonl or .ndjson file name")
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    loaded = load_model_file(args.model)
+    files, missing = collect_images(args.paths)
+    for path, reason in missing:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    if not files:
+        raise PipelineError(f"no image files found in {' '.join(args.paths)} (extensions: "
+                            f"{', '.join(sorted(D.IMAGE_EXTENSIONS))}); pass image files or folders")
+    probs, order, failed = predict_files(loaded, files, args.batch_size, args.precision)
+    for index, reason in failed:
+        print(f"skipped {files[index]}: {reason}", file=sys.stderr)
+    records = rows(files, probs, order, loaded.class_names, args.top_k)
+    k = min(args.top_k, len(loaded.class_names))
+    jsonl = bool(args.output) and args.output.lower().endswith(JSONL_SUFFIXES)
+    text = format_jsonl(records) if jsonl else format_csv(records, k)
+    if args.output:
+        write_text(args.output, text)
+    else:
+        sys.stdout.write(text)
+    n_failed = len(failed) + len(missing)
+    print(f"predict: {len(records)} image(s) classified"
+          + (f" -> {args.output}" if args.output else "")
+          + (f"; {n_failed} skipped (see above)" if n_failed else ""), file=sys.stderr)
+    if n_failed:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,108 @@
+"""stages.predict: same numbers as evaluate, folders with bad files, output formats."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from stages import predict as P
+from stages.errors import PipelineError
+from tests import tiny_project as T
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    """Prepared tiny data (PNG and JPEG sources) and an untrained model file."""
+    root = tmp_path_factory.mktemp("predict")
+    T.make_image_folder(root / "src", per_class=6, size=40, seed=1)
+    T.make_image_folder(root / "src_jpg", per_class=3, size=44, seed=2, suffix=".jpg")
+    for kind in T.CLASSES:  # JPEG sources stay JPEG in data/prepared: both decoders are exercised
+        for f in (root / "src_jpg" / kind).iterdir():
+            shutil.move(f, root / "src" / kind / f"j{f.name}")
+    T.write_params(root, **{"data.source": "src", "data.image_size": 32, "data.test_fraction": 0.4,
+                            "precision": "fp32", "evaluate.batch_size": 7})
+    T.prepare(root)
+    T.save_tiny_model(root / "models" / "model.pt", "tf_efficientnet_lite0", 32, "default")
+    return root
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_predict_equals_evaluate(project):
+    from stages import evaluate
+
+    with T.chdir(project):
+        evaluate.main([])
+        P.main(["data/prepared/test", "--output", "preds.csv", "--precision", "fp32",
+                "--batch-size", "3", "--top-k", "2"])
+    expected = {row["file"]: row for row in read_csv(project / "metrics/eval/predictions.csv")}
+    got = {str(Path(row["path"]).relative_to("data/prepared")): row for row in read_csv(project / "preds.csv")}
+    assert sorted(got) == sorted(expected) and any(f.endswith(".jpg") for f in got)
+    for name, row in got.items():
+        assert row["predicted"] == expected[name]["predicted"], name
+        assert abs(float(row["confidence"]) - float(expected[name]["confidence"])) <= 2e-6, name
+        assert row["top1_class"] == row["predicted"]
+        assert float(row["top1_prob"]) >= float(row["top2_prob"])
+    # an untrained net that still separates images: not every prediction is the same class
+    assert len({row["predicted"] for row in got.values()}) > 1
+
+
+def test_folder_with_bad_file_cli(project, tmp_path):
+    """Recursive folder, hidden and non-image files ignored, a broken image reported and
+    skipped, exit code 1, the good images still written (JSON lines)."""
+    folder = tmp_path / "incoming"
+    good = sorted((project / "data/prepared/train").rglob("*.png"))[:4]
+    for i, f in enumerate(good):
+        target = folder / ("nested" if i % 2 else "") / f"img{i}.png"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(f, target)
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (folder / ".hidden.png").write_bytes(b"junk")
+    (folder / "notes.txt").write_text("not an image")
+    out = tmp_path / "preds.jsonl"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-m", "stages.predict", str(folder), "--model",
+                           str(project / "models/model.pt"), "--output", str(out), "--top-k", "5",
+                           "--batch-size", "2"], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert f"skipped {folder / 'broken.jpg'}:" in proc.stderr
+    assert ".hidden" not in proc.stderr and "notes.txt" not in proc.stderr
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(Path(r["path"]).name for r in records) == [f"img{i}.png" for i in range(4)]
+    for r in records:
+        assert len(r["top_k"]) == 3  # clipped to the number of classes
+        assert r["predicted"] == r["top_k"][0]["class"] and r["confidence"] == r["top_k"][0]["prob"]
+        assert abs(sum(t["prob"] for t in r["top_k"]) - 1) < 1e-5
+
+
+def test_explicit_files_and_missing_path(project, capsys):
+    files = sorted((project / "data/prepared/train").rglob("*.png"))[:2]
+    with pytest.raises(SystemExit) as exit_info:
+        P.main([str(f) for f in files] + [str(project / "nope.png"),
+                "--model", str(project / "models/model.pt"), "--precision", "fp32"])
+    assert exit_info.value.code == 1
+    captured = capsys.readouterr()
+    rows = list(csv.DictReader(captured.out.splitlines()))
+    assert [r["path"] for r in rows] == [str(f) for f in files]
+    assert "nope.png: no such file or folder" in captured.err
+
+
+def test_bad_model_file_is_a_one_line_error(tmp_path):
+    (tmp_path / "x.png").write_bytes(b"")
+    with pytest.raises(PipelineError, match="model file not found"):
+        P.main([str(tmp_path), "--model", str(tmp_path / "missing.pt")])
+    (tmp_path / "model.pt").write_text("not a model")
+    with pytest.raises(PipelineError, match="not a model file"):
+        P.main([str(tmp_path), "--model", str(tmp_path / "model.pt")])
