@@ -47,8 +47,8 @@ def test_predict_equals_evaluate(project):
         evaluate.main([])
         P.main(["data/prepared/test", "--output", "preds.csv", "--precision", "fp32",
                 "--batch-size", "3", "--top-k", "2"])
-    expected = {row["file"]: row for row in read_csv(project / "metrics/eval/predictions.csv")}
-    got = {str(Path(row["path"]).relative_to("data/prepared")): row for row in read_csv(project / "preds.csv")}
+    expected = {row["prepared_file"]: row for row in read_csv(project / "metrics/eval/predictions.csv")}
+    got = {Path(row["path"]).as_posix(): row for row in read_csv(project / "preds.csv")}
     assert sorted(got) == sorted(expected) and any(f.endswith(".jpg") for f in got)
     for name, row in got.items():
         assert row["predicted"] == expected[name]["predicted"], name
