@@ -16,6 +16,7 @@ Decisions (see README for the user-facing side):
 
 from __future__ import annotations
 
+import copy
 import csv
 import hashlib
 import io
@@ -273,10 +274,19 @@ class ImageTensorDataset(torch.utils.data.Dataset):
         self.cache_output = cache_output
         self.cache_bytes = cache_bytes
         self._cache: dict[int, torch.Tensor] = {}
-        self._cached_bytes = 0
+        self._cached = {"bytes": 0}  # shared with with_geometry() copies, like the cache
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    def with_geometry(self, geometry) -> "ImageTensorDataset":
+        """The same images under another geometry, sharing the decoded-image cache (so
+        several augmented passes decode each file once)."""
+        if self.cache_output:
+            raise ValueError("a dataset caching transformed images cannot share its cache")
+        other = copy.copy(self)
+        other.geometry = geometry
+        return other
 
     def __getitem__(self, i: int):
         path, label = self.samples[i]
@@ -285,9 +295,9 @@ class ImageTensorDataset(torch.utils.data.Dataset):
             tensor = decode_file(path)
             if self.cache_output:
                 tensor = self.geometry(tensor)
-            if self._cached_bytes + tensor.numel() <= self.cache_bytes:
+            if self._cached["bytes"] + tensor.numel() <= self.cache_bytes:
                 self._cache[i] = tensor
-                self._cached_bytes += tensor.numel()
+                self._cached["bytes"] += tensor.numel()
         if not self.cache_output:
             tensor = self.geometry(tensor)
         return tensor, label

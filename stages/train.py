@@ -65,11 +65,11 @@ def feature_extract(built: M.BuiltModel, pre, params: Params, splits, rt, optimi
     M.set_submodule(model, built.head_name, torch.nn.Identity())  # model(x) -> pooled features
     normalizer = D.Normalizer(pre.mean, pre.std).to(rt.device)
     views = params.augment.feature_views
+    clean = D.ImageTensorDataset(splits["train"], D.eval_geometry(pre))
+    augmented = clean.with_geometry(D.train_geometry(pre, params.augment.hflip, params.augment.min_scale))
     train_views = []
     for view in range(views):
-        geometry = D.eval_geometry(pre) if view == 0 else D.train_geometry(
-            pre, params.augment.hflip, params.augment.min_scale)
-        dataset = D.ImageTensorDataset(splits["train"], geometry)
+        dataset = clean if view == 0 else augmented
         loader = E.make_loader(dataset, params.evaluate.batch_size, False, None, rt)
         features, train_labels = E.extract_features(model, loader, normalizer, rt,
                                                      desc=f"features train view {view + 1}/{views}")

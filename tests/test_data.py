@@ -78,3 +78,22 @@ def test_given_split_detected(tmp_path):
         (tmp_path / split / "a").mkdir(parents=True)
     assert set(D.given_split_dirs(tmp_path)) == {"train", "val"}
     assert D.given_split_dirs(tmp_path / "train") is None
+
+
+def test_views_share_one_decode_per_image(tmp_path, monkeypatch):
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"{i}.png")
+        Image.new("RGB", (40, 30), (i * 50, 0, 0)).save(paths[-1])
+    calls = []
+    real = D.decode_file
+    monkeypatch.setattr(D, "decode_file", lambda p: calls.append(p) or real(p))
+    from stages.weights import Preprocess
+
+    pre = Preprocess(16, 18, (0.5,) * 3, (0.5,) * 3, "bicubic")
+    clean = D.ImageTensorDataset([(p, 0) for p in paths], D.eval_geometry(pre))
+    augmented = clean.with_geometry(D.train_geometry(pre, hflip=True, min_scale=0.5))
+    for dataset in (clean, augmented, augmented):
+        shapes = {tuple(dataset[i][0].shape) for i in range(len(dataset))}
+        assert shapes == {(3, 16, 16)}
+    assert len(calls) == len(paths)
