@@ -7,8 +7,9 @@ Decisions (see README for the user-facing side):
   on white; 16-bit images are scaled to 8 bit.
 * Stored images are at most `STORE_MARGIN` x image_size on their shorter side (never
   upscaled), so training decodes small files. JPEG sources stay JPEG (quality 95), others PNG.
-* The split is stratified per class and seeded. Byte-identical files are one group and always
-  land in the same split (no leakage through duplicates).
+* The split is stratified per class and seeded. Identical images (same decoded pixels, so also
+  a PNG and a BMP of one picture) are one group and always land in the same split, even when
+  they sit under two classes (a label conflict): no leakage through duplicates.
 * Training reads uint8 tensors (decoded once and kept in memory while they fit in
   `DECODE_CACHE_BYTES`), crops/flips them as tensors, and normalises whole batches on the
   compute device.
@@ -187,9 +188,24 @@ def stratified_split(items: list[Item], val_fraction: float, test_fraction: floa
         for rank, index in enumerate(order):
             split = "test" if rank < n_test else "val" if rank < n_test + n_val else "train"
             out[split].extend(groups[index])
+    out = _colocate_across_classes(out)
     for split in out:
         out[split].sort(key=lambda it: (it.label, it.rel))
     return out
+
+
+def _colocate_across_classes(out: dict[str, list[Item]]) -> dict[str, list[Item]]:
+    """Move copies of one image filed under several classes into one split: the earliest of
+    train, val, test that holds a copy (so no class loses a training image for it)."""
+    home: dict[str, str] = {}
+    for split in SPLITS:
+        for item in out[split]:
+            home.setdefault(item.sha256, split)
+    moved = {s: [] for s in SPLITS}
+    for split in SPLITS:
+        for item in out[split]:
+            moved[home[item.sha256]].append(item)
+    return moved
 
 
 # ------------------------------------------------------------------ manifest

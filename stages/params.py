@@ -20,6 +20,7 @@ from stages.errors import PipelineError
 STRATEGIES = ("feature_extract", "fine_tune", "full_tune", "auto")
 CLASS_WEIGHTING = ("none", "balanced")
 PRECISIONS = ("auto", "fp32", "bf16")
+ON_LEAK = ("warn", "fail")
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class DataParams:
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     image_size: int = 224
+    on_leak: str = "warn"
 
 
 @dataclass(frozen=True)
@@ -151,6 +153,7 @@ def validate(p: Params) -> Params:
     _check_range(p.augment.feature_views >= 1, "augment.feature_views", ">= 1", p.augment.feature_views)
     _check_range(0 < p.augment.min_scale <= 1, "augment.min_scale", "in (0, 1]", p.augment.min_scale)
     d = p.data
+    _check_choice(d.on_leak, ON_LEAK, "data.on_leak")
     _check_range(0 < d.val_fraction < 1, "data.val_fraction", "in (0, 1)", d.val_fraction)
     _check_range(0 <= d.test_fraction < 1, "data.test_fraction", "in [0, 1)", d.test_fraction)
     _check_range(

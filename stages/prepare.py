@@ -2,13 +2,22 @@
 
 A source holding train/ and val/ (and optionally test/) folders is used as split; otherwise a
 stratified, seeded split is made. Writes metrics/data.json: counts per class and split,
-skipped files with reasons, duplicates and label conflicts.
+class imbalance, image sizes, skipped files with reasons, duplicates and label conflicts.
+
+Images are hashed by their decoded pixels (sha256 of size + RGB bytes), so a byte-identical
+copy and the same picture saved in another lossless format are both found. Identical images in
+two of the user's train/val/test folders are leakage: listed as a warning, or with
+`data.on_leak: fail` prepare stops before replacing anything.
+
+Each image is encoded into a staging folder as soon as it is decoded, so memory does not grow
+with the data set; the finished folder replaces data/prepared in one rename.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import itertools
 import os
 import shutil
 import sys
@@ -22,10 +31,27 @@ from stages.params import load_params
 
 OUT_DIR = Path("data/prepared")
 REPORT = Path("metrics/data.json")
+STAGING = ".staging"  # inside the temp output dir: encoded images before their split is known
+MAX_LISTED = 10  # leak pairs named in the error message (all are printed as warnings)
 
 
-def _load_folder(root: Path, prefix: str, image_size: int, skipped: list):
-    """Decode every image below an ImageFolder root: ({class: [record]}, class names)."""
+class Stager:
+    """Writes encoded images to numbered files in a staging folder."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._ids = itertools.count()
+
+    def put(self, blob: bytes, ext: str) -> Path:
+        path = self.folder / f"{next(self._ids):07d}{ext}"
+        path.write_bytes(blob)
+        return path
+
+
+def _load_folder(root: Path, prefix: str, image_size: int, skipped: list, stager: Stager):
+    """Decode every image below an ImageFolder root and stage its stored copy:
+    ({class: [record]}, class names)."""
     classes, files, ignored = D.list_class_folder(root)
     skipped.extend({"file": f"{prefix}{f}", "reason": r} for f, r in ignored)
     records = defaultdict(list)
@@ -42,7 +68,7 @@ def _load_folder(root: Path, prefix: str, image_size: int, skipped: list):
         within = path.relative_to(root / label).with_suffix("")
         records[label].append({"rel": f"{prefix}{rel}", "label": label, "sha256": pixel_hash,
                                "stem": "__".join(within.parts),
-                               "blob": blob, "ext": ext, "size": img.size})
+                               "staged": stager.put(blob, ext), "ext": ext, "size": img.size})
     return records, classes
 
 
@@ -59,14 +85,15 @@ def _check_classes(records: dict, classes: list, where: str) -> list[str]:
     return empty
 
 
-def collect(source: Path, val_fraction: float, test_fraction: float, seed: int, image_size: int):
-    """({split: [record]}, classes, report extras)."""
+def collect(source: Path, val_fraction: float, test_fraction: float, seed: int, image_size: int,
+            stager: Stager):
+    """({split: [record]}, classes, report extras); the stored images go to `stager`."""
     skipped: list[dict] = []
     given = D.given_split_dirs(source)
     if given:
         per_split, class_sets = {}, {}
         for split, folder in given.items():
-            records, _ = _load_folder(folder, f"{split}/", image_size, skipped)
+            records, _ = _load_folder(folder, f"{split}/", image_size, skipped, stager)
             per_split[split] = [r for c in sorted(records) for r in records[c]]
             class_sets[split] = sorted(c for c in records if records[c])
         train_classes = class_sets["train"]
@@ -79,7 +106,7 @@ def collect(source: Path, val_fraction: float, test_fraction: float, seed: int, 
                     f"data.source {source}/{split}: classes differ from train/ ({', '.join(extra)}); "
                     f"every split needs the same class folders")
         return per_split, train_classes, {"split_given": True, "skipped": skipped}
-    records, classes = _load_folder(source, "", image_size, skipped)
+    records, classes = _load_folder(source, "", image_size, skipped, stager)
     empty = _check_classes(records, classes, "")
     classes = [c for c in classes if c not in empty]
     items, by_rel = [], {}
@@ -108,23 +135,33 @@ def duplicates_report(per_split: dict) -> dict:
             "cross_split_duplicates": sorted(leaks)}
 
 
-def write_prepared(per_split: dict, out_dir: Path) -> list[dict]:
-    """Write images + manifest into a temp dir, then swap it in (never half-written)."""
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+def check_leaks(dups: dict, on_leak: str) -> None:
+    """data.on_leak=fail: identical images in two splits stop the stage."""
+    leaks = dups["cross_split_duplicates"]
+    if on_leak == "fail" and leaks:
+        listed = "; ".join(", ".join(g) for g in leaks[:MAX_LISTED])
+        more = f" (+{len(leaks) - MAX_LISTED} more)" if len(leaks) > MAX_LISTED else ""
+        raise PipelineError(
+            f"data.source: {len(leaks)} image(s) appear in more than one split (leakage): "
+            f"{listed}{more}; delete or move the copies so each sits in one split, "
+            f"or set data.on_leak: warn in params.yaml")
+
+
+def write_prepared(per_split: dict, tmp: Path) -> list[dict]:
+    """Move the staged images to tmp/<split>/<class>/ and write the manifest there."""
     rows = []
     for split in D.SPLITS:
         used = set()
         for r in per_split.get(split, []):
-            stem = r["stem"]
-            name = f"{stem}{r['ext']}"
-            if (r["label"], name) in used:
-                name = f"{stem}-{r['sha256'][:8]}{r['ext']}"
+            stem, ext = r["stem"], r["ext"]
+            name, n = f"{stem}{ext}", 1
+            while (r["label"], name) in used:  # a.png + a.bmp in one class: keep both
+                name, n = f"{stem}-{n}{ext}", n + 1
             used.add((r["label"], name))
             rel_out = f"{split}/{r['label']}/{name}"
             target = tmp / rel_out
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(r["blob"])
+            os.replace(r["staged"], target)
             rows.append({"file": rel_out, "source": r["rel"], "class": r["label"], "split": split,
                          "sha256": r["sha256"], "width": r["size"][0], "height": r["size"][1]})
     buf = io.StringIO()
@@ -132,9 +169,6 @@ def write_prepared(per_split: dict, out_dir: Path) -> list[dict]:
     writer.writeheader()
     writer.writerows(rows)
     (tmp / D.MANIFEST).write_text(buf.getvalue(), encoding="utf-8")
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
     return rows
 
 
@@ -144,9 +178,11 @@ def build_report(rows: list[dict], classes: list, extras: dict, dups: dict) -> d
         counts[r["split"]][r["class"]] += 1
     counts = {s: v for s, v in counts.items() if sum(v.values())}
     totals = {c: sum(counts[s][c] for s in counts) for c in classes}
-    widths = sorted(int(r["width"]) for r in rows)
-    heights = sorted(int(r["height"]) for r in rows)
-    mid = len(rows) // 2
+
+    def spread(key: str) -> dict:  # source image sizes (before prepare shrinks them)
+        values = sorted(int(r[key]) for r in rows)
+        return {"min": values[0], "median": values[len(values) // 2], "max": values[-1]}
+
     return {
         "n_images": len(rows),
         "n_classes": len(classes),
@@ -154,8 +190,7 @@ def build_report(rows: list[dict], classes: list, extras: dict, dups: dict) -> d
         "imbalance_ratio": round(max(totals.values()) / max(1, min(totals.values())), 3),
         "n_skipped": len(extras["skipped"]),
         "split_given": extras["split_given"],
-        "image_size_px": {"min": [widths[0], heights[0]], "median": [widths[mid], heights[mid]],
-                          "max": [widths[-1], heights[-1]]},
+        "image_size_px": {"width": spread("width"), "height": spread("height")},
         "per_split_class": counts,
         "duplicates": dups,
         "empty_classes": extras.get("empty_classes", []),
@@ -166,12 +201,26 @@ def build_report(rows: list[dict], classes: list, extras: dict, dups: dict) -> d
 def main(argv=None) -> None:
     params = load_params()
     source = D.check_source(params.data.source)
-    per_split, classes, extras = collect(source, params.data.val_fraction,
-                                         params.data.test_fraction, params.seed,
-                                         params.data.image_size)
-    dups = duplicates_report(per_split)
-    rows = write_prepared(per_split, OUT_DIR)
-    report = build_report(rows, classes, extras, dups)
+    tmp = OUT_DIR.with_name(f".{OUT_DIR.name}.tmp")  # never a half-written data/prepared
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        per_split, classes, extras = collect(source, params.data.val_fraction,
+                                             params.data.test_fraction, params.seed,
+                                             params.data.image_size, Stager(tmp / STAGING))
+        dups = duplicates_report(per_split)
+        for leak in dups["cross_split_duplicates"]:
+            print(f"warning: identical images in different splits (leakage): {', '.join(leak)}",
+                  file=sys.stderr)
+        check_leaks(dups, params.data.on_leak)
+        rows = write_prepared(per_split, tmp)
+        shutil.rmtree(tmp / STAGING)
+        report = build_report(rows, classes, extras, dups)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if OUT_DIR.exists():
+        shutil.rmtree(OUT_DIR)
+    os.replace(tmp, OUT_DIR)
     write_json(REPORT, report)
     sizes = ", ".join(f"{s} {report.get(f'n_{s}', 0)}" for s in D.SPLITS)
     print(f"prepare: {len(rows)} images, {len(classes)} classes ({sizes}); "
@@ -180,9 +229,6 @@ def main(argv=None) -> None:
         print(f"  skipped {s['file']}: {s['reason']}", file=sys.stderr)
     for pair in dups["label_conflicts"]:
         print(f"warning: the same image is labelled differently: {' vs '.join(pair)}", file=sys.stderr)
-    for leak in dups["cross_split_duplicates"]:
-        print(f"warning: identical images in different splits (leakage): {', '.join(leak)}",
-              file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,144 @@
+"""Duplicates, leakage and label conflicts in `prepare` (in-process, tiny 32 px images)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from stages import data as D
+from stages import prepare
+from stages.errors import PipelineError, run_main
+from stages.params import parse_params
+
+
+def noise_image(seed: int) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+
+
+def image_folder(root: Path, classes=("a", "b", "c"), per_class: int = 6, seed: int = 0) -> Path:
+    """root/<class>/<i>.png, every image different."""
+    for ci, name in enumerate(classes):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            noise_image(seed * 1000 + ci * 100 + i).save(root / name / f"{i}.png")
+    return root
+
+
+def run_prepare(workdir: Path, monkeypatch, source: Path, **data) -> dict:
+    """Run the prepare stage in `workdir`; returns metrics/data.json."""
+    params = {"seed": 3, "data": {"source": str(source), "image_size": 32, **data}}
+    (workdir / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(workdir)
+    prepare.main()
+    return json.loads((workdir / "metrics/data.json").read_text())
+
+
+def manifest_splits(workdir: Path) -> dict[str, str]:
+    with open(workdir / "data/prepared" / D.MANIFEST, newline="") as fh:
+        return {row["source"]: row["split"] for row in csv.DictReader(fh)}
+
+
+def test_byte_and_pixel_duplicates_share_one_split(tmp_path, monkeypatch):
+    src = image_folder(tmp_path / "src")
+    original = src / "a" / "0.png"
+    shutil.copy(original, src / "a" / "copy.png")  # same bytes
+    Image.open(original).save(src / "a" / "same.bmp")  # same pixels, another lossless format
+    Image.open(original).save(src / "a" / "same.tiff")
+    work = tmp_path / "work"
+    work.mkdir()
+    report = run_prepare(work, monkeypatch, src)
+
+    splits = manifest_splits(work)
+    group = ["a/0.png", "a/copy.png", "a/same.bmp", "a/same.tiff"]
+    assert len({splits[f] for f in group}) == 1, {f: splits[f] for f in group}
+    dups = report["duplicates"]
+    assert dups["duplicate_groups"] == 1
+    assert dups["duplicate_files"] == 3
+    assert dups["cross_split_duplicates"] == [] and dups["label_conflicts"] == []
+    assert report["n_images"] == 3 * 6 + 3
+    # every copy is kept under its own name (a.png + a.bmp would otherwise collide)
+    files = list((work / "data/prepared").rglob("*.*"))
+    assert len([f for f in files if f.name != D.MANIFEST]) == report["n_images"]
+
+
+def test_split_keeps_every_duplicate_group_together_for_any_seed():
+    items = []
+    for label in ("a", "b", "c"):
+        items += [D.Item(f"{label}/{i}.png", label, f"{label}{i}") for i in range(20)]
+    items += [D.Item("a/dup.png", "a", "a3"), D.Item("a/dup2.png", "a", "a3")]  # within a class
+    items += [D.Item("b/x.png", "b", "conflict"), D.Item("c/x.png", "c", "conflict"),
+              D.Item("a/x.png", "a", "conflict")]  # one image filed under three classes
+    for seed in range(25):
+        out = D.stratified_split(items, 0.2, 0.2, seed)
+        where: dict[str, set] = {}
+        for split, members in out.items():
+            for it in members:
+                where.setdefault(it.sha256, set()).add(split)
+        assert all(len(s) == 1 for s in where.values()), (seed, where)
+        assert sum(len(v) for v in out.values()) == len(items)
+
+
+def test_label_conflict_reports_both_paths(tmp_path, monkeypatch, capsys):
+    src = image_folder(tmp_path / "src")
+    shutil.copy(src / "a" / "2.png", src / "b" / "looks_like_a.png")
+    work = tmp_path / "work"
+    work.mkdir()
+    report = run_prepare(work, monkeypatch, src)
+
+    assert report["duplicates"]["label_conflicts"] == [["a/2.png", "b/looks_like_a.png"]]
+    err = capsys.readouterr().err
+    assert "labelled differently: a/2.png vs b/looks_like_a.png" in err
+    splits = manifest_splits(work)
+    assert splits["a/2.png"] == splits["b/looks_like_a.png"]  # no leak through the conflict
+
+
+def given_split_with_leak(root: Path) -> Path:
+    for split, seed in (("train", 1), ("val", 2), ("test", 3)):
+        image_folder(root / split, classes=("a", "b"), per_class=3, seed=seed)
+    shutil.copy(root / "train/a/1.png", root / "test/a/leaked.png")
+    return root
+
+
+def test_given_split_leak_is_a_warning_with_the_pair(tmp_path, monkeypatch, capsys):
+    src = given_split_with_leak(tmp_path / "src")
+    work = tmp_path / "work"
+    work.mkdir()
+    report = run_prepare(work, monkeypatch, src)
+
+    pair = ["test:test/a/leaked.png", "train:train/a/1.png"]
+    assert report["split_given"] is True
+    assert report["duplicates"]["cross_split_duplicates"] == [pair]
+    assert f"leakage): {', '.join(pair)}" in capsys.readouterr().err
+    assert report["per_split_class"]["test"] == {"a": 4, "b": 3}
+
+
+def test_given_split_leak_fails_with_on_leak_fail(tmp_path, monkeypatch, capsys):
+    src = given_split_with_leak(tmp_path / "src")
+    work = tmp_path / "work"
+    work.mkdir()
+    run_prepare(work, monkeypatch, src)  # a good earlier run stays in place
+    before = sorted(p.relative_to(work) for p in (work / "data").rglob("*"))
+    (work / "params.yaml").write_text(yaml.safe_dump(
+        {"data": {"source": str(src), "image_size": 32, "on_leak": "fail"}}))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        run_main(prepare.main)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: data.source: 1 image(s) appear in more than one split")
+    assert "test:test/a/leaked.png, train:train/a/1.png" in err and "data.on_leak: warn" in err
+    assert sorted(p.relative_to(work) for p in (work / "data").rglob("*")) == before
+
+
+def test_on_leak_is_validated():
+    assert parse_params({"data": {"on_leak": "fail"}}).data.on_leak == "fail"
+    with pytest.raises(PipelineError, match="data.on_leak"):
+        parse_params({"data": {"on_leak": "ignore"}})
