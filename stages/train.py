@@ -35,8 +35,13 @@ class EpochLog:
 
     def __init__(self, directory: Path):
         from dvclive import Live
+        from scmrepo.exceptions import SCMError
 
-        self.live = Live(dir=str(directory), save_dvc_exp=False, dvcyaml=False, report=None)
+        try:
+            self.live = Live(dir=str(directory), save_dvc_exp=False, dvcyaml=False, report=None)
+        except SCMError as exc:  # dvclive reads the git HEAD, which a brand-new repo lacks
+            raise PipelineError(f"git repository problem ({exc}): commit once first, e.g. "
+                                f"git add -A && git commit -m 'start'") from None
 
     def __call__(self, epoch: int, row: dict) -> None:
         for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):

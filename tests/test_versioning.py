@@ -16,7 +16,9 @@ import pytest
 import yaml
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import make_repo
+from stages.params import merge_overrides
+
 # Everything DVC tracks in this project (stage outputs + the user's data/raw).
 TRACKED = ("data/raw", "data/demo", "data/prepared", "models", "metrics")
 TINY = {"num_epochs": 1, "batch_size": 8, "demo": {"per_class": 3, "size": 16},
@@ -55,13 +57,8 @@ def write_images(folder: Path, seeds) -> None:
 
 def set_params(repo: Path, changes: dict) -> None:
     path = repo / "params.yaml"
-    params = yaml.safe_load(path.read_text())
-    for key, value in changes.items():
-        if isinstance(value, dict):
-            params[key].update(value)
-        else:
-            params[key] = value
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    path.write_text(yaml.safe_dump(merge_overrides(yaml.safe_load(path.read_text()), changes),
+                                   sort_keys=False))
 
 
 def assert_up_to_date(repo: Path) -> None:
@@ -74,18 +71,7 @@ def assert_up_to_date(repo: Path) -> None:
 def v1(tmp_path_factory):
     """A project repo at data version 1 (tag v1): data/raw under DVC, pipeline run, committed.
     Returns (repo, hashes of every tracked file)."""
-    repo = tmp_path_factory.mktemp("project")
-    shutil.copytree(ROOT / "stages", repo / "stages", ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", "params.yaml", ".gitignore", ".dvcignore",
-                 "data/.gitignore", "metrics/.gitignore", "models/.gitignore"):
-        if (ROOT / name).exists():
-            (repo / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(ROOT / name, repo / name)
-    set_params(repo, TINY)
-    sh(repo, "git", "init", "-q")
-    sh(repo, "dvc", "init", "-q")
-    sh(repo, "git", "add", "-A")
-    sh(repo, "git", "commit", "-qm", "code")  # dvclive (train) needs a repo with a commit
+    repo = make_repo(tmp_path_factory.mktemp("v1") / "project", TINY)  # committed: dvclive needs one
     for ci, label in enumerate(("cat", "dog", "fox")):
         write_images(repo / "data/raw" / label, range(ci, 18, 3))
     sh(repo, "dvc", "add", "data/raw")
