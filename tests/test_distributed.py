@@ -23,7 +23,7 @@ import torch
 
 from stages import distributed as DD
 from stages.errors import PipelineError
-from tests import tiny_project as T
+import tiny_project as T
 
 REPO = Path(__file__).resolve().parents[1]
 TOLERANCE = 1e-5

@@ -11,7 +11,7 @@ from stages import export as X
 from stages import predict as P
 from stages.errors import PipelineError
 from stages.models import load_model_file
-from tests import tiny_project as T
+import tiny_project as T
 
 
 @pytest.fixture(scope="module")

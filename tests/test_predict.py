@@ -14,7 +14,7 @@ import pytest
 
 from stages import predict as P
 from stages.errors import PipelineError
-from tests import tiny_project as T
+import tiny_project as T
 
 REPO = Path(__file__).resolve().parents[1]
 
