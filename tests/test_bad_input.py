@@ -53,7 +53,7 @@ def good_class(root: Path, name: str, n: int = 4, seed: int = 0) -> None:
         save(photo(seed=seed * 100 + i), root / name / f"img{i}.png", "PNG")
 
 
-def write_params(tmp: Path, **changes) -> None:
+def params_with(**changes) -> dict:
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     for key, value in changes.items():
         node = raw
@@ -61,7 +61,11 @@ def write_params(tmp: Path, **changes) -> None:
         for part in parents:
             node = node[part]
         node[last] = value
-    (tmp / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    return raw
+
+
+def write_params(tmp: Path, **changes) -> None:
+    (tmp / "params.yaml").write_text(yaml.safe_dump(params_with(**changes), sort_keys=False))
 
 
 def run_prepare(tmp: Path, monkeypatch, source: Path, **changes) -> dict:
@@ -115,12 +119,8 @@ def messy(tmp_path_factory):
     save(photo(seed=12), src / "dogs" / "mañana chien été.png", "PNG")
     save(photo(seed=13), src / "dogs" / "photo with spaces.jpg", "JPEG")
     (src / "birds").mkdir()  # empty class folder
-    tmp_mp = pytest.MonkeyPatch()
-    try:
-        report = run_prepare(tmp, tmp_mp, src)
-    finally:
-        tmp_mp.undo()
-    return tmp, report
+    with pytest.MonkeyPatch.context() as mp:
+        return tmp, run_prepare(tmp, mp, src)
 
 
 def skipped(report: dict) -> dict[str, str]:
@@ -220,17 +220,6 @@ def test_given_split_with_different_classes(tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------ params.yaml
-def params_with(**changes) -> dict:
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for key, value in changes.items():
-        node = raw
-        *parents, last = key.split(".")
-        for part in parents:
-            node = node[part]
-        node[last] = value
-    return raw
-
-
 @pytest.mark.parametrize("changes,fragments", [
     ({"num_epoch": 3}, ["unknown key 'num_epoch'", "did you mean 'num_epochs'"]),
     ({"data.image_sise": 64}, ["unknown key 'data.image_sise'", "did you mean 'image_size'"]),

@@ -20,9 +20,9 @@ from stages.repro_check import make_copy
 ROOT = Path(__file__).resolve().parents[1]
 # A small random-init torchvision model keeps each process short; resuming does not depend
 # on the backbone.
-TINY = ["model_name=mobilenet_v3_small", "weights=none", "freeze_layers=2", "data.image_size=32",
-        "num_epochs=3", "patience=10", "batch_size=16", "precision=fp32", "demo.per_class=6", "data.test_fraction=0",
-        "augment.feature_views=2"]
+TINY = ["model_name=mobilenet_v3_small", "weights=none", "freeze_layers=2", "precision=fp32",
+        "data.image_size=32", "num_epochs=3", "patience=10", "batch_size=16", "demo.per_class=6",
+        "data.test_fraction=0", "augment.feature_views=2"]
 
 
 def run(args, cwd, **kw):

@@ -18,7 +18,7 @@ params="$(dvc params diff "$rev" --md)"
   echo "## Metrics: $base -> this commit"
   echo
   echo "${metrics:-No metric changes.}"
-  if [ -z "$(git ls-tree -r --name-only "$rev" -- metrics)" ]; then
+  if ! git ls-tree -r --name-only "$rev" -- metrics | grep -q '\.json$'; then
     echo
     echo "Note: $base has no committed metrics/ files, so its column is empty."
   fi
