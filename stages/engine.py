@@ -123,20 +123,34 @@ def _log_epoch(epoch: int, row: dict, history: list, log: EpochLogger | None, lr
         log(epoch, row)
 
 
+def _resume(checkpointer, module, optimizer, scheduler, stopper, log) -> tuple[int, list, bool]:
+    """(last finished epoch, history, stopped early) from a checkpoint, or a fresh start.
+    Finished epochs go to the logger again: DVC deleted their curves before this rerun."""
+    if checkpointer is None:
+        return 0, [], False
+    epoch, history, stopped = checkpointer.restore(module, optimizer, scheduler, stopper)
+    if log:
+        for row in history:
+            log(row["epoch"], row)
+    return epoch, history, stopped
+
+
 # ------------------------------------------------------------------ full training
 def fit(model: nn.Module, optimizer, train_loader, val_loader, normalizer: Normalizer,
         cfg: FitConfig, rt: Runtime, frozen_modules: list, log: EpochLogger | None = None,
-        reduce=None) -> FitResult:
+        reduce=None, checkpointer=None) -> FitResult:
     """Train end to end; frozen modules (BatchNorm included) stay in eval mode.
     Distributed (stages.distributed): `model` is the DDP wrapper, the loaders hold this
-    process's shards and `reduce` sums [loss, correct, count] over all processes."""
+    process's shards and `reduce` sums [loss, correct, count] over all processes.
+    With a checkpointer (stages.checkpoint), resume after the last finished epoch and save
+    after every epoch."""
     loss_fn = make_loss(cfg, rt)
     scheduler = make_scheduler(optimizer, cfg.patience)
     stopper = EarlyStopping(cfg.patience)
-    history, seconds = [], []
+    seconds = []
     net = unwrap(model)  # validation and best-state copies use the plain module (no collectives)
-    epoch = 0
-    for epoch in range(1, cfg.num_epochs + 1):
+    epoch, history, stopped = _resume(checkpointer, net, optimizer, scheduler, stopper, log)
+    for epoch in range(epoch + 1, epoch if stopped else cfg.num_epochs + 1):
         if hasattr(train_loader.sampler, "set_epoch"):
             train_loader.sampler.set_epoch(epoch)  # DistributedSampler: a new shuffle each epoch
         set_train_mode(model, frozen_modules)
@@ -163,7 +177,10 @@ def fit(model: nn.Module, optimizer, train_loader, val_loader, normalizer: Norma
                            "val_loss": val_loss, "val_accuracy": val_acc}, history, log,
                    optimizer.param_groups[0]["lr"])
         scheduler.step(val_acc)
-        if stopper.update(epoch, val_acc, val_loss, net):
+        stop = stopper.update(epoch, val_acc, val_loss, net)
+        if checkpointer:
+            checkpointer.save(epoch, net, optimizer, scheduler, stopper, history, stop)
+        if stop:
             print(f"early stopping: no better val accuracy for {cfg.patience} epochs")
             break
     net.load_state_dict(stopper.best_state)
@@ -181,7 +198,8 @@ def extract_features(backbone: nn.Module, loader, normalizer: Normalizer, rt: Ru
 
 def fit_head(head: nn.Linear, train_features: torch.Tensor, train_labels: torch.Tensor,
              val_features: torch.Tensor, val_labels: torch.Tensor, optimizer, cfg: FitConfig,
-             generator: torch.Generator, log: EpochLogger | None = None) -> FitResult:
+             generator: torch.Generator, log: EpochLogger | None = None,
+             checkpointer=None) -> FitResult:
     """Train the head on cached features. train_features is [views, N, D]: each epoch every
     image contributes all its views (view 0 is the un-augmented one), shuffled together."""
     device = next(head.parameters()).device
@@ -193,9 +211,8 @@ def fit_head(head: nn.Linear, train_features: torch.Tensor, train_labels: torch.
         label_smoothing=cfg.label_smoothing)
     scheduler = make_scheduler(optimizer, cfg.patience)
     stopper = EarlyStopping(cfg.patience)
-    history = []
-    epoch = 0
-    for epoch in range(1, cfg.num_epochs + 1):
+    epoch, history, stopped = _resume(checkpointer, head, optimizer, scheduler, stopper, log)
+    for epoch in range(epoch + 1, epoch if stopped else cfg.num_epochs + 1):
         head.train()
         order = torch.randperm(views * n, generator=generator)  # every view of every image
         total_loss, correct = 0.0, 0
@@ -217,7 +234,10 @@ def fit_head(head: nn.Linear, train_features: torch.Tensor, train_labels: torch.
                            "val_loss": val_loss, "val_accuracy": val_acc}, history, log,
                    optimizer.param_groups[0]["lr"])
         scheduler.step(val_acc)
-        if stopper.update(epoch, val_acc, val_loss, head):
+        stop = stopper.update(epoch, val_acc, val_loss, head)
+        if checkpointer:
+            checkpointer.save(epoch, head, optimizer, scheduler, stopper, history, stop)
+        if stop:
             print(f"early stopping: no better val accuracy for {cfg.patience} epochs")
             break
     head.load_state_dict(stopper.best_state)

@@ -39,6 +39,24 @@ def write_json(path: str | Path, data) -> None:
     write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
+def write_bytes(path: str | Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def save_torch(obj, path: str | Path) -> None:
+    """torch.save, atomically and byte-reproducibly. torch names the zip's root folder after the
+    file it writes to, so saving straight into a random temp name makes every file different;
+    a buffer gets the fixed root name 'archive'."""
+    import io
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    write_bytes(path, buf.getvalue())
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:

@@ -328,7 +328,7 @@ def save_model_file(path, built: BuiltModel, class_names: list, preprocess: W.Pr
                     extra: dict | None = None) -> None:
     """One self-contained file: architecture name, classes, preprocessing, weights.
     Plain types and tensors only, so it loads with torch.load(weights_only=True)."""
-    from stages.fileio import atomic_path
+    from stages.fileio import save_torch
 
     payload = {
         "format": MODEL_FILE_FORMAT,
@@ -340,8 +340,7 @@ def save_model_file(path, built: BuiltModel, class_names: list, preprocess: W.Pr
         "state_dict": {k: v.detach().cpu().contiguous() for k, v in built.model.state_dict().items()},
         "extra": extra or {},
     }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    save_torch(payload, path)
 
 
 @dataclass

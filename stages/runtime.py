@@ -23,6 +23,22 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+@contextlib.contextmanager
+def gpu_memory_guard(batch_key: str, batch_size: int):
+    """A CUDA out-of-memory error becomes a one-line message suggesting a smaller batch."""
+    from stages.errors import PipelineError
+
+    try:
+        yield
+    except torch.cuda.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        smaller = max(1, batch_size // 2)
+        raise PipelineError(
+            f"out of GPU memory with {batch_key}: {batch_size}; lower it in params.yaml, e.g. "
+            f"dvc exp run -S {batch_key}={smaller} (or precision: bf16, a smaller data.image_size)"
+        ) from None
+
+
 def cpu_supports_bf16() -> bool:
     """AVX-512 BF16 / AMX: bf16 matmuls and convolutions run natively and fast."""
     try:

@@ -8,6 +8,7 @@ curves logged with dvclive, drawn by `dvc plots show`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from pathlib import Path
@@ -18,10 +19,11 @@ from stages import data as D
 from stages import distributed as DD
 from stages import engine as E
 from stages import models as M
+from stages.checkpoint import CHECKPOINT, Checkpointer, fingerprint
 from stages.errors import PipelineError, run_main
 from stages.fileio import write_json
 from stages.params import Params, load_params
-from stages.runtime import pick_runtime, prepare_model, seed_everything
+from stages.runtime import gpu_memory_guard, pick_runtime, prepare_model, seed_everything
 
 PREPARED = Path("data/prepared")
 MODEL_FILE = Path("models/model.pt")
@@ -63,7 +65,7 @@ def class_weights(params: Params, samples, n_classes: int) -> torch.Tensor | Non
 
 
 def feature_extract(built: M.BuiltModel, pre, params: Params, splits, rt, optimizer, cfg,
-                    generator, log) -> E.FitResult:
+                    generator, log, checkpointer=None) -> E.FitResult:
     """Run the frozen backbone once per image and view, then train only the head."""
     model = built.model
     head = model.get_submodule(built.head_name)
@@ -84,7 +86,7 @@ def feature_extract(built: M.BuiltModel, pre, params: Params, splits, rt, optimi
     val_features, val_labels = E.extract_features(model, val_loader, normalizer, rt, desc="features val")
     M.set_submodule(model, built.head_name, head)
     return E.fit_head(head, torch.stack(train_views), train_labels, val_features, val_labels,
-                      optimizer, cfg, generator, log)
+                      optimizer, cfg, generator, log, checkpointer)
 
 
 def main(argv=None) -> None:
@@ -125,10 +127,19 @@ def _train(ctx: DD.DistContext) -> None:
           f"{n_frozen}/{len(built.stages)} stages frozen, {M.count_trainable(model):,d} trainable "
           f"parameters, {n_train} train / {len(splits['val'])} val images, {rt.describe()}")
     log = EpochLog(LIVE_DIR) if ctx.is_main else None
-    try:
+    # Resume state after each epoch (stages/checkpoint.py); features are recomputed on resume.
+    # Single-process runs only: under torchrun every rank would write the same file.
+    checkpointer = (Checkpointer(CHECKPOINT, fingerprint(params, PREPARED / D.MANIFEST), generator)
+                    if ctx.world_size == 1 else None)
+    # On a GPU the heavy batches are evaluate.batch_size for feature_extract, batch_size otherwise.
+    batch_key, batch = (("evaluate.batch_size", params.evaluate.batch_size)
+                        if strategy == "feature_extract" else ("batch_size", params.batch_size))
+    # closing(): the curves are flushed however training ends.
+    with gpu_memory_guard(batch_key, batch), (contextlib.closing(log) if log else contextlib.nullcontext()):
         if strategy == "feature_extract":
             optimizer = torch.optim.AdamW([g for g in groups if g["name"] == "head"])
-            result = feature_extract(built, pre, params, splits, rt, optimizer, cfg, generator, log)
+            result = feature_extract(built, pre, params, splits, rt, optimizer, cfg, generator, log,
+                                     checkpointer)
         else:
             if params.warmup_epochs:
                 # fastai-style head warm-up: a trained head before the backbone unfreezes keeps
@@ -138,7 +149,7 @@ def _train(ctx: DD.DistContext) -> None:
                                            patience=params.warmup_epochs)
                 head_only = torch.optim.AdamW([{"params": groups[0]["params"], "lr": params.lr,
                                                 "weight_decay": params.weight_decay}])
-                feature_extract(built, pre, params, splits, rt, head_only, warm, generator, None)
+                feature_extract(built, pre, params, splits, rt, head_only, warm, generator, None, None)
             optimizer = torch.optim.AdamW(groups)
             train_ds = D.ImageTensorDataset(splits["train"], D.train_geometry(
                 pre, params.augment.hflip, params.augment.min_scale))
@@ -151,10 +162,7 @@ def _train(ctx: DD.DistContext) -> None:
             val_loader = E.make_loader(DD.shard(val_ds, ctx), params.evaluate.batch_size, False, None, rt)
             normalizer = D.Normalizer(pre.mean, pre.std).to(rt.device)
             result = E.fit(DD.wrap(model, ctx), optimizer, train_loader, val_loader, normalizer, cfg,
-                           rt, frozen, log, reduce=DD.reducer(ctx, rt.device))
-    finally:
-        if log:
-            log.close()
+                           rt, frozen, log, reduce=DD.reducer(ctx, rt.device), checkpointer=checkpointer)
     DD.report_sync(model, ctx)
     if not ctx.is_main:
         return
@@ -181,6 +189,8 @@ def _train(ctx: DD.DistContext) -> None:
     write_json(TRAIN_METRICS, summary)
     wall = time.perf_counter() - started
     write_json(TIMING, {"train_wall_s": round(wall, 2), "device": rt.describe()})
+    if checkpointer:
+        checkpointer.finish()
     print(f"train: best epoch {result.best_epoch}/{result.epochs_run}, val accuracy "
           f"{result.best_val_accuracy:.4f}, {wall:.1f} s -> {MODEL_FILE}")
 
