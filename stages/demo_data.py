@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from stages.errors import run_main
+from stages.fileio import replace_dir
 from stages.params import load_params
 
 OUT_DIR = Path("data/demo")
@@ -38,9 +39,7 @@ def write_digits(out_dir: Path, per_class: int, size: int) -> int:
             img = Image.fromarray(pixels, "L")
             img.save(tmp / str(digit) / f"{index:04d}.png")
             written += 1
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
+    replace_dir(tmp, out_dir)
     return written
 
 

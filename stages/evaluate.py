@@ -18,7 +18,6 @@ The directory is built beside its place and swapped in whole, then eval.json is 
 from __future__ import annotations
 
 import csv
-import os
 import shutil
 import time
 from pathlib import Path
@@ -31,7 +30,7 @@ from stages import metrics as S
 from stages import reports as R
 from stages.engine import make_loader, predict_logits
 from stages.errors import PipelineError, run_main
-from stages.fileio import write_json, write_text
+from stages.fileio import replace_dir, write_json, write_text
 from stages.models import load_model_file
 from stages.params import load_params
 from stages.runtime import pick_runtime, prepare_model, seed_everything
@@ -124,8 +123,7 @@ def main(argv=None) -> None:
     staging = EVAL_DIR.with_name(f".{EVAL_DIR.name}.tmp")
     shutil.rmtree(staging, ignore_errors=True)
     per_class = write_eval_dir(staging, probs, y, classes, samples, summary)
-    shutil.rmtree(EVAL_DIR, ignore_errors=True)
-    os.replace(staging, EVAL_DIR)
+    replace_dir(staging, EVAL_DIR)
     write_text(REPORT_TXT, R.per_class_table(split, len(y), per_class, summary))
     write_json(EVAL_JSON, {**summary, "per_class": {name: {k: row[k] for k in (
         "precision", "recall", "f1", "support")} for name, row in per_class.items()}})

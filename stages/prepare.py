@@ -26,7 +26,7 @@ from pathlib import Path
 
 from stages import data as D
 from stages.errors import PipelineError, run_main
-from stages.fileio import write_json
+from stages.fileio import replace_dir, write_json
 from stages.params import load_params
 
 OUT_DIR = Path("data/prepared")
@@ -218,9 +218,7 @@ def main(argv=None) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if OUT_DIR.exists():
-        shutil.rmtree(OUT_DIR)
-    os.replace(tmp, OUT_DIR)
+    replace_dir(tmp, OUT_DIR)
     write_json(REPORT, report)
     sizes = ", ".join(f"{s} {report.get(f'n_{s}', 0)}" for s in D.SPLITS)
     print(f"prepare: {len(rows)} images, {len(classes)} classes ({sizes}); "
