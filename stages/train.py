@@ -123,7 +123,7 @@ def _train(ctx: DD.DistContext) -> None:
               f"each epoch is a single batch of {n_train}")
     cfg = E.FitConfig(params.num_epochs, params.patience, params.batch_size,
                       params.label_smoothing, class_weights(params, splits["train"], len(classes)))
-    print(f"train: {params.model_name} ({built.weights.source} weights), {strategy}, "
+    print(f"train: {params.model_name} (weights: {built.weights.source}), {strategy}, "
           f"{n_frozen}/{len(built.stages)} stages frozen, {M.count_trainable(model):,d} trainable "
           f"parameters, {n_train} train / {len(splits['val'])} val images, {rt.describe()}")
     log = EpochLog(LIVE_DIR) if ctx.is_main else None
