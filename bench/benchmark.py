@@ -28,16 +28,6 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 
 
-@contextlib.contextmanager
-def working_dir(path: Path):
-    old = Path.cwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(old)
-
-
 def slice_folder(source: Path, classes: list[str], per_class: int, dest: Path) -> Path:
     """An ImageFolder of symlinks: the first `per_class` files (by name) of each class."""
     for name in classes:
@@ -73,7 +63,7 @@ def run_ours(work: Path) -> dict:
     """prepare + train + evaluate in-process, as `dvc repro` runs them."""
     from stages import evaluate, prepare, train
 
-    with working_dir(work):
+    with contextlib.chdir(work):
         started = time.perf_counter()
         prepare.main()
         train.main()

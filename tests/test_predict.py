@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import csv
 import json
 import os
@@ -43,7 +45,7 @@ def read_csv(path: Path) -> list[dict]:
 def test_predict_equals_evaluate(project):
     from stages import evaluate
 
-    with T.chdir(project):
+    with contextlib.chdir(project):
         evaluate.main([])
         P.main(["data/prepared/test", "--output", "preds.csv", "--precision", "fp32",
                 "--batch-size", "3", "--top-k", "2"])

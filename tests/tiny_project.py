@@ -5,7 +5,6 @@ built in-process (no training pipeline run)."""
 from __future__ import annotations
 
 import contextlib
-import os
 from pathlib import Path
 
 import numpy as np
@@ -53,21 +52,11 @@ def write_params(project: Path, **overrides) -> None:
     (project / "params.yaml").write_text(yaml.safe_dump(raw), encoding="utf-8")
 
 
-@contextlib.contextmanager
-def chdir(path: Path):
-    old = os.getcwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(old)
-
-
 def prepare(project: Path) -> None:
     """Run the real prepare stage in `project` (needs params.yaml and data.source there)."""
     from stages import prepare as P
 
-    with chdir(project):
+    with contextlib.chdir(project):
         P.main([])
 
 
