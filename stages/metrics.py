@@ -1,6 +1,6 @@
 """Scores computed from predicted probabilities and true labels (pure functions, no I/O).
 
-Conventions (also in docs/README-evaluation.md):
+Conventions (also in README.md, section Evaluation):
 * `probs` is [N, classes] softmax output, `labels` the true class indices; the prediction is
   the arg-max and its probability the confidence.
 * Per-class and macro scores count every class the model knows, also one absent from the
