@@ -5,8 +5,10 @@
 GitHub is not reachable from our CI, so this plays the job: a temporary copy of the repository
 with a tiny params.yaml committed as `main`, a pull-request-like change on top (lr), then every
 `run:` line of .github/workflows/pipeline.yml with the job's env and a job-summary file.
-The install step is left out: .ci/run runs .ci/steps/install.sh itself before this, and
-reinstalling from the temporary copy would point the editable install at it.
+main's results are computed and committed first (as a DVC remote would provide them), so the
+report must show both columns. The install step is left out: .ci/run runs .ci/steps/install.sh
+itself before this, and reinstalling from the temporary copy would point the editable install
+at it.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from stages.repro_check import make_copy, set_key  # noqa: E402
+from folderfit.repro_check import make_copy, set_key  # noqa: E402
 
 WORKFLOW = ROOT / ".github/workflows/pipeline.yml"
 TINY = ["data.image_size=32", "num_epochs=2", "demo.per_class=6", "evaluate.bootstrap=20",
@@ -40,6 +42,11 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="workflow-selftest-") as tmp:
         copy = make_copy(ROOT, Path(tmp), TINY)
         git(copy, "branch", "-M", "main")
+        # main's results in the DVC cache (as `dvc fetch` brings them from a remote), so the
+        # report's main column must be filled
+        subprocess.run([sys.executable, "-m", "dvc", "repro", "-q"], cwd=copy, check=True)
+        git(copy, "add", "-A")
+        git(copy, "commit", "-qm", "main results")
         git(copy, "checkout", "-q", "-b", "pull-request")
         params = yaml.safe_load((copy / "params.yaml").read_text())
         set_key(params, "lr", 0.001)  # the change the report must show
@@ -61,11 +68,15 @@ def main() -> int:
                       file=sys.stderr)
                 return 1
         text = summary.read_text()
-        for expected in ("## Reproducibility check", "repro-check: OK", "## Metrics: main",
-                         "## Params: main", "| lr ", "0.001"):
+        for expected in ("## Reproducibility check", "repro-check: OK", "## Results: main",
+                         "| test accuracy | 0.", "## Params: main", "| lr ", "0.001"):
             if expected not in text:
                 print(f"workflow selftest: job summary lacks {expected!r}:\n{text}", file=sys.stderr)
                 return 1
+        if "Note: no metrics" in text:
+            print(f"workflow selftest: main's metrics are cached, yet the report says none:\n{text}",
+                  file=sys.stderr)
+            return 1
         print(f"workflow selftest: OK, {len(steps)} steps; job summary:\n{text}")
     return 0
 

@@ -43,7 +43,7 @@ def slice_folder(source: Path, classes: list[str], per_class: int, dest: Path) -
 def digits_folder(dest: Path, per_class: int, size: int = 64) -> Path:
     """Two classes of real digit scans, for --quick."""
     sys.path.insert(0, str(REPO))
-    from stages.demo_data import write_digits
+    from folderfit.demo import write_digits
 
     write_digits(dest / "all", per_class, size)
     for digit in ("0", "1"):
@@ -53,7 +53,7 @@ def digits_folder(dest: Path, per_class: int, size: int = 64) -> Path:
 
 
 def write_params(work: Path, changes: dict) -> None:
-    from stages.params import merge_overrides
+    from folderfit.params import merge_overrides
 
     base = yaml.safe_load((REPO / "params.yaml").read_text())
     (work / "params.yaml").write_text(yaml.safe_dump(merge_overrides(base, changes), sort_keys=False))
@@ -61,18 +61,18 @@ def write_params(work: Path, changes: dict) -> None:
 
 def run_ours(work: Path) -> dict:
     """prepare + train + evaluate in-process, as `dvc repro` runs them."""
-    from stages import evaluate, prepare, train
+    from folderfit import evaluation, prepare, training
+    from folderfit.params import load_params
 
     with contextlib.chdir(work):
         started = time.perf_counter()
-        prepare.main()
-        train.main()
-        evaluate.main()
+        for stage in (prepare, training, evaluation):
+            stage.run(load_params())
         wall = time.perf_counter() - started
         result = json.loads(Path("metrics/eval.json").read_text())
-        trained = json.loads(Path("metrics/train.json").read_text())
+        trained = json.loads(Path("metrics/train/details.json").read_text())
     return {"wall_s": wall, "test_accuracy": result["accuracy"], "train_images": trained["n_train"],
-            "epochs_run": trained["epochs_run"]}
+            "strategy": trained["strategy"]}
 
 
 def recipe_split(work: Path, source: Path) -> dict[str, Path]:
@@ -90,7 +90,7 @@ def recipe_split(work: Path, source: Path) -> dict[str, Path]:
 
 def part_feature_extract(source: Path, work: Path, epochs: int, image_size: int) -> None:
     from bench.recipe import run_recipe
-    from stages import models as M
+    from folderfit import models as M
 
     default_views = yaml.safe_load((REPO / "params.yaml").read_text())["augment"]["feature_views"]
     ours = {}
@@ -119,15 +119,15 @@ def part_feature_extract(source: Path, work: Path, epochs: int, image_size: int)
 
 def model_step_rate(model_name: str, image_size: int, batch: int, freeze: int, rt, steps: int) -> float:
     """Images/s of forward+backward+step on a synthetic batch already on the device."""
-    from stages import data as D
-    from stages import models as M
-    from stages.runtime import prepare_model, to_device
+    from folderfit import datasets as DS
+    from folderfit import models as M
+    from folderfit.runtime import prepare_model, to_device
 
     built = M.build_model(model_name, 10, "none", seed=0)
     frozen = M.apply_freezing(built.model, built.stages, freeze)
     model = prepare_model(built.model, rt)
     optimizer = torch.optim.AdamW(M.parameter_groups(model, built.stages, built.head_name, 1e-3, 0.5, 0))
-    normalizer = D.Normalizer((0.5,) * 3, (0.5,) * 3).to(rt.device)
+    normalizer = DS.Normalizer((0.5,) * 3, (0.5,) * 3).to(rt.device)
     images = to_device(torch.randint(0, 256, (batch, 3, image_size, image_size), dtype=torch.uint8), rt)
     labels = torch.randint(0, 10, (batch,)).to(rt.device)
     M.set_train_mode(model, frozen)
@@ -150,10 +150,11 @@ def model_step_rate(model_name: str, image_size: int, batch: int, freeze: int, r
 
 def epoch_rate(work: Path, model_name: str, image_size: int, batch: int, freeze: int, rt) -> float:
     """Images/s of our real training epoch (second epoch: decode cache warm)."""
-    from stages import data as D
-    from stages import engine as E
-    from stages import models as M
-    from stages.runtime import prepare_model
+    from folderfit import data as D
+    from folderfit import datasets as DS
+    from folderfit import engine as E
+    from folderfit import models as M
+    from folderfit.runtime import prepare_model
 
     classes, splits = D.read_manifest(work / "data/prepared")
     built = M.build_model(model_name, len(classes), "none", seed=0)
@@ -162,20 +163,20 @@ def epoch_rate(work: Path, model_name: str, image_size: int, batch: int, freeze:
     model = prepare_model(built.model, rt)
     optimizer = torch.optim.AdamW(M.parameter_groups(model, built.stages, built.head_name, 1e-3, 0.5, 0))
     gen = torch.Generator().manual_seed(0)
-    train = D.ImageTensorDataset(splits["train"], D.train_geometry(pre, True, 0.6))
-    loader = E.make_loader(train, batch, True, gen, rt, drop_last=True)
-    val = E.make_loader(D.ImageTensorDataset(splits["val"][:batch], D.eval_geometry(pre), cache_output=True),
-                        batch, False, None, rt)
-    result = E.fit(model, optimizer, loader, val, D.Normalizer(pre.mean, pre.std).to(rt.device),
-                   E.FitConfig(2, 2, batch), rt, frozen)
+    train = DS.ImageTensorDataset(splits["train"], DS.train_geometry(pre, True, 0.6))
+    loader = E.make_loader(train, batch, rt, shuffle=True, generator=gen, drop_last=True)
+    val = E.make_loader(DS.ImageTensorDataset(splits["val"][:batch], DS.eval_geometry(pre), cache_output=True),
+                        batch, rt)
+    result = E.fit(model, optimizer, loader, val, DS.Normalizer(pre.mean, pre.std).to(rt.device),
+                   E.FitConfig(2, 2), E.RunContext(rt, gen), frozen)
     images = len(loader) * batch
     return images / result.train_seconds[-1]
 
 
 def part_fine_tune(work: Path, image_size: int, batch: int, steps: int, models: list[str]) -> None:
-    from stages import data as D
-    from stages import models as M
-    from stages.runtime import pick_runtime
+    from folderfit import data as D
+    from folderfit import models as M
+    from folderfit.runtime import pick_runtime
 
     rt = pick_runtime("auto")
     batch = min(batch, len(D.read_manifest(work / "data/prepared")[1]["train"]))

@@ -62,6 +62,7 @@ def main(argv=None) -> None:
         generate(work / "images", args.images)
         print(f"generated {args.images} images in {time.perf_counter() - started:.0f} s")
         (work / "stages").symlink_to(REPO / "stages")
+        (work / "folderfit").symlink_to(REPO / "folderfit")
         params = yaml.safe_load((REPO / "params.yaml").read_text())
         params.update(strategy=args.strategy, num_epochs=args.epochs)
         params["data"].update(source=str(work / "images"), image_size=args.image_size)

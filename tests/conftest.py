@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -13,14 +16,57 @@ import pytest
 import yaml
 from PIL import Image
 
-from stages.params import merge_overrides
+from folderfit.params import merge_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 # What a user's clone holds that the pipeline needs (code, graph, params, ignore rules).
-REPO_FILES = ["stages", "dvc.yaml", "params.yaml", ".gitignore", ".dvcignore", ".dvc/plots",
+REPO_FILES = ["stages", "folderfit", "dvc.yaml", "params.yaml", ".gitignore", ".dvcignore", ".dvc/plots",
               "data/.gitignore", "metrics/.gitignore", "models/.gitignore"]
+# The feature cache of the whole test session lives in a temp folder, not in ~/.cache.
+os.environ.setdefault("FOLDERFIT_CACHE", tempfile.mkdtemp(prefix="folderfit-test-cache-"))
 # Stage commands say `python`: make that the interpreter running the tests.
 ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+STAGE_MODULES = {"demo_data": "folderfit.demo", "prepare": "folderfit.prepare",
+                 "train": "folderfit.training", "evaluate": "folderfit.evaluation"}
+
+
+def nested(dotted: dict) -> dict:
+    """{"data.source": x} -> {"data": {"source": x}}."""
+    out: dict = {}
+    for key, value in dotted.items():
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
+
+
+def repo_params(overrides: dict | None = None) -> dict:
+    """The repository's params.yaml (the one source of defaults) with nested overrides."""
+    base = yaml.safe_load((REPO / "params.yaml").read_text())
+    return merge_overrides(base, overrides or {})
+
+
+def params_with(**dotted):
+    """Validated Params: the repository's params.yaml with dotted overrides."""
+    from folderfit.params import parse_params
+
+    return parse_params(repo_params(nested(dotted)))
+
+
+def write_params(workdir: Path, **dotted) -> None:
+    """params.yaml in `workdir`: the repository's with dotted overrides ("data.source": ...)."""
+    (workdir / "params.yaml").write_text(yaml.safe_dump(repo_params(nested(dotted)), sort_keys=False))
+
+
+def run_stage(name: str, workdir: Path) -> None:
+    """A stage's library function in `workdir`, in-process, with the params.yaml found there
+    (as `dvc repro` runs the stage, minus the process)."""
+    from folderfit.params import load_params
+
+    with contextlib.chdir(workdir):
+        importlib.import_module(STAGE_MODULES[name]).run(load_params())
 
 
 def digit_images(per_class: int, classes=(0, 1, 2), size: int = 32):
@@ -84,8 +130,7 @@ def make_repo(dest: Path, params: dict | None = None) -> Path:
         elif src.exists():
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / name)
-    base = yaml.safe_load((REPO / "params.yaml").read_text())
-    (dest / "params.yaml").write_text(yaml.safe_dump(merge_overrides(base, merge_overrides(TINY, params or {})),
+    (dest / "params.yaml").write_text(yaml.safe_dump(repo_params(merge_overrides(TINY, params or {})),
                                                      sort_keys=False))
     run(["git", "add", "-A"], dest)
     run(["git", "commit", "-qm", "pipeline"], dest)

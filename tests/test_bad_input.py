@@ -19,9 +19,10 @@ import torch
 import yaml
 from PIL import Image
 
-from stages import prepare
-from stages.errors import PipelineError
-from stages.params import parse_params
+from folderfit.errors import PipelineError
+from folderfit.params import parse_params
+
+from conftest import repo_params, run_stage
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,14 +55,9 @@ def good_class(root: Path, name: str, n: int = 4, seed: int = 0) -> None:
 
 
 def params_with(**changes) -> dict:
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for key, value in changes.items():
-        node = raw
-        *parents, last = key.split(".")
-        for part in parents:
-            node = node[part]
-        node[last] = value
-    return raw
+    from conftest import nested
+
+    return repo_params(nested(changes))
 
 
 def write_params(tmp: Path, **changes) -> None:
@@ -72,7 +68,7 @@ def run_prepare(tmp: Path, monkeypatch, source: Path, **changes) -> dict:
     """prepare's main() in tmp (as `dvc repro` runs it); returns metrics/data.json."""
     monkeypatch.chdir(tmp)
     write_params(tmp, **{"data.source": str(source), "data.image_size": 16, **changes})
-    prepare.main([])
+    run_stage("prepare", tmp)
     return json.loads((tmp / "metrics/data.json").read_text())
 
 
@@ -238,14 +234,14 @@ def test_bad_params(changes, fragments):
 
 
 def test_unknown_model_name_lists_close_choices():
-    from stages.models import resolve_family
+    from folderfit.models import resolve_family
 
     with pytest.raises(PipelineError, match=r"unknown model_name 'resnet5'; close matches: .*resnet50"):
         resolve_family("resnet5")
 
 
 def test_freeze_layers_out_of_range():
-    from stages.models import frozen_stage_count
+    from folderfit.models import frozen_stage_count
 
     with pytest.raises(PipelineError, match=r"'freeze_layers' is 9 but this backbone has 9 stages "
                                             r"\(0..8 allowed for fine_tune\)"):
@@ -267,23 +263,21 @@ def prepared_tiny(tmp_path, monkeypatch):
 
 
 def test_batch_size_larger_than_training_set_trains_one_batch(prepared_tiny, capsys):
-    from stages import train
-
-    train.main([])
+    run_stage("train", prepared_tiny)
     out = capsys.readouterr().out
     assert "note: batch_size 1000 > 9 training images: each epoch is a single batch of 9" in out
-    assert json.loads((prepared_tiny / "metrics/train.json").read_text())["epochs_run"] == 1
+    assert json.loads((prepared_tiny / "metrics/train/details.json").read_text())["epochs_run"] == 1
 
 
 def test_gpu_out_of_memory_suggests_a_smaller_batch(prepared_tiny, monkeypatch):
-    from stages import engine, train
+    from folderfit import engine
 
     def out_of_memory(*args, **kwargs):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     monkeypatch.setattr(engine, "set_train_mode", out_of_memory)  # first call inside the loop
     with pytest.raises(PipelineError) as info:
-        train.main([])
+        run_stage("train", prepared_tiny)
     assert str(info.value).startswith("out of GPU memory with batch_size: 1000; lower it")
     assert "dvc exp run -S batch_size=500" in str(info.value)
     assert not (prepared_tiny / "models/model.pt").exists()

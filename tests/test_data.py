@@ -7,8 +7,9 @@ from collections import Counter
 import pytest
 from PIL import Image
 
-from stages import data as D
-from stages.errors import PipelineError
+from folderfit import data as D
+from folderfit import datasets as DS
+from folderfit.errors import PipelineError
 
 
 def items(per_class: dict) -> list[D.Item]:
@@ -86,13 +87,13 @@ def test_views_share_one_decode_per_image(tmp_path, monkeypatch):
         paths.append(tmp_path / f"{i}.png")
         Image.new("RGB", (40, 30), (i * 50, 0, 0)).save(paths[-1])
     calls = []
-    real = D.decode_file
-    monkeypatch.setattr(D, "decode_file", lambda p: calls.append(p) or real(p))
-    from stages.weights import Preprocess
+    real = DS.decode_file
+    monkeypatch.setattr(DS, "decode_file", lambda p: calls.append(p) or real(p))
+    from folderfit.weights import Preprocess
 
     pre = Preprocess(16, 18, (0.5,) * 3, (0.5,) * 3, "bicubic")
-    clean = D.ImageTensorDataset([(p, 0) for p in paths], D.eval_geometry(pre))
-    augmented = clean.with_geometry(D.train_geometry(pre, hflip=True, min_scale=0.5))
+    clean = DS.ImageTensorDataset([(p, 0) for p in paths], DS.eval_geometry(pre))
+    augmented = clean.with_geometry(DS.train_geometry(pre, hflip=True, min_scale=0.5))
     for dataset in (clean, augmented, augmented):
         shapes = {tuple(dataset[i][0].shape) for i in range(len(dataset))}
         assert shapes == {(3, 16, 16)}

@@ -9,13 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 from PIL import Image
 
-from stages import data as D
-from stages import prepare
-from stages.errors import PipelineError, run_main
-from stages.params import parse_params
+from folderfit import data as D
+from folderfit.errors import PipelineError, run_main
+
+from conftest import params_with, run_stage, write_params
 
 
 def noise_image(seed: int) -> Image.Image:
@@ -34,10 +33,10 @@ def image_folder(root: Path, classes=("a", "b", "c"), per_class: int = 6, seed: 
 
 def run_prepare(workdir: Path, monkeypatch, source: Path, **data) -> dict:
     """Run the prepare stage in `workdir`; returns metrics/data.json."""
-    params = {"seed": 3, "data": {"source": str(source), "image_size": 32, **data}}
-    (workdir / "params.yaml").write_text(yaml.safe_dump(params))
+    write_params(workdir, seed=3, **{"data.source": str(source), "data.image_size": 32,
+                                     **{f"data.{k}": v for k, v in data.items()}})
     monkeypatch.chdir(workdir)
-    prepare.main()
+    run_stage("prepare", workdir)
     return json.loads((workdir / "metrics/data.json").read_text())
 
 
@@ -60,8 +59,7 @@ def test_byte_and_pixel_duplicates_share_one_split(tmp_path, monkeypatch):
     group = ["a/0.png", "a/copy.png", "a/same.bmp", "a/same.tiff"]
     assert len({splits[f] for f in group}) == 1, {f: splits[f] for f in group}
     dups = report["duplicates"]
-    assert dups["duplicate_groups"] == 1
-    assert dups["duplicate_files"] == 3
+    assert len(dups["groups"]) == 1 and report["n_duplicate_files"] == 3
     assert dups["cross_split_duplicates"] == [] and dups["label_conflicts"] == []
     assert report["n_images"] == 3 * 6 + 3
     # every copy is kept under its own name (a.png + a.bmp would otherwise collide)
@@ -117,7 +115,7 @@ def test_given_split_leak_is_a_warning_with_the_pair(tmp_path, monkeypatch, caps
     assert report["split_given"] is True
     assert report["duplicates"]["cross_split_duplicates"] == [pair]
     assert f"leakage): {', '.join(pair)}" in capsys.readouterr().err
-    assert report["per_split_class"]["test"] == {"a": 4, "b": 3}
+    assert {row["class"]: row["test"] for row in report["per_class"]} == {"a": 4, "b": 3}
 
 
 def test_given_split_leak_fails_with_on_leak_fail(tmp_path, monkeypatch, capsys):
@@ -126,11 +124,10 @@ def test_given_split_leak_fails_with_on_leak_fail(tmp_path, monkeypatch, capsys)
     work.mkdir()
     run_prepare(work, monkeypatch, src)  # a good earlier run stays in place
     before = sorted(p.relative_to(work) for p in (work / "data").rglob("*"))
-    (work / "params.yaml").write_text(yaml.safe_dump(
-        {"data": {"source": str(src), "image_size": 32, "on_leak": "fail"}}))
+    write_params(work, **{"data.source": str(src), "data.image_size": 32, "data.on_leak": "fail"})
     capsys.readouterr()
     with pytest.raises(SystemExit) as stop:
-        run_main(prepare.main)
+        run_main(lambda _argv: run_stage("prepare", work))
     assert stop.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error: data.source: 1 image(s) appear in more than one split")
@@ -139,6 +136,6 @@ def test_given_split_leak_fails_with_on_leak_fail(tmp_path, monkeypatch, capsys)
 
 
 def test_on_leak_is_validated():
-    assert parse_params({"data": {"on_leak": "fail"}}).data.on_leak == "fail"
+    assert params_with(**{"data.on_leak": "fail"}).data.on_leak == "fail"
     with pytest.raises(PipelineError, match="data.on_leak"):
-        parse_params({"data": {"on_leak": "ignore"}})
+        params_with(**{"data.on_leak": "ignore"})

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from stages import distributed as DD
-from stages.errors import PipelineError
+from folderfit import distributed as DD
+from folderfit.errors import PipelineError
 import tiny_project as T
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,17 +59,18 @@ def runs(tmp_path_factory):
 
 
 def curve(project: Path, split: str, metric: str) -> list[float]:
-    path = project / f"metrics/train_live/plots/metrics/{split}/{metric}.tsv"
+    path = project / f"metrics/train/plots/metrics/{split}/{metric}.tsv"
     with open(path, newline="") as fh:
         return [float(row[metric]) for row in csv.DictReader(fh, delimiter="\t")]
 
 
+@pytest.mark.slow  # torchrun
 def test_ddp_two_processes_match_single_process(runs):
     single, ddp, one, two = runs
     assert "distributed: 2 processes, max parameter difference to rank 0: 0\n" in two.stdout
     assert two.stdout.count("epoch   1 ") == 1  # rank 1 prints nothing
-    summary = json.loads((ddp / "metrics/train.json").read_text())
-    reference = json.loads((single / "metrics/train.json").read_text())
+    summary = json.loads((ddp / "metrics/train/details.json").read_text())
+    reference = json.loads((single / "metrics/train/details.json").read_text())
     assert (summary["processes"], reference["processes"]) == (2, 1)
     assert summary["best_epoch"] == reference["best_epoch"] and summary["epochs_run"] == 2
     assert summary["best_val_accuracy"] == reference["best_val_accuracy"]

@@ -1,4 +1,4 @@
-"""The fit loops: true best-epoch restore, frozen BatchNorm, early stopping."""
+"""The epoch loop: true best-epoch restore, frozen BatchNorm, early stopping."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import copy
 import torch
 from torch import nn
 
-from stages import engine as E
-from stages import models as M
-from stages.data import Normalizer
-from stages.runtime import Runtime
+from folderfit import engine as E
+from folderfit import models as M
+from folderfit.datasets import Normalizer
+from folderfit.runtime import Runtime
 
 
 def test_early_stopping_keeps_a_deep_copy():
@@ -27,26 +27,26 @@ def test_early_stopping_keeps_a_deep_copy():
 
 def test_best_epoch_weights_are_restored_not_the_last():
     """Validation labels are the opposite of training labels, so validation accuracy is best
-    early and falls as the head learns: the returned head must be that early epoch's."""
+    early and falls as the model learns: the returned weights must be that early epoch's."""
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(64, 8, generator=gen)
-    y = (x[:, 0] > 0).long()
-    head = nn.Linear(8, 2)
+    x = torch.randint(0, 256, (64, 3, 4, 4), dtype=torch.uint8, generator=gen)
+    y = (x[:, 0, 0, 0] > 127).long()
+    model = nn.Sequential(nn.Flatten(), nn.Linear(48, 2))
     snapshots = {}
 
     def log(epoch, row):
-        snapshots[epoch] = copy.deepcopy(head.state_dict())
+        snapshots[epoch] = copy.deepcopy(model.state_dict())
 
-    cfg = E.FitConfig(num_epochs=8, patience=3, batch_size=16)
-    optimizer = torch.optim.SGD(head.parameters(), lr=0.5)
-    result = E.fit_head(head, x.unsqueeze(0), y, x, 1 - y, optimizer, cfg,
-                        torch.Generator().manual_seed(1), log)
+    train = torch.utils.data.DataLoader(list(zip(x, y)), batch_size=16)
+    val = torch.utils.data.DataLoader(list(zip(x, 1 - y)), batch_size=64)
+    run = E.RunContext(Runtime(torch.device("cpu"), None), torch.Generator().manual_seed(1), log=log)
+    result = E.fit(model, torch.optim.SGD(model.parameters(), lr=0.5), train, val,
+                   Normalizer((0.5,) * 3, (0.5,) * 3), E.FitConfig(num_epochs=8, patience=3), run, [])
     assert result.best_epoch < result.epochs_run
-    final = head.state_dict()
+    final = model.state_dict()
     assert all(torch.equal(final[k], snapshots[result.best_epoch][k]) for k in final)
     assert not all(torch.equal(final[k], snapshots[result.epochs_run][k]) for k in final)
-    best_acc = max(r["val_accuracy"] for r in result.history)
-    assert result.best_val_accuracy == best_acc
+    assert result.best_val_accuracy == max(r["val_accuracy"] for r in result.history)
 
 
 def test_frozen_batchnorm_statistics_do_not_change():
@@ -58,9 +58,9 @@ def test_frozen_batchnorm_statistics_do_not_change():
     labels = torch.tensor([0, 1] * 4)
     loader = torch.utils.data.DataLoader(list(zip(images, labels)), batch_size=4)
     groups = M.parameter_groups(model, built.stages, built.head_name, 0.01, 0.5, 0.0)
-    rt = Runtime(torch.device("cpu"), None)
+    run = E.RunContext(Runtime(torch.device("cpu"), None), torch.Generator().manual_seed(0))
     E.fit(model, torch.optim.AdamW(groups), loader, loader, Normalizer((0.5,) * 3, (0.5,) * 3),
-          E.FitConfig(num_epochs=1, patience=1, batch_size=4), rt, frozen)
+          E.FitConfig(num_epochs=1, patience=1), run, frozen)
     after = dict(model.named_buffers())
     for name, value in before.items():
         changed = not torch.equal(after[name], value)

@@ -13,8 +13,8 @@ import pytest
 import yaml
 from PIL import Image, ImageDraw
 
-from stages import metrics as S
-from stages import reports as R
+from folderfit import metrics as S
+from folderfit import reports as R
 
 from conftest import make_repo, run
 
@@ -48,7 +48,7 @@ def run_dir(tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("eval")
     images = draw_shapes(base / "shapes")
     repo = make_repo(base / "repo", {
-        "strategy": "feature_extract", "num_epochs": 1, "batch_size": 8,
+        "strategy": "feature_extract",
         "data": {"source": str(images), "image_size": 32, "val_fraction": 0.25, "test_fraction": 0.25},
         "augment": {"feature_views": 1}, "evaluate": {"bootstrap": 50}})
     run(["dvc", "repro", "evaluate"], repo)
@@ -56,7 +56,12 @@ def run_dir(tmp_path_factory) -> Path:
 
 
 def load(repo: Path):
-    summary = json.loads((repo / "metrics/eval.json").read_text())
+    """(every number of the evaluation with eval.json's per-class list as a dict by class,
+    per_class.json, predictions.csv rows)."""
+    summary = json.loads((repo / "metrics/eval/summary.json").read_text())
+    headline = json.loads((repo / "metrics/eval.json").read_text())
+    assert all(summary[k] == v for k, v in headline.items() if k != "per_class")
+    summary["per_class"] = {row["class"]: row for row in headline["per_class"]}
     per_class = json.loads((repo / "metrics/eval/per_class.json").read_text())
     with open(repo / "metrics/eval/predictions.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
@@ -73,6 +78,7 @@ def confusion_from_plot_csv(repo: Path, classes: list) -> np.ndarray:
 
 
 # ------------------------------------------------------------------ real run
+@pytest.mark.slow  # dvc repro in a temp repository
 def test_confusion_matrix_sums_to_n_images_and_diagonal_is_recall(run_dir):
     summary, per_class, rows = load(run_dir)
     classes = list(per_class)
@@ -87,6 +93,7 @@ def test_confusion_matrix_sums_to_n_images_and_diagonal_is_recall(run_dir):
         assert per_class[name]["support"] == matrix[i].sum()
 
 
+@pytest.mark.slow  # dvc repro in a temp repository
 def test_accuracy_is_the_mean_correctness_of_the_predictions_csv(run_dir):
     summary, per_class, rows = load(run_dir)
     correct = [r["true"] == r["predicted"] for r in rows]
@@ -102,6 +109,7 @@ def test_accuracy_is_the_mean_correctness_of_the_predictions_csv(run_dir):
     assert summary["top_k_accuracy"] == pytest.approx(hits, abs=1e-6)
 
 
+@pytest.mark.slow  # dvc repro in a temp repository
 def test_bootstrap_interval_contains_the_estimate(run_dir):
     summary, _, _ = load(run_dir)
     assert summary["bootstrap_resamples"] == 50
@@ -109,6 +117,7 @@ def test_bootstrap_interval_contains_the_estimate(run_dir):
         assert summary[f"{name}_ci95_low"] <= summary[name] <= summary[f"{name}_ci95_high"]
 
 
+@pytest.mark.slow  # dvc repro in a temp repository
 def test_declared_plots_exist_render_and_rerun_is_byte_identical(run_dir):
     declared = []
     for entry in yaml.safe_load((run_dir / "dvc.yaml").read_text())["plots"]:
@@ -134,7 +143,7 @@ def test_declared_plots_exist_render_and_rerun_is_byte_identical(run_dir):
         return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
 
     before = digests()
-    run(["python", "-m", "stages.evaluate"], run_dir)
+    run(["python", "-m", "stages.evaluate"], run_dir)  # as dvc runs it
     assert digests() == before
 
 

@@ -1,4 +1,4 @@
-"""stages.export: TorchScript + ONNX files, the preprocessing contract, a loud parity check."""
+"""folderfit export: torch.export + ONNX files, the preprocessing contract, a loud parity check."""
 
 from __future__ import annotations
 
@@ -7,11 +7,19 @@ import json
 import pytest
 import torch
 
-from stages import export as X
-from stages import predict as P
-from stages.errors import PipelineError
-from stages.models import load_model_file
+from folderfit import export as X
+from folderfit import predict as P
+from folderfit.cli import build_parser
+from folderfit.errors import PipelineError
+from folderfit.models import load_model_file
 import tiny_project as T
+
+pytestmark = pytest.mark.slow  # torch.export + ONNX translation take a while
+
+
+def export(*argv: str) -> None:
+    """`folderfit export ARGV` in-process, errors raised."""
+    X.command(build_parser().parse_args(["export", *argv]))
 
 
 @pytest.fixture(scope="module")
@@ -26,12 +34,12 @@ def model_and_images(tmp_path_factory):
 def test_export_parity_and_contract(model_and_images, tmp_path, capsys):
     model_file, images = model_and_images
     out = tmp_path / "export"
-    X.main(["--model", str(model_file), "--out-dir", str(out), "--images", str(images),
-            "--n-images", "8"])
+    export("--model", str(model_file), "--out-dir", str(out), "--images", str(images),
+           "--n-images", "8")
     print(capsys.readouterr().out)  # the parity lines, for the log
     parity = json.loads((out / "parity.json").read_text())
     assert parity["n_images"] == 8
-    for fmt in ("torchscript", "onnx"):
+    for fmt in ("torch_export", "onnx"):
         assert parity["formats"][fmt]["max_abs_diff_logits"] <= parity["allowed_abs_diff_logits"] <= 5e-3 * 10
         assert parity["formats"][fmt]["same_predicted_class"] == "8/8"
     loaded = load_model_file(model_file)
@@ -45,19 +53,19 @@ def test_export_parity_and_contract(model_and_images, tmp_path, capsys):
     batch = X.preprocessed_batch(loaded, files)
     probs, order, failed = P.predict_files(loaded, files, batch_size=3, precision="fp32")
     assert order == [0, 1, 2] and not failed
-    scripted = torch.jit.load(str(out / contract["files"]["torchscript"]))
-    assert torch.allclose(scripted(batch).softmax(1), probs, atol=1e-5)
+    program = torch.export.load(str(out / contract["files"]["torch_export"])).module()
+    assert torch.allclose(program(batch).softmax(1), probs, atol=1e-5)
     assert torch.allclose(X.run_onnx(out / contract["files"]["onnx"], batch[:1]).softmax(1),
                           probs[:1], atol=1e-3)  # onnxruntime kernels: fp32 rounding differs
 
 
 def test_parity_failure_is_loud(model_and_images, tmp_path, monkeypatch):
     model_file, images = model_and_images
-    real = X.run_torchscript
-    monkeypatch.setattr(X, "run_torchscript", lambda path, batch: real(path, batch) + 0.01)
-    with pytest.raises(PipelineError, match=r"parity check FAILED .*torchscript: max abs logit difference 0\.01 \(allowed"):
-        X.main(["--model", str(model_file), "--out-dir", str(tmp_path), "--images", str(images),
-                "--n-images", "2", "--formats", "torchscript"])
+    real = X.run_program
+    monkeypatch.setattr(X, "run_program", lambda path, batch: real(path, batch) + 0.01)
+    with pytest.raises(PipelineError, match=r"parity check FAILED .*torch_export: max abs logit difference 0\.01 \(allowed"):
+        export("--model", str(model_file), "--out-dir", str(tmp_path), "--images", str(images),
+               "--n-images", "2", "--formats", "torch_export")
     assert not (tmp_path / "parity.json").exists() and not (tmp_path / "preprocess.json").exists()
 
 
@@ -67,5 +75,5 @@ def test_missing_onnxruntime_names_the_extra(model_and_images, tmp_path, monkeyp
     model_file, images = model_and_images
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(PipelineError, match=r"pip install -e '\.\[export\]'"):
-        X.main(["--model", str(model_file), "--out-dir", str(tmp_path), "--images", str(images)])
+        export("--model", str(model_file), "--out-dir", str(tmp_path), "--images", str(images))
     assert not any(tmp_path.iterdir())

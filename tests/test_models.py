@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from stages import models as M
-from stages import weights as W
-from stages.errors import PipelineError
+from folderfit import models as M
+from folderfit import weights as W
+from folderfit.errors import PipelineError
 
 ARCHITECTURES = ["resnet50", "vgg16", "mobilenet_v3_small", "efficientnet_b0", "convnext_tiny",
                  "timm/resnet18", "timm/efficientnet_b0", "tf_efficientnet_lite0"]
@@ -144,7 +144,7 @@ def test_bundled_lite0_weights_are_real_imagenet_weights():
     """scikit-learn's sample photo of a flower is ImageNet class 985 ('daisy')."""
     from sklearn.datasets import load_sample_images
 
-    from stages.data import Normalizer, eval_geometry
+    from folderfit.datasets import Normalizer, eval_geometry
 
     flower = next(img for img, name in zip(load_sample_images().images,
                                            load_sample_images().filenames) if "flower" in name)

@@ -8,13 +8,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages.errors import PipelineError
-from stages.params import Params, load_params, parse_params
+from folderfit.errors import PipelineError
+from folderfit.params import Params, load_params, parse_params
+
+from conftest import repo_params
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_repository_params_parse_and_match_the_defaults():
+def test_repository_params_parse():
     params = load_params(REPO / "params.yaml")
     assert isinstance(params, Params)
     assert params.strategy in ("feature_extract", "fine_tune", "full_tune", "auto")
@@ -38,12 +40,31 @@ def test_every_key_has_a_comment():
 ])
 def test_invalid_params_are_reported_by_key(raw, pattern):
     with pytest.raises(PipelineError, match=pattern) as info:
-        parse_params(raw)
+        parse_params(repo_params(raw))
     assert "\n" not in str(info.value)
 
 
 def test_ints_are_accepted_for_floats():
-    assert parse_params({"lr": 1}).lr == 1.0
+    assert parse_params(repo_params({"lr": 1})).lr == 1.0
+
+
+def test_a_missing_key_is_named():
+    raw = repo_params()
+    del raw["augment"]["min_scale"]
+    with pytest.raises(PipelineError, match=r"missing key 'augment.min_scale'"):
+        parse_params(raw)
+
+
+def test_the_code_holds_no_defaults():
+    """params.yaml is the one source of defaults: no dataclass field has a default."""
+    import dataclasses
+
+    from folderfit import params as P
+
+    for cls in (P.Params, P.DataParams, P.AugmentParams, P.EvaluateParams, P.DemoParams):
+        for f in dataclasses.fields(cls):
+            assert f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING, \
+                f"{cls.__name__}.{f.name} has a default in code"
 
 
 def test_invalid_yaml_names_the_file(tmp_path):
@@ -55,6 +76,6 @@ def test_invalid_yaml_names_the_file(tmp_path):
 
 def test_unknown_key_in_file(tmp_path):
     path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump({"batchsize": 8}))
+    path.write_text(yaml.safe_dump(repo_params({"batchsize": 8})))
     with pytest.raises(PipelineError, match="did you mean 'batch_size'"):
         load_params(path)

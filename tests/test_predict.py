@@ -1,8 +1,6 @@
-"""stages.predict: same numbers as evaluate, folders with bad files, output formats."""
+"""folderfit predict: same numbers as evaluate, folders with bad files, output formats."""
 
 from __future__ import annotations
-
-import contextlib
 
 import csv
 import json
@@ -14,9 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from stages import predict as P
-from stages.errors import PipelineError
+from folderfit import predict as P
+from folderfit.cli import build_parser
+from folderfit.errors import PipelineError
 import tiny_project as T
+
+from conftest import run_stage
+
+
+def predict(*argv: str) -> None:
+    """`folderfit predict ARGV` in-process, errors raised (not turned into exit codes)."""
+    P.command(build_parser().parse_args(["predict", *argv]))
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,14 +49,13 @@ def read_csv(path: Path) -> list[dict]:
 
 
 def test_predict_equals_evaluate(project):
-    from stages import evaluate
-
-    with contextlib.chdir(project):
-        evaluate.main([])
-        P.main(["data/prepared/test", "--output", "preds.csv", "--precision", "fp32",
-                "--batch-size", "3", "--top-k", "2"])
+    run_stage("evaluate", project)
+    predict(str(project / "data/prepared/test"), "--output", str(project / "preds.csv"),
+            "--model", str(project / "models/model.pt"), "--precision", "fp32",
+            "--batch-size", "3", "--top-k", "2")
     expected = {row["prepared_file"]: row for row in read_csv(project / "metrics/eval/predictions.csv")}
-    got = {Path(row["path"]).as_posix(): row for row in read_csv(project / "preds.csv")}
+    got = {Path(row["path"]).relative_to(project).as_posix(): row
+           for row in read_csv(project / "preds.csv")}
     assert sorted(got) == sorted(expected) and any(f.endswith(".jpg") for f in got)
     for name, row in got.items():
         assert row["predicted"] == expected[name]["predicted"], name
@@ -61,6 +66,7 @@ def test_predict_equals_evaluate(project):
     assert len({row["predicted"] for row in got.values()}) > 1
 
 
+@pytest.mark.slow  # a subprocess importing torch and building the model
 def test_folder_with_bad_file_cli(project, tmp_path):
     """Recursive folder, hidden and non-image files ignored, a broken image reported and
     skipped, exit code 1, the good images still written (JSON lines)."""
@@ -75,7 +81,7 @@ def test_folder_with_bad_file_cli(project, tmp_path):
     (folder / "notes.txt").write_text("not an image")
     out = tmp_path / "preds.jsonl"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-m", "stages.predict", str(folder), "--model",
+    proc = subprocess.run([sys.executable, "-m", "folderfit", "predict", str(folder), "--model",
                            str(project / "models/model.pt"), "--output", str(out), "--top-k", "5",
                            "--batch-size", "2"], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 1, proc.stderr
@@ -92,8 +98,8 @@ def test_folder_with_bad_file_cli(project, tmp_path):
 def test_explicit_files_and_missing_path(project, capsys):
     files = sorted((project / "data/prepared/train").rglob("*.png"))[:2]
     with pytest.raises(SystemExit) as exit_info:
-        P.main([str(f) for f in files] + [str(project / "nope.png"),
-                "--model", str(project / "models/model.pt"), "--precision", "fp32"])
+        predict(*[str(f) for f in files], str(project / "nope.png"),
+                "--model", str(project / "models/model.pt"), "--precision", "fp32")
     assert exit_info.value.code == 1
     captured = capsys.readouterr()
     rows = list(csv.DictReader(captured.out.splitlines()))
@@ -104,7 +110,7 @@ def test_explicit_files_and_missing_path(project, capsys):
 def test_bad_model_file_is_a_one_line_error(tmp_path):
     (tmp_path / "x.png").write_bytes(b"")
     with pytest.raises(PipelineError, match="model file not found"):
-        P.main([str(tmp_path), "--model", str(tmp_path / "missing.pt")])
+        predict(str(tmp_path), "--model", str(tmp_path / "missing.pt"))
     (tmp_path / "model.pt").write_text("not a model")
     with pytest.raises(PipelineError, match="not a model file"):
-        P.main([str(tmp_path), "--model", str(tmp_path / "model.pt")])
+        predict(str(tmp_path), "--model", str(tmp_path / "model.pt"))

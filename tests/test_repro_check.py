@@ -1,4 +1,4 @@
-"""The reproducibility check (stages/repro_check.py) and the CI workflow that runs it.
+"""The reproducibility check (folderfit repro-check, folderfit/repro_check.py) and the CI workflow that runs it.
 
 The check on the real pipeline runs in .ci/run (.ci/workflow_selftest.py, tiny config). Here it
 runs on small DVC pipelines built in the test, one deterministic and one not, so that both
@@ -44,11 +44,12 @@ def make_pipeline(path: Path, mode: str) -> Path:
 
 
 def check(repo: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "stages.repro_check", *args], cwd=repo,
+    return subprocess.run([sys.executable, "-m", "folderfit", "repro-check", *args], cwd=repo,
                           capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
+@pytest.mark.slow  # dvc repro, twice
 def test_identical_reruns_pass_and_timing_is_exempt(tmp_path):
     result = check(make_pipeline(tmp_path, "steady"))
     assert result.returncode == 0, result.stdout + result.stderr
@@ -57,6 +58,7 @@ def test_identical_reruns_pass_and_timing_is_exempt(tmp_path):
     assert "repro-check: OK: 2 runs gave identical outputs" in result.stdout
 
 
+@pytest.mark.slow
 def test_a_difference_fails_and_names_output_and_file(tmp_path):
     repo = make_pipeline(tmp_path, "noisy")
     result = check(repo)
@@ -81,7 +83,7 @@ def test_set_overrides_are_validated(tmp_path):
 
 
 def test_set_writes_the_copy_params(tmp_path):
-    from stages.repro_check import apply_overrides
+    from folderfit.repro_check import apply_overrides
 
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
     shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")

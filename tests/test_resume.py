@@ -1,8 +1,10 @@
-"""Resume after a killed training process: the final model is bitwise identical (CPU)."""
+"""Resume after a killed training process: the final model is bitwise identical (CPU).
+fine_tune resumes from its epoch checkpoint; feature_extract from the feature cache."""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,9 +15,9 @@ import pytest
 import torch
 import yaml
 
-from stages.checkpoint import CHECKPOINT, Checkpointer
-from stages.engine import EarlyStopping, make_scheduler
-from stages.repro_check import make_copy
+from folderfit.checkpoint import CHECKPOINT, Checkpointer
+from folderfit.engine import EarlyStopping, make_scheduler
+from folderfit.repro_check import make_copy
 
 ROOT = Path(__file__).resolve().parents[1]
 # A small random-init torchvision model keeps each process short; resuming does not depend
@@ -46,7 +48,7 @@ def set_strategy(repo: Path, strategy: str) -> None:
 
 def outputs(repo: Path) -> dict[str, bytes]:
     files = [repo / "models/model.pt", repo / "metrics/train.json",
-             *sorted((repo / "metrics/train_live").rglob("*.*"))]
+             *sorted((repo / "metrics/train").rglob("*.*"))]
     return {str(f.relative_to(repo)): f.read_bytes() for f in files if f.is_file()}
 
 
@@ -64,12 +66,10 @@ def kill_after_first_checkpoint(repo: Path, command: list[str]) -> None:
     assert proc.returncode == -signal.SIGKILL
 
 
-@pytest.mark.parametrize("strategy,command", [
-    ("fine_tune", ["dvc", "repro", "train"]),  # as a user resumes: dvc repro
-    ("feature_extract", ["stages.train"]),      # the head loop on recomputed features
-])
-def test_killed_training_resumes_to_identical_model(repo, strategy, command):
-    set_strategy(repo, strategy)
+@pytest.mark.slow  # dvc + killed processes
+def test_killed_fine_tune_resumes_to_identical_model(repo):
+    command = ["dvc", "repro", "train"]  # as a user resumes
+    set_strategy(repo, "fine_tune")
     first = run(["stages.train"], repo)
     assert first.returncode == 0, first.stderr
     assert not (repo / CHECKPOINT).exists(), "the checkpoint is deleted after success"
@@ -83,6 +83,33 @@ def test_killed_training_resumes_to_identical_model(repo, strategy, command):
     assert "epoch   1 " not in resumed.stdout, "epoch 1 was trained again"
     assert outputs(repo) == uninterrupted  # model, train.json and dvclive curves, bytes
     assert not (repo / CHECKPOINT).exists()
+
+
+@pytest.mark.slow
+def test_killed_feature_extraction_keeps_its_finished_features(repo, tmp_path):
+    """Features are stored as each view finishes: a rerun after kill -9 computes only the
+    rest, and the model is the same bytes as an uninterrupted run's."""
+    set_strategy(repo, "feature_extract")
+    first = run(["stages.train"], repo, env={**os.environ, "FOLDERFIT_CACHE": str(tmp_path / "a")})
+    assert first.returncode == 0, first.stderr
+    uninterrupted = outputs(repo)
+
+    cache = tmp_path / "b"
+    env = {**os.environ, "FOLDERFIT_CACHE": str(cache)}
+    proc = subprocess.Popen([sys.executable, "-m", "stages.train"], cwd=repo, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        while not list(cache.rglob("*.pt")):
+            assert proc.poll() is None, "training ended before storing any features"
+            time.sleep(0.02)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    resumed = run(["stages.train"], repo, env=env)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    computed, reused = map(int, re.search(r"(\d+) computed, (\d+) from the cache", resumed.stdout).groups())
+    assert computed > 0 and reused > 0, resumed.stdout
+    assert outputs(repo) == uninterrupted
 
 
 def _tiny_state(seed: int):

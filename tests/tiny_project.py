@@ -4,11 +4,9 @@ built in-process (no training pipeline run)."""
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import numpy as np
-import yaml
 from PIL import Image
 
 CLASSES = ("bars", "blobs", "checks")
@@ -41,23 +39,17 @@ def make_image_folder(root: Path, per_class: int = 8, size: int = 40, seed: int 
 
 
 def write_params(project: Path, **overrides) -> None:
-    """params.yaml with the given (dotted) overrides on top of the code's defaults."""
-    raw: dict = {}
-    for dotted, value in overrides.items():
-        node = raw
-        *parents, leaf = dotted.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value
-    (project / "params.yaml").write_text(yaml.safe_dump(raw), encoding="utf-8")
+    """params.yaml: the repository's, with the given (dotted) overrides."""
+    from conftest import write_params as write
+
+    write(project, **overrides)
 
 
 def prepare(project: Path) -> None:
     """Run the real prepare stage in `project` (needs params.yaml and data.source there)."""
-    from stages import prepare as P
+    from conftest import run_stage
 
-    with contextlib.chdir(project):
-        P.main([])
+    run_stage("prepare", project)
 
 
 def save_tiny_model(path: Path, model_name: str = "mobilenet_v3_small", image_size: int = 32,
@@ -66,7 +58,7 @@ def save_tiny_model(path: Path, model_name: str = "mobilenet_v3_small", image_si
     backbone with a seeded head; BatchNorm statistics are made non-trivial first."""
     import torch
 
-    from stages import models as M
+    from folderfit import models as M
 
     torch.manual_seed(seed)
     built = M.build_model(model_name, len(classes), weights, seed)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Metric and param changes of this checkout against BASE_REV (default main) as Markdown:
-# written to REPORT_FILE and appended to the GitHub job summary.
+# Headline results and changed params of this checkout against BASE_REV (default main), as
+# Markdown: written to REPORT_FILE and appended to the GitHub job summary.
 set -euo pipefail
 base="${BASE_REV:-main}"
 report="${REPORT_FILE:-${RUNNER_TEMP:-${TMPDIR:-/tmp}}/pipeline-report.md}"
@@ -12,21 +12,7 @@ if ! git rev-parse --verify -q "$rev^{commit}" >/dev/null; then
   echo "report: no '$base' revision to compare with (fetch it: actions/checkout fetch-depth: 0)" >&2
   exit 1
 fi
-metrics="$(dvc metrics diff "$rev" --md)"
-params="$(dvc params diff "$rev" --md)"
-{
-  echo "## Metrics: $base -> this commit"
-  echo
-  echo "${metrics:-No metric changes.}"
-  if ! git ls-tree -r --name-only "$rev" -- metrics | grep -q '\.json$'; then
-    echo
-    echo "Note: $base has no committed metrics/ files, so its column is empty."
-  fi
-  echo
-  echo "## Params: $base -> this commit"
-  echo
-  echo "${params:-No param changes.}"
-} > "$report"
+folderfit ci-report --base "$rev" > "$report"
 cat "$report"
 if [ -n "${GITHUB_STEP_SUMMARY:-}" ]; then
   cat "$report" >> "$GITHUB_STEP_SUMMARY"

@@ -6,7 +6,7 @@ set -euo pipefail
 log="${RUNNER_TEMP:-${TMPDIR:-/tmp}}/repro-check.log"
 status=0
 # shellcheck disable=SC2086  # REPRO_CHECK_ARGS is a list of arguments
-python -m stages.repro_check ${REPRO_CHECK_ARGS:-} 2>&1 | tee "$log" || status=$?
+folderfit repro-check ${REPRO_CHECK_ARGS:-} 2>&1 | tee "$log" || status=$?
 if [ -n "${GITHUB_STEP_SUMMARY:-}" ]; then
   { echo "## Reproducibility check"; echo; echo '```'; cat "$log"; echo '```'; } >> "$GITHUB_STEP_SUMMARY"
 fi

@@ -1,8 +1,10 @@
-"""Export a trained model file for serving: `python -m stages.export`.
+"""Export a trained model file for serving: `folderfit export`.
 
 Writes into --out-dir (default models/export/):
-  model.torchscript.pt  TorchScript (torch.jit.trace), loads with torch.jit.load, no code needed
-  model.onnx            ONNX (opset 17, dynamic batch size), for onnxruntime and friends
+  model.pt2             a torch.export program (dynamic batch size): torch.export.load(path)
+                        .module() runs it with torch alone, no folderfit or timm code needed
+  model.onnx            ONNX (opset 18, dynamic batch size), for onnxruntime and friends,
+                        translated from that same program by torch's torch.export-based exporter
   preprocess.json       the preprocessing contract: what a caller does to an image before
                         the network (size, resize, crop, mean/std, interpolation, class names)
   parity.json           exported vs eager outputs on real images (max abs difference)
@@ -15,34 +17,35 @@ a predicted class changes where the eager top-2 margin was clear of that bound. 
 alone moves logits by ~1e-4..1e-3 (reported as `eager_fp32_vs_fp64`), hence the default 5e-3.
 Parity images: --images (files or folders), else data/prepared (test, then val, then train).
 
-ONNX needs the optional extra: pip install -e '.[export]' (onnx, onnxruntime); without it use
---formats torchscript. The ONNX file is written by the TorchScript-based exporter
-(torch.onnx.export(dynamo=False)), which needs no extra packages beyond onnx.
+ONNX needs the optional extra: pip install -e '.[export]' (onnx, onnxscript, onnxruntime);
+without it use --formats torch_export. TorchScript is not offered: torch marks
+torch.jit.trace/save deprecated in favour of torch.export.
 """
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import copy
+import io
 import sys
 import warnings
 from pathlib import Path
 
 import torch
 
-from stages import data as D
-from stages import predict as P
-from stages.errors import PipelineError, run_main
-from stages.fileio import atomic_path, write_json
-from stages.models import load_model_file
+from folderfit import data as D
+from folderfit import datasets as DS
+from folderfit import predict as P
+from folderfit.errors import PipelineError
+from folderfit.fileio import atomic_path, write_json
+from folderfit.models import load_model_file
 
-DEFAULT_MODEL = Path("models/model.pt")
-DEFAULT_OUT = Path("models/export")
 PREPARED = Path("data/prepared")
-FORMATS = ("torchscript", "onnx")
-FILES = {"torchscript": "model.torchscript.pt", "onnx": "model.onnx"}
-CONTRACT_FORMAT = 1
-ONNX_OPSET = 17
+FORMATS = ("torch_export", "onnx")
+FILES = {"torch_export": "model.pt2", "onnx": "model.onnx"}
+CONTRACT_FORMAT = 2
+ONNX_OPSET = 18
+MAX_BATCH = 4096  # the exported programs accept any batch size from 1 to this
 
 
 # ------------------------------------------------------------------ parity inputs
@@ -75,28 +78,37 @@ def preprocessed_batch(loaded, files: list[Path]) -> torch.Tensor:
         if error:
             raise PipelineError(f"parity image {files[i]}: {error}; remove it or pass other --images")
         tensors.append(tensor)
-    normalizer = D.Normalizer(loaded.preprocess.mean, loaded.preprocess.std)
+    normalizer = DS.Normalizer(loaded.preprocess.mean, loaded.preprocess.std)
     return normalizer(torch.stack(tensors)).contiguous()
 
 
 # ------------------------------------------------------------------ exporters
-def export_torchscript(model: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
+def export_program(model: torch.nn.Module, example: torch.Tensor):
+    """The model as a torch.export program whose batch dimension is dynamic."""
+    from torch.export import Dim
+
     with torch.no_grad():
-        traced = torch.jit.trace(model, example, check_trace=False)
+        return torch.export.export(model, (example,),
+                                   dynamic_shapes=({0: Dim("batch", min=1, max=MAX_BATCH)},))
+
+
+def save_program(program, path: Path) -> None:
     with atomic_path(path) as tmp:
-        torch.jit.save(traced, str(tmp))
+        torch.export.save(program, str(tmp))
 
 
-def export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
-    with atomic_path(path) as tmp, warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the exporter's deprecation / tracer notices
-        torch.onnx.export(model, (example,), str(tmp), dynamo=False, opset_version=ONNX_OPSET,
-                          input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+def export_onnx(program, example: torch.Tensor, path: Path) -> None:
+    """ONNX translated from the torch.export program (torch's current exporter)."""
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # progress lines and notices of the exporter
+        onnx_program = torch.onnx.export(program, (example,), dynamo=True, opset_version=ONNX_OPSET,
+                                         input_names=["input"], output_names=["logits"])
+    with atomic_path(path) as tmp:
+        onnx_program.save(str(tmp))
 
 
-def run_torchscript(path: Path, batch: torch.Tensor) -> torch.Tensor:
-    module = torch.jit.load(str(path), map_location="cpu")
+def run_program(path: Path, batch: torch.Tensor) -> torch.Tensor:
+    module = torch.export.load(str(path)).module()
     with torch.inference_mode():
         return module(batch).float()
 
@@ -114,10 +126,11 @@ def check_onnx_available() -> None:
     try:
         import onnx  # noqa: F401  (the exporter serialises with it)
         import onnxruntime  # noqa: F401  (the parity check runs with it)
+        import onnxscript  # noqa: F401  (the torch.export-based exporter translates with it)
     except ImportError as exc:
-        raise PipelineError(f"ONNX export needs the optional packages onnx and onnxruntime "
-                            f"({exc.name} is missing): pip install -e '.[export]', or pass "
-                            f"--formats torchscript") from None
+        raise PipelineError(f"ONNX export needs the optional packages onnx, onnxscript and "
+                            f"onnxruntime ({exc.name} is missing): pip install -e '.[export]', "
+                            f"or pass --formats torch_export") from None
 
 
 # ------------------------------------------------------------------ contract
@@ -172,13 +185,14 @@ def export(model_file: Path, out_dir: Path, formats: list[str], images: list[str
     print(f"export: {len(files)} parity images, allowed |logit diff| {bound:.3g}; "
           f"eager fp32 vs fp64 (rounding alone): {fp64_noise:.3g}")
     failures = []
+    program = export_program(model, example)
     for fmt in formats:
         path = out_dir / FILES[fmt]
-        if fmt == "torchscript":
-            export_torchscript(model, example, path)
-            out = run_torchscript(path, batch)
+        if fmt == "torch_export":
+            save_program(program, path)
+            out = run_program(path, batch)
         else:
-            export_onnx(model, example, path)
+            export_onnx(program, example, path)
             out = run_onnx(path, batch)
         diff = float((out - eager).abs().max())
         prob_diff = float((out.softmax(1) - eager.softmax(1)).abs().max())
@@ -201,30 +215,13 @@ def export(model_file: Path, out_dir: Path, formats: list[str], images: list[str
     return report
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m stages.export",
-                                     description="Export a trained model file to TorchScript and ONNX with a parity check.")
-    parser.add_argument("--model", default=str(DEFAULT_MODEL), help="model file written by train (default: %(default)s)")
-    parser.add_argument("--out-dir", default=str(DEFAULT_OUT), help="output folder (default: %(default)s)")
-    parser.add_argument("--formats", default=",".join(FORMATS),
-                        help="comma-separated: torchscript, onnx (default: %(default)s)")
-    parser.add_argument("--images", nargs="+", metavar="PATH",
-                        help=f"parity images (files/folders; default: {PREPARED} test/val/train split)")
-    parser.add_argument("--n-images", type=int, default=32, help="parity images used at most (default: %(default)s)")
-    parser.add_argument("--tolerance", type=float, default=5e-3,
-                        help="allowed |logit difference| = tolerance x max(1, largest |logit|) "
-                             "(default: %(default)s)")
-    args = parser.parse_args(argv)
+def command(args) -> None:
+    """`folderfit export` (arguments: folderfit.cli)."""
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown or not formats:
-        parser.error(f"--formats: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(FORMATS)}")
-    if args.n_images < 1:
-        parser.error("--n-images must be >= 1")
+        raise PipelineError(f"--formats: unknown {', '.join(unknown) or '(none given)'}; "
+                            f"choose from {', '.join(FORMATS)}")
     torch.manual_seed(0)
     export(Path(args.model), Path(args.out_dir), formats, args.images, args.n_images, args.tolerance)
     print(f"export: parity OK -> {args.out_dir}/preprocess.json, parity.json", file=sys.stderr)
-
-
-if __name__ == "__main__":
-    run_main(main)

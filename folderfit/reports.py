@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.fileio import atomic_path, write_text
+from folderfit.fileio import atomic_path, write_text
 
 GALLERY_MAX = 16  # most confident mistakes shown in the gallery
 THUMB_PX = 160

@@ -56,7 +56,8 @@ def top_k_indices(probs: np.ndarray, k: int) -> np.ndarray:
 
 
 def top_k_accuracy(probs: np.ndarray, labels: np.ndarray, k: int) -> float:
-    return float((top_k_indices(probs, k) == labels[:, None]).any(1).mean())
+    scores = probs[:, 1] if probs.shape[1] == 2 else probs  # scikit-learn's binary form
+    return float(skm.top_k_accuracy_score(labels, scores, k=k, labels=list(range(probs.shape[1]))))
 
 
 def _ovr_scorable(labels: np.ndarray, c: int) -> bool:

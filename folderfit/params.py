@@ -1,5 +1,9 @@
 """Read params.yaml into typed, validated objects.
 
+params.yaml is the one source of defaults and their documentation: the dataclasses below
+declare only names and types, so the code holds no second copy of a default that could drift.
+Every key must be present; a missing one is an error naming it.
+
 Every stage goes through `load_params()`, so a typo or a wrong type is reported once, with
 the key's full name and what to do, before any work starts. Unknown keys are rejected
 (with a close-match suggestion) because a silently ignored knob is worse than an error.
@@ -10,12 +14,12 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from stages.errors import PipelineError
+from folderfit.errors import PipelineError
 
 STRATEGIES = ("feature_extract", "fine_tune", "full_tune", "auto")
 CLASS_WEIGHTING = ("none", "balanced")
@@ -25,54 +29,54 @@ ON_LEAK = ("warn", "fail")
 
 @dataclass(frozen=True)
 class DemoParams:
-    per_class: int = 50
-    size: int = 64
+    per_class: int
+    size: int
 
 
 @dataclass(frozen=True)
 class DataParams:
-    source: str = "data/demo"
-    val_fraction: float = 0.15
-    test_fraction: float = 0.15
-    image_size: int = 224
-    on_leak: str = "warn"
+    source: str
+    val_fraction: float
+    test_fraction: float
+    image_size: int
+    on_leak: str
 
 
 @dataclass(frozen=True)
 class AugmentParams:
-    hflip: bool = True
-    min_scale: float = 0.6
-    feature_views: int = 4
+    hflip: bool
+    min_scale: float
+    feature_views: int
 
 
 @dataclass(frozen=True)
 class EvaluateParams:
-    batch_size: int = 64
-    bootstrap: int = 1000
+    batch_size: int
+    bootstrap: int
 
 
 @dataclass(frozen=True)
 class Params:
-    model_name: str = "tf_efficientnet_lite0"
-    weights: str = "default"
-    strategy: str = "feature_extract"
-    freeze_layers: int = 5
-    num_epochs: int = 15
-    patience: int = 4
-    warmup_epochs: int = 0
-    lr: float = 3e-3
-    lr_decay: float = 0.5
-    weight_decay: float = 1e-4
-    batch_size: int = 32
-    seed: int = 42
-    label_smoothing: float = 0.0
-    class_weighting: str = "none"
-    precision: str = "auto"
-    train_cmd: str = "python -m stages.train"
-    augment: AugmentParams = field(default_factory=AugmentParams)
-    data: DataParams = field(default_factory=DataParams)
-    demo: DemoParams = field(default_factory=DemoParams)
-    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+    model_name: str
+    weights: str
+    strategy: str
+    freeze_layers: int
+    num_epochs: int
+    patience: int
+    warm_start_head: bool
+    lr: float
+    lr_decay: float
+    weight_decay: float
+    batch_size: int
+    seed: int
+    label_smoothing: float
+    class_weighting: str
+    precision: str
+    train_cmd: str
+    augment: AugmentParams
+    data: DataParams
+    demo: DemoParams
+    evaluate: EvaluateParams
 
 
 def _suggest(key: str, choices: typing.Iterable[str]) -> str:
@@ -119,6 +123,11 @@ def _build(cls, raw, prefix: str = ""):
             values[key] = _build(kind, value, prefix=f"{full}.")
         else:
             values[key] = _coerce(value, kind, full)
+    missing = [name for name in names if name not in values]
+    if missing:
+        raise PipelineError(
+            f"params.yaml: missing key '{prefix}{missing[0]}'; add it (the project's params.yaml "
+            f"lists every key with its default and a comment)")
     return cls(**values)
 
 
@@ -143,7 +152,6 @@ def validate(p: Params) -> Params:
                  "(python -m stages.train | torchrun --nproc_per_node=N -m stages.train)", p.train_cmd)
     _check_range(p.num_epochs > 0, "num_epochs", "> 0", p.num_epochs)
     _check_range(p.patience > 0, "patience", "> 0", p.patience)
-    _check_range(p.warmup_epochs >= 0, "warmup_epochs", ">= 0", p.warmup_epochs)
     _check_range(p.batch_size > 0, "batch_size", "> 0", p.batch_size)
     _check_range(p.freeze_layers >= 0, "freeze_layers", ">= 0", p.freeze_layers)
     _check_range(p.lr > 0, "lr", "> 0", p.lr)

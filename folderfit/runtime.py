@@ -26,7 +26,7 @@ def seed_everything(seed: int) -> torch.Generator:
 @contextlib.contextmanager
 def gpu_memory_guard(batch_key: str, batch_size: int):
     """A CUDA out-of-memory error becomes a one-line message suggesting a smaller batch."""
-    from stages.errors import PipelineError
+    from folderfit.errors import PipelineError
 
     try:
         yield

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from stages.errors import PipelineError
+from folderfit.errors import PipelineError
 
 
 @dataclass(frozen=True)

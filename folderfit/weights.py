@@ -22,8 +22,8 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from stages.errors import PipelineError
-from stages.fileio import sha256_file
+from folderfit.errors import PipelineError
+from folderfit.fileio import sha256_file
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

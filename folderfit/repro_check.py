@@ -1,6 +1,6 @@
 """Reproducibility check: rerun the whole pipeline twice and compare every output in dvc.lock.
 
-    python -m stages.repro_check [--set KEY=VALUE ...] [--runs N] [--keep]
+    folderfit repro-check [--set KEY=VALUE ...] [--runs N] [--keep]
 
 It works in a temporary copy of the repository (the files git sees: code, params.yaml,
 dvc.yaml, dvc.lock, *.dvc), so your workspace, dvc.lock and cache are never touched, and
@@ -18,7 +18,6 @@ kept out of every other output, which must then be byte-identical.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import shutil
 import subprocess
@@ -29,8 +28,8 @@ from pathlib import Path
 
 import yaml
 
-from stages.errors import PipelineError, run_main
-from stages.params import parse_params
+from folderfit.errors import PipelineError
+from folderfit.params import parse_params
 
 EXEMPT = {"metrics/timing.json": "wall-clock time, different on every run by design"}
 CHECKPOINT_DIR = "checkpoints"  # resume state of train; must not carry over between runs
@@ -184,27 +183,16 @@ def check(repo: Path, overrides: list[str], runs: int, workdir: Path) -> int:
     return 0
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m stages.repro_check",
-                                     description=__doc__.split("\n")[0])
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a params.yaml key in the copy, e.g. --set num_epochs=2 (repeatable)")
-    parser.add_argument("--runs", type=int, default=2, help="number of runs to compare (default 2)")
-    parser.add_argument("--keep", action="store_true", help="keep the temporary copy and run logs")
-    args = parser.parse_args(argv)
+def command(args) -> None:
+    """`folderfit repro-check` (arguments: folderfit.cli)."""
     if args.runs < 2:
         raise PipelineError("--runs must be at least 2")
-    repo = Path.cwd()
     workdir = Path(tempfile.mkdtemp(prefix="repro-check-"))
     try:
-        code = check(repo, args.overrides, args.runs, workdir)
+        code = check(Path.cwd(), args.overrides, args.runs, workdir)
     finally:
         if args.keep:
             print(f"repro-check: kept {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
     sys.exit(code)
-
-
-if __name__ == "__main__":
-    run_main(main)

@@ -1,8 +1,8 @@
-"""Classify new images with a trained model file: `python -m stages.predict PATH...`.
+"""Classify new images with a trained model file: `folderfit predict PATH...`.
 
 Only the model file is needed (architecture, classes and preprocessing are stored in it; no
 params.yaml). Each image goes through exactly what `evaluate` does: decoded to RGB with its
-EXIF orientation applied (stages.data.load_rgb), the model file's eval geometry (resize of
+EXIF orientation applied (folderfit.data.load_rgb), the model file's eval geometry (resize of
 the shorter side + centre crop), normalised on the compute device, then the model.
 
 Folders are searched recursively; hidden files and folders (names starting with '.') and
@@ -16,7 +16,6 @@ top1_class, top1_prob, ... topK_class, topK_prob; or JSON lines when --output en
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -24,15 +23,15 @@ import sys
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
-from stages import data as D
-from stages.errors import PipelineError, run_main
-from stages.fileio import write_text
-from stages.models import load_model_file
-from stages.runtime import pick_runtime, prepare_model, to_device
+from folderfit import data as D
+from folderfit import datasets as DS
+from folderfit.engine import infer, make_loader
+from folderfit.errors import PipelineError
+from folderfit.fileio import write_text
+from folderfit.models import load_model_file
+from folderfit.runtime import pick_runtime, prepare_model
 
-DEFAULT_MODEL = Path("models/model.pt")
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 
 
@@ -61,7 +60,7 @@ class ImageFiles(torch.utils.data.Dataset):
 
     def __init__(self, files: list[Path], preprocess):
         self.files = files
-        self.geometry = D.eval_geometry(preprocess)
+        self.geometry = DS.eval_geometry(preprocess)
 
     def __len__(self) -> int:
         return len(self.files)
@@ -77,45 +76,64 @@ class ImageFiles(torch.utils.data.Dataset):
 
 
 def collate(items):
-    """Stack the decoded images of a batch; unreadable ones travel as (index, reason)."""
+    """Stack the decoded images of a batch (None if none decoded); the meta is
+    (indices of the decoded files, [(index, reason)] of the unreadable ones)."""
     good = [(t, i) for t, i, err in items if err is None]
     bad = [(i, err) for t, i, err in items if err is not None]
     images = torch.stack([t for t, _ in good]) if good else None
-    return images, [i for _, i in good], bad
-
-
-def make_loader(files: list[Path], preprocess, batch_size: int, device: torch.device):
-    """Decoding in worker processes pays off on a GPU; on CPU it would take the model's cores."""
-    workers = 0 if device.type == "cpu" else min(8, torch.get_num_threads())
-    return torch.utils.data.DataLoader(ImageFiles(files, preprocess), batch_size=batch_size,
-                                       shuffle=False, num_workers=workers, collate_fn=collate,
-                                       pin_memory=device.type == "cuda")
+    return images, ([i for _, i in good], bad)
 
 
 # ------------------------------------------------------------------ prediction
-@torch.inference_mode()
 def predict_files(loaded, files: list[Path], batch_size: int, precision: str = "auto",
                   progress: bool | None = None):
     """(probabilities [n_ok, classes] float32, indices of `files` they belong to,
-    [(index, reason)] of files that could not be read)."""
+    [(index, reason)] of files that could not be read). The inference loop is evaluate's
+    (folderfit.engine.infer)."""
     rt = pick_runtime(precision)
-    model = prepare_model(loaded.model, rt).eval()
-    normalizer = D.Normalizer(loaded.preprocess.mean, loaded.preprocess.std).to(rt.device)
-    probs, order, failed = [], [], []
-    # progress None: a bar when stderr is a terminal (tqdm's own rule)
-    bar = tqdm(total=len(files), desc="predict", unit="img", file=sys.stderr,
-               disable=None if progress is None else not progress)
-    for images, indices, bad in make_loader(files, loaded.preprocess, batch_size, rt.device):
-        failed.extend(bad)
-        if images is not None:
-            with rt.autocast():
-                logits = model(normalizer(to_device(images, rt)))
-            probs.append(torch.softmax(logits.float(), 1).cpu())
-            order.extend(indices)
-        bar.update(len(indices) + len(bad))
-    bar.close()
+    model = prepare_model(loaded.model, rt)
+    normalizer = DS.Normalizer(loaded.preprocess.mean, loaded.preprocess.std).to(rt.device)
+    loader = make_loader(ImageFiles(files, loaded.preprocess), batch_size, rt, collate_fn=collate)
+    logits, metas = infer(model, loader, normalizer, rt, desc="predict", progress=progress)
+    order = [i for indices, _ in metas for i in indices]
+    failed = [bad for _, bads in metas for bad in bads]
     n_classes = len(loaded.class_names)
-    return (torch.cat(probs) if probs else torch.zeros(0, n_classes)), order, failed
+    probs = torch.softmax(logits, 1) if len(order) else torch.zeros(0, n_classes)
+    return probs, order, failed
+
+
+class Classifier:
+    """A trained model file, ready to classify PIL images in memory (the Python API:
+    folderfit.load). Each image gets exactly predict's and evaluate's preprocessing."""
+
+    def __init__(self, loaded, precision: str = "auto"):
+        self.loaded = loaded
+        self.rt = pick_runtime(precision)
+        self.model = prepare_model(loaded.model, self.rt).eval()
+        self.geometry = DS.eval_geometry(loaded.preprocess)
+        self.normalizer = DS.Normalizer(loaded.preprocess.mean, loaded.preprocess.std).to(self.rt.device)
+
+    @classmethod
+    def from_file(cls, path, precision: str = "auto") -> "Classifier":
+        return cls(load_model_file(path), precision)
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.loaded.class_names)
+
+    def probabilities(self, images) -> torch.Tensor:
+        """[len(images), classes] float32 softmax probabilities for a list of PIL images."""
+        from torchvision.transforms.v2.functional import pil_to_tensor
+
+        batch = torch.stack([self.geometry(pil_to_tensor(D.upright_rgb(img))) for img in images])
+        logits, _ = infer(self.model, [(batch, None)], self.normalizer, self.rt, progress=False)
+        return torch.softmax(logits, 1)
+
+    def classify(self, image, top_k: int = 3) -> list[tuple[str, float]]:
+        """[(class, probability)] for one PIL image, most probable first."""
+        probs = self.probabilities([image])[0]
+        top = probs.topk(min(top_k, len(probs)))
+        return [(self.class_names[int(i)], float(p)) for p, i in zip(top.values, top.indices)]
 
 
 def rows(files: list[Path], probs: torch.Tensor, order: list[int], class_names: list, k: int):
@@ -152,29 +170,11 @@ def format_jsonl(records: list[dict]) -> str:
                    + "\n" for r in records)
 
 
-# ------------------------------------------------------------------ CLI
-def parse_args(argv):
-    parser = argparse.ArgumentParser(prog="python -m stages.predict",
-                                     description="Classify image files or folders with a trained model file.")
-    parser.add_argument("paths", nargs="+", metavar="PATH", help="image files and/or folders (searched recursively)")
-    parser.add_argument("--model", default=str(DEFAULT_MODEL), help="model file written by train (default: %(default)s)")
-    parser.add_argument("--top-k", type=int, default=3, help="classes listed per image (default: %(default)s)")
-    parser.add_argument("--output", "-o", help="predictions file: .csv or .jsonl (default: CSV on stdout)")
-    parser.add_argument("--batch-size", type=int, default=64, help="images per batch (default: %(default)s)")
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                        help="auto: bf16 autocast where the device runs it natively (default: %(default)s)")
-    args = parser.parse_args(argv)
-    if args.top_k < 1:
-        parser.error("--top-k must be >= 1")
-    if args.batch_size < 1:
-        parser.error("--batch-size must be >= 1")
+# ------------------------------------------------------------------ command
+def command(args) -> None:
+    """`folderfit predict` (arguments: folderfit.cli)."""
     if args.output and not args.output.lower().endswith((".csv",) + JSONL_SUFFIXES):
-        parser.error(f"--output {args.output}: use a .csv, .jsonl or .ndjson file name")
-    return args
-
-
-def main(argv=None) -> None:
-    args = parse_args(argv)
+        raise PipelineError(f"--output {args.output}: use a .csv, .jsonl or .ndjson file name")
     loaded = load_model_file(args.model)
     files, missing = collect_images(args.paths)
     for path, reason in missing:
@@ -200,6 +200,3 @@ def main(argv=None) -> None:
     if n_failed:
         sys.exit(1)
 
-
-if __name__ == "__main__":
-    run_main(main)

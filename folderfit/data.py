@@ -1,4 +1,4 @@
-"""Images: scan and validate an ImageFolder, split it, store it small, and feed it to a model.
+"""Images: scan and validate an ImageFolder, decode, split, store small, and the manifest.
 
 Decisions (see README for the user-facing side):
 * Hidden files (`.DS_Store`, `._x.jpg`, anything starting with '.') and non-image extensions
@@ -10,14 +10,12 @@ Decisions (see README for the user-facing side):
 * The split is stratified per class and seeded. Identical images (same decoded pixels, so also
   a PNG and a BMP of one picture) are one group and always land in the same split, even when
   they sit under two classes (a label conflict): no leakage through duplicates.
-* Training reads uint8 tensors (decoded once and kept in memory while they fit in
-  `DECODE_CACHE_BYTES`), crops/flips them as tensors, and normalises whole batches on the
-  compute device.
+
+Feeding the prepared images to a network is folderfit.datasets.
 """
 
 from __future__ import annotations
 
-import copy
 import csv
 import hashlib
 import io
@@ -28,15 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from stages.errors import PipelineError
+from folderfit.errors import PipelineError
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 SPLITS = ("train", "val", "test")
 STORE_MARGIN = 1.25
-DECODE_CACHE_BYTES = 4 << 30
 MANIFEST = "manifest.csv"
 
 
@@ -103,8 +99,7 @@ def load_rgb(path: Path) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 img.load()
-                img = ImageOps.exif_transpose(img)
-                return to_rgb(img)
+                return upright_rgb(img)
     except BadImage:
         raise
     except Image.DecompressionBombError as exc:
@@ -115,6 +110,11 @@ def load_rgb(path: Path) -> Image.Image:
         raise BadImage("not an image file (unrecognised content)") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise BadImage(f"cannot decode ({str(exc).splitlines()[0][:100]})") from None
+
+
+def upright_rgb(img: Image.Image) -> Image.Image:
+    """8-bit RGB as a viewer shows it: EXIF orientation applied, see to_rgb for the modes."""
+    return to_rgb(ImageOps.exif_transpose(img))
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -228,92 +228,3 @@ def read_manifest(prepared: str | Path) -> tuple[list[str], dict[str, list[tuple
 def class_counts(samples: list[tuple[Path, int]], n_classes: int) -> list[int]:
     counts = Counter(label for _, label in samples)
     return [counts.get(i, 0) for i in range(n_classes)]
-
-
-# ------------------------------------------------------------------ tensors
-_INTERPOLATION = {"bilinear": "BILINEAR", "bicubic": "BICUBIC", "nearest": "NEAREST"}
-
-
-def _interp(name: str):
-    from torchvision.transforms import InterpolationMode
-
-    return getattr(InterpolationMode, _INTERPOLATION.get(name, "BILINEAR"))
-
-
-def train_geometry(pre, hflip: bool, min_scale: float):
-    """uint8 -> uint8 random crop (+ flip) at the network's input size."""
-    from torchvision.transforms import v2
-
-    ops = [v2.RandomResizedCrop(pre.image_size, scale=(min_scale, 1.0),
-                                interpolation=_interp(pre.interpolation), antialias=True)]
-    if hflip:
-        ops.append(v2.RandomHorizontalFlip())
-    return v2.Compose(ops)
-
-
-def eval_geometry(pre):
-    """uint8 -> uint8 resize of the shorter side + centre crop, as the weights were trained."""
-    from torchvision.transforms import v2
-
-    return v2.Compose([v2.Resize(pre.resize_size, interpolation=_interp(pre.interpolation), antialias=True),
-                       v2.CenterCrop(pre.image_size)])
-
-
-class Normalizer(torch.nn.Module):
-    """uint8 NCHW batch -> normalised float batch, run on the compute device."""
-
-    def __init__(self, mean, std):
-        super().__init__()
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) * 255)
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1) * 255)
-
-    def forward(self, batch: torch.Tensor) -> torch.Tensor:
-        return (batch.float() - self.mean) / self.std
-
-
-def decode_file(path: Path) -> torch.Tensor:
-    """A prepared (RGB, small) image file as a uint8 CHW tensor."""
-    from torchvision.io import ImageReadMode, decode_image
-
-    data = torch.frombuffer(bytearray(Path(path).read_bytes()), dtype=torch.uint8)
-    return decode_image(data, mode=ImageReadMode.RGB)
-
-
-class ImageTensorDataset(torch.utils.data.Dataset):
-    """(uint8 image tensor, label) pairs. Decoded files stay in memory while the cache budget
-    allows; with `cache_output` (deterministic geometry) the transformed tensor is kept."""
-
-    def __init__(self, samples, geometry, cache_output: bool = False,
-                 cache_bytes: int = DECODE_CACHE_BYTES):
-        self.samples = list(samples)
-        self.geometry = geometry
-        self.cache_output = cache_output
-        self.cache_bytes = cache_bytes
-        self._cache: dict[int, torch.Tensor] = {}
-        self._cached = {"bytes": 0}  # shared with with_geometry() copies, like the cache
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def with_geometry(self, geometry) -> "ImageTensorDataset":
-        """The same images under another geometry, sharing the decoded-image cache (so
-        several augmented passes decode each file once)."""
-        if self.cache_output:
-            raise ValueError("a dataset caching transformed images cannot share its cache")
-        other = copy.copy(self)
-        other.geometry = geometry
-        return other
-
-    def __getitem__(self, i: int):
-        path, label = self.samples[i]
-        tensor = self._cache.get(i)
-        if tensor is None:
-            tensor = decode_file(path)
-            if self.cache_output:
-                tensor = self.geometry(tensor)
-            if self._cached["bytes"] + tensor.numel() <= self.cache_bytes:
-                self._cache[i] = tensor
-                self._cached["bytes"] += tensor.numel()
-        if not self.cache_output:
-            tensor = self.geometry(tensor)
-        return tensor, label

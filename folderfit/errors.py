@@ -20,6 +20,6 @@ def run_main(main, argv=None) -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
-    except BrokenPipeError:  # e.g. `python -m stages.predict dir | head`: the reader left
+    except BrokenPipeError:  # e.g. `folderfit predict dir | head`: the reader left
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)

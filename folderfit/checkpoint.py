@@ -10,11 +10,12 @@ Decisions:
   torch CPU/CUDA, the DataLoader generator). Restoring them all makes the rest of a resumed run
   take exactly the steps of an uninterrupted one: on CPU the model file is bitwise identical.
 * When it is used: only if its fingerprint matches: a hash of every parameter, of the
-  prepared data's manifest (file names + content hashes) and of the pipeline code (stages/).
+  prepared data's manifest (file names + content hashes) and of the train stage's code as
+  folderfit.provenance defines it (the same files dvc.yaml declares as its deps).
   Anything else is ignored with a note and training starts from epoch 1.
 * After success it is deleted: the model file is the result; a stale checkpoint could only
   mislead a later run.
-* The dvclive curves: DVC deletes metrics/train_live before rerunning train, so a resumed run
+* The dvclive curves: DVC deletes metrics/train before rerunning train, so a resumed run
   logs the stored history first; the curves come out the same as those of one run.
 * Saved with torch.save (atomic rename), loaded with torch.load(weights_only=True): plain
   tensors, numbers, strings and lists only.
@@ -31,19 +32,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stages.fileio import save_torch
-from stages.params import Params, as_dict
+from folderfit.fileio import save_torch
+from folderfit.params import Params, as_dict
 
 CHECKPOINT = Path("checkpoints/train.pt")
-FORMAT = "transfer-pipeline-checkpoint-1"
+FORMAT = "folderfit-checkpoint-1"
 
 
-def fingerprint(params: Params, manifest: Path, code_dir: Path = Path("stages")) -> str:
+def fingerprint(params: Params, manifest: Path) -> str:
     """Hash of what the training result depends on: params, prepared data, code."""
+    from folderfit.provenance import code_digest
+
     digest = hashlib.sha256(json.dumps(as_dict(params), sort_keys=True).encode())
     digest.update(Path(manifest).read_bytes())
-    for source in sorted(Path(code_dir).glob("*.py")):
-        digest.update(source.name.encode() + source.read_bytes())
+    digest.update(code_digest("train").encode())
     return digest.hexdigest()
 
 

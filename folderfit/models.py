@@ -14,7 +14,7 @@ One mechanism for every architecture, torchvision or timm:
   an opened container (ViT's position embedding) go with the first stage.
   Examples: resnet50 -> stem, layer1..layer4; vgg16 -> 5 conv blocks + the classifier MLP;
   tf_efficientnet_lite0 -> stem, blocks.0..blocks.6, neck. See them with
-  `python -m stages.models describe MODEL_NAME`.
+  `folderfit describe MODEL_NAME`.
 * `freeze_layers: N` freezes the first N stages, for every family alike.
 * Layered learning rates: the head trains at `lr`; backbone stage i (counted from the head
   backwards, the last stage being 1) at `lr * lr_decay**i`.
@@ -22,7 +22,6 @@ One mechanism for every architecture, torchvision or timm:
 
 from __future__ import annotations
 
-import argparse
 import difflib
 import sys
 from dataclasses import dataclass, field
@@ -30,8 +29,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from stages import weights as W
-from stages.errors import PipelineError, run_main
+from folderfit import weights as W
+from folderfit.errors import PipelineError
 
 MIN_STAGES = 4
 POOLING = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
@@ -236,7 +235,7 @@ def frozen_stage_count(strategy: str, freeze_layers: int, n_stages: int) -> int:
             raise PipelineError(
                 f"params.yaml: 'freeze_layers' is {freeze_layers} but this backbone has "
                 f"{n_stages} stages (0..{n_stages - 1} allowed for fine_tune); see "
-                f"python -m stages.models describe MODEL_NAME")
+                f"folderfit describe MODEL_NAME")
         return freeze_layers
     raise PipelineError(f"unresolved strategy '{strategy}'")
 
@@ -328,7 +327,7 @@ def save_model_file(path, built: BuiltModel, class_names: list, preprocess: W.Pr
                     extra: dict | None = None) -> None:
     """One self-contained file: architecture name, classes, preprocessing, weights.
     Plain types and tensors only, so it loads with torch.load(weights_only=True)."""
-    from stages.fileio import save_torch
+    from folderfit.fileio import save_torch
 
     payload = {
         "format": MODEL_FILE_FORMAT,
@@ -392,15 +391,6 @@ def describe(model_name: str, out=None) -> None:
           f"Linear({head.in_features} -> classes)", file=out)
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m stages.models", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    d = sub.add_parser("describe", help="list a backbone's stages (what freeze_layers counts)")
-    d.add_argument("model_name")
-    args = parser.parse_args(argv)
-    if args.command == "describe":
-        describe(args.model_name)
-
-
-if __name__ == "__main__":
-    run_main(main)
+def command(args) -> None:
+    """`folderfit describe MODEL_NAME` (arguments: folderfit.cli)."""
+    describe(args.model_name)

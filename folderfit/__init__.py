@@ -1,0 +1,24 @@
+"""folderfit: adapt an ImageNet-pretrained CNN to your own labelled image folders, as a
+reproducible DVC pipeline (`dvc repro`), and use the trained model from Python:
+
+    from PIL import Image
+    import folderfit
+
+    classifier = folderfit.load("models/model.pt")
+    print(classifier.classify(Image.open("photo.jpg")))  # [('cat', 0.97), ('dog', 0.02), ...]
+
+Importing this package is cheap; torch is loaded by `load`.
+"""
+
+__version__ = "0.2.0"
+
+
+def load(path="models/model.pt", precision: str = "auto"):
+    """The model file written by the train stage, ready to classify PIL images
+    (a folderfit.predict.Classifier)."""
+    from folderfit.predict import Classifier
+
+    return Classifier.from_file(path, precision=precision)
+
+
+__all__ = ["load", "__version__"]

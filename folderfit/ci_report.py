@@ -1,0 +1,86 @@
+"""The CI report (`folderfit ci-report --base main`): this checkout's headline results against
+a base revision, as a short Markdown table, then the params that differ.
+
+Numbers come from `dvc metrics diff --json` and `dvc params diff --json`, so the base column
+is read through the base's dvc.lock from the DVC cache; when the cache lacks the base's
+metrics the column is empty and one note says how to fetch them.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from folderfit.errors import PipelineError
+
+# (metrics file, key, label) of the rows the report shows, in this order
+HEADLINE = [
+    ("metrics/eval.json", "accuracy", "test accuracy"),
+    ("metrics/eval.json", "accuracy_ci95_low", "accuracy 95% CI low"),
+    ("metrics/eval.json", "accuracy_ci95_high", "accuracy 95% CI high"),
+    ("metrics/eval.json", "macro_f1", "macro F1"),
+    ("metrics/eval.json", "split", "scored split"),
+    ("metrics/train.json", "strategy", "strategy"),
+    ("metrics/train.json", "best_val_accuracy", "best val accuracy"),
+    ("metrics/data.json", "n_images", "images"),
+    ("metrics/data.json", "n_classes", "classes"),
+    ("metrics/data.json", "n_skipped", "files skipped"),
+    ("metrics/data.json", "n_label_conflicts", "label conflicts"),
+    ("metrics/review.json", "n_label_issues", "likely label errors"),
+    ("metrics/timing.json", "train_wall_s", "train wall s"),
+]
+
+
+def _dvc_json(args: list[str]) -> dict:
+    proc = subprocess.run([sys.executable, "-m", "dvc", *args, "--json"], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise PipelineError(f"dvc {' '.join(args)} failed: {proc.stderr.strip().splitlines()[-1:]}")
+    return json.loads(proc.stdout or "{}")
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _change(old, new) -> str:
+    if isinstance(old, (int, float)) and isinstance(new, (int, float)) and not isinstance(old, bool):
+        delta = new - old
+        return "" if delta == 0 else f"{delta:+.4g}"
+    return "" if old == new else "changed"
+
+
+def report(base: str) -> str:
+    metrics = _dvc_json(["metrics", "diff", base, "--all"])
+    params = _dvc_json(["params", "diff", base])
+    lines = [f"## Results: {base} -> this commit", "",
+             f"| | {base} | this commit | change |", "|---|---:|---:|---:|"]
+    base_known = False
+    for path, key, label in HEADLINE:
+        entry = metrics.get(path, {}).get(key)
+        if entry is None:
+            continue
+        old, new = entry.get("old"), entry.get("new")
+        base_known = base_known or old is not None
+        lines.append(f"| {label} | {_cell(old)} | {_cell(new)} | {_change(old, new)} |")
+    if not base_known:
+        lines += ["", f"Note: no metrics of {base} are in the DVC cache here, so its column is "
+                      f"empty; `dvc fetch -a` (with a DVC remote holding them) brings them."]
+    lines += ["", "All numbers: `dvc metrics diff " + base + "`; per class: metrics/eval/per_class.json.",
+              "", f"## Params: {base} -> this commit", ""]
+    changed = [(key, entry) for file in params.values() for key, entry in sorted(file.items())]
+    if changed:
+        lines += [f"| param | {base} | this commit |", "|---|---|---|"]
+        lines += [f"| {key} | {_cell(e.get('old'))} | {_cell(e.get('new'))} |" for key, e in changed]
+    else:
+        lines.append("No param changes.")
+    return "\n".join(lines) + "\n"
+
+
+def command(args) -> None:
+    """`folderfit ci-report` (arguments: folderfit.cli)."""
+    sys.stdout.write(report(args.base))

@@ -1,0 +1,114 @@
+"""Command lines: the `folderfit` console script, and the entry of every DVC stage.
+
+All argument parsing lives here and imports nothing heavy, so `--help` answers at once and
+runs nothing; the chosen command's module (and torch) is imported only to run it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from folderfit.errors import PipelineError, run_main
+
+# command -> (module with `command(args)`, one-line help)
+COMMANDS = {
+    "predict": ("folderfit.predict", "classify image files or folders with a trained model file"),
+    "export": ("folderfit.export", "export a model file to torch.export and ONNX, with a parity check"),
+    "describe": ("folderfit.models", "list a backbone's stages (what freeze_layers counts)"),
+    "repro-check": ("folderfit.repro_check", "rerun the pipeline twice in a temporary copy and "
+                                             "compare every output"),
+    "ci-report": ("folderfit.ci_report", "headline results and changed params against a base "
+                                         "revision, as Markdown"),
+}
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _predict_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files and/or folders (searched recursively)")
+    p.add_argument("--model", default="models/model.pt", help="model file written by train (default: %(default)s)")
+    p.add_argument("--top-k", type=_positive, default=3, help="classes listed per image (default: %(default)s)")
+    p.add_argument("--output", "-o", help="predictions file: .csv, .jsonl or .ndjson (default: CSV on stdout)")
+    p.add_argument("--batch-size", type=_positive, default=64, help="images per batch (default: %(default)s)")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="auto: bf16 autocast where the device runs it natively (default: %(default)s)")
+
+
+def _export_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="models/model.pt", help="model file written by train (default: %(default)s)")
+    p.add_argument("--out-dir", default="models/export", help="output folder (default: %(default)s)")
+    p.add_argument("--formats", default="torch_export,onnx",
+                   help="comma-separated: torch_export, onnx (default: %(default)s)")
+    p.add_argument("--images", nargs="+", metavar="PATH",
+                   help="parity images (files/folders; default: the data/prepared test/val/train split)")
+    p.add_argument("--n-images", type=_positive, default=32, help="parity images used at most (default: %(default)s)")
+    p.add_argument("--tolerance", type=float, default=5e-3,
+                   help="allowed |logit difference| = tolerance x max(1, largest |logit|) (default: %(default)s)")
+
+
+def _describe_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model_name", help="torchvision or timm model name, e.g. resnet50, tf_efficientnet_lite0")
+
+
+def _repro_check_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a params.yaml key in the copy, e.g. --set num_epochs=2 (repeatable)")
+    p.add_argument("--runs", type=int, default=2, help="number of runs to compare (default: %(default)s)")
+    p.add_argument("--keep", action="store_true", help="keep the temporary copy and run logs")
+
+
+def _ci_report_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--base", default="main", help="revision to compare with (default: %(default)s)")
+
+
+ARGUMENTS = {"predict": _predict_args, "export": _export_args, "describe": _describe_args,
+             "repro-check": _repro_check_args, "ci-report": _ci_report_args}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="folderfit",
+        description="Use a model trained by the folderfit DVC pipeline (dvc repro trains it).")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (_, help_text) in COMMANDS.items():
+        ARGUMENTS[name](sub.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + "."))
+    return parser
+
+
+def main(argv=None) -> None:
+    """The `folderfit` console script."""
+    args = build_parser().parse_args(argv)
+    module = importlib.import_module(COMMANDS[args.command][0])
+    run_main(lambda _argv: module.command(args))
+
+
+# ------------------------------------------------------------------ DVC stages
+def stage_main(name: str, description: str, target: str, argv=None) -> None:
+    """Entry of the DVC stage `name`: `--help` describes it and runs nothing, other arguments
+    are refused; otherwise params.yaml is read and validated, then the library function
+    `target` ("module:function", imported only now) does the work with the params.
+    A PipelineError becomes one `error: ...` line and exit code 2."""
+    parser = argparse.ArgumentParser(
+        prog=f"python -m stages.{name}", description=description,
+        epilog="Run by `dvc repro`; every setting comes from params.yaml.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.parse_args(sys.argv[1:] if argv is None else argv)
+
+    def body(_argv) -> None:
+        from folderfit.params import load_params
+
+        module, _, function = target.partition(":")
+        params = load_params()
+        getattr(importlib.import_module(module), function)(params)
+
+    run_main(body)
+
+
+__all__ = ["main", "stage_main", "PipelineError"]

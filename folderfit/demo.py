@@ -1,0 +1,46 @@
+"""The built-in demo set (stage `demo_data`), written as an ImageFolder of PNGs (no network).
+
+Real data: scikit-learn's copy of the UCI handwritten digits (8x8 grey scans of digits 0-9
+written by 43 people). The first `demo.per_class` images of each digit (in dataset order) are
+written to data/demo/<digit>/<index>.png: light ink on a dark background with a 2-pixel margin,
+smoothly (bicubic) upscaled to `demo.size` px. Smooth strokes and the margin matter: ImageNet
+features of blocky nearest-neighbour digits classify ~10 points worse.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from folderfit.fileio import replace_dir
+
+OUT_DIR = Path("data/demo")
+
+
+def write_digits(out_dir: Path, per_class: int, size: int) -> int:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    written = 0
+    for digit in range(10):
+        (tmp / str(digit)).mkdir(parents=True)
+        indices = np.flatnonzero(digits.target == digit)[:per_class]
+        for index in indices:
+            ink = np.pad(digits.images[index] / 16.0, 2)  # 0 (background) .. 1 (ink)
+            img = Image.fromarray(ink.astype(np.float32), "F").resize((size, size), Image.Resampling.BICUBIC)
+            pixels = np.clip(np.round(255 * np.asarray(img)), 0, 255).astype(np.uint8)
+            img = Image.fromarray(pixels, "L")
+            img.save(tmp / str(digit) / f"{index:04d}.png")
+            written += 1
+    replace_dir(tmp, out_dir)
+    return written
+
+
+def run(params) -> None:
+    n = write_digits(OUT_DIR, params.demo.per_class, params.demo.size)
+    print(f"demo_data: wrote {n} digit images to {OUT_DIR}/")

@@ -1,0 +1,243 @@
+"""Backbone features of prepared images, computed once per image and view, and kept in a
+content-keyed cache that the review stage and feature_extract training share.
+
+A cached vector is found by two digests:
+* the spec: everything about the computation that changes it: the backbone's weights (a
+  digest of every tensor of the frozen backbone, so a model name, weights file, seed of a
+  random init or timm version that changes a weight changes the key), the preprocessing
+  (size, resize, mean/std, interpolation), the view (clean, flipped, or augmented crop k
+  with its settings and seed) and FEATURE_VERSION;
+* the image: sha256 of the prepared file's bytes.
+A hit therefore returns exactly the numbers a fresh computation would: the backbone runs in
+eval mode and every batch is padded to one shape, so an image's features do not depend on
+which other images share its batch (kernels are chosen by shape: a batch of 3 and one of 64
+gave different last bits, measured on CPU). Reruns stay byte-identical, cache warm or cold.
+
+Where: $FOLDERFIT_CACHE/features, else ~/.cache/folderfit/features; one folder per spec,
+holding packs (`<digest>.pt`: keys + a float32 matrix) written atomically, so a killed run
+keeps what it finished. The cache is a pure memo outside DVC's view: deleting it costs only
+time. If it cannot be written, features are computed without it (one note).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from folderfit import datasets as DS
+from folderfit.engine import infer, make_loader
+from folderfit.fileio import save_torch
+from folderfit.runtime import Runtime
+
+FEATURE_VERSION = 1
+PACK_EVERY = 1024  # images per pack while computing: a killed run loses at most this many
+COMPACT_ABOVE = 8  # packs in one spec folder before they are merged into one
+
+
+@dataclass(frozen=True)
+class View:
+    """How an image is turned into network input before the backbone.
+    kind: "clean" (eval resize + centre crop), "flip" (clean, mirrored) or "augment"
+    (random-resized crop with min_scale and, if hflip, a random flip; seeded per image
+    by seed and index, so it is the same crop whenever and wherever it is computed)."""
+
+    kind: str
+    index: int = 0
+    min_scale: float = 1.0
+    hflip: bool = False
+    seed: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.kind if self.kind != "augment" else f"augment{self.index}"
+
+
+CLEAN = View("clean")
+FLIP = View("flip")
+
+
+def cache_root() -> Path:
+    base = os.environ.get("FOLDERFIT_CACHE")
+    return Path(base).expanduser() if base else Path.home() / ".cache" / "folderfit"
+
+
+def weights_digest(backbone: nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in backbone.state_dict().items():
+        data = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tuple(data.shape)}:{data.dtype}".encode())
+        digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+    return digest.hexdigest()
+
+
+def file_digest(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+class _Decoded:
+    """Decoded uint8 images by content key, kept while they fit in the memory budget, so the
+    views of one image decode it once."""
+
+    def __init__(self, budget: int = DS.DECODE_CACHE_BYTES):
+        self.images: dict[str, torch.Tensor] = {}
+        self.bytes, self.budget = 0, budget
+
+    def get(self, key: str, path: Path) -> torch.Tensor:
+        image = self.images.get(key)
+        if image is None:
+            image = DS.decode_file(path)
+            if self.bytes + image.numel() <= self.budget:
+                self.images[key] = image
+                self.bytes += image.numel()
+        return image
+
+
+class _ViewImages(torch.utils.data.Dataset):
+    """(uint8 image after the view's geometry, index) for a list of files."""
+
+    def __init__(self, files: list[Path], keys: list[str], view: View, preprocess,
+                 decoded: _Decoded):
+        self.files, self.keys, self.view = files, keys, view
+        self.decoded = decoded
+        self.eval_geometry = DS.eval_geometry(preprocess)
+        self.train_geometry = (DS.train_geometry(preprocess, view.hflip, view.min_scale)
+                               if view.kind == "augment" else None)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int):
+        image = self.decoded.get(self.keys[i], self.files[i])
+        if self.view.kind == "clean":
+            return self.eval_geometry(image), i
+        if self.view.kind == "flip":
+            return self.eval_geometry(image).flip(-1), i
+        seed = int(hashlib.sha256(f"{self.view.seed}:{self.view.index}:{self.keys[i]}".encode())
+                   .hexdigest()[:15], 16)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.train_geometry(image), i
+
+
+def _padded(loader, batch_size: int):
+    """Batches of one fixed shape (the last one padded with copies of its first image)."""
+    for images, indices in loader:
+        n = len(images)
+        if n < batch_size:
+            images = torch.cat([images, images[:1].expand(batch_size - n, *images.shape[1:])])
+        yield images, (indices, n)
+
+
+class FeatureCache:
+    """Packs of feature vectors for one spec (see the module docstring)."""
+
+    def __init__(self, folder: Path | None):
+        self.folder = folder
+        self.vectors: dict[str, torch.Tensor] = {}
+        if folder is not None and folder.is_dir():
+            for pack in sorted(folder.glob("*.pt")):
+                self._read(pack)
+
+    def _read(self, pack: Path) -> None:
+        try:
+            payload = torch.load(pack, map_location="cpu", weights_only=True)
+            keys, matrix = payload["keys"], payload["features"]
+            if len(keys) != len(matrix):
+                raise ValueError("keys and rows differ")
+        except Exception as exc:  # a damaged pack only costs its recomputation
+            print(f"note: feature cache {pack}: unreadable ({type(exc).__name__}), ignored",
+                  file=sys.stderr)
+            return
+        self.vectors.update(zip(keys, matrix))
+
+    def add(self, keys: list[str], matrix: torch.Tensor) -> None:
+        self.vectors.update(zip(keys, matrix))
+        if self.folder is None or not keys:
+            return
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            packs = sorted(self.folder.glob("*.pt"))
+            if len(packs) >= COMPACT_ABOVE:  # merge everything known into one pack
+                keys, matrix = list(self.vectors), torch.stack(list(self.vectors.values()))
+            name = hashlib.sha256("\n".join(keys).encode()).hexdigest()[:20]
+            save_torch({"keys": list(keys), "features": matrix.contiguous()},
+                       self.folder / f"{name}.pt")
+            if len(packs) >= COMPACT_ABOVE:
+                for old in packs:
+                    if old.name != f"{name}.pt":
+                        old.unlink(missing_ok=True)
+        except OSError as exc:
+            print(f"note: feature cache {self.folder} not writable ({exc.strerror or exc}); "
+                  f"features are computed without it", file=sys.stderr)
+            self.folder = None
+
+
+class FeatureExtractor:
+    """Pooled features of a frozen backbone (its head replaced by Identity) for image files,
+    one view at a time, through the cache."""
+
+    def __init__(self, backbone: nn.Module, preprocess, rt: Runtime, batch_size: int,
+                 use_cache: bool = True):
+        self.backbone = backbone.eval()
+        self.preprocess = preprocess
+        self.rt = rt
+        self.batch_size = batch_size
+        self.normalizer = DS.Normalizer(preprocess.mean, preprocess.std).to(rt.device)
+        self.base_spec = {"version": FEATURE_VERSION, "weights": weights_digest(backbone),
+                          "preprocess": preprocess.to_dict()}
+        self.root = cache_root() / "features" if use_cache else None
+        self._decoded = _Decoded()
+        self._keys: dict[Path, str] = {}
+        self.computed = self.reused = 0
+
+    def spec_digest(self, view: View) -> str:
+        spec = {**self.base_spec, "view": asdict(view)}
+        return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:24]
+
+    def keys(self, files: list[Path]) -> list[str]:
+        for f in files:
+            if f not in self._keys:
+                self._keys[f] = file_digest(f)
+        return [self._keys[f] for f in files]
+
+    def features(self, files: list[Path], view: View = CLEAN, desc: str = "features") -> torch.Tensor:
+        """[len(files), feature dim] float32, in file order."""
+        keys = self.keys(files)
+        cache = FeatureCache(self.root / self.spec_digest(view) if self.root else None)
+        missing = sorted({k: i for i, k in enumerate(keys) if k not in cache.vectors}.values())
+        self.reused += len(files) - len(missing)
+        for start in range(0, len(missing), PACK_EVERY):
+            chunk = missing[start:start + PACK_EVERY]
+            dataset = _ViewImages([files[i] for i in chunk], [keys[i] for i in chunk], view,
+                                  self.preprocess, self._decoded)
+            cache.add([keys[i] for i in chunk], self._compute(dataset, f"{desc} ({view.name})"))
+            self.computed += len(chunk)
+        if not files:
+            return torch.zeros(0, 0)
+        return torch.stack([cache.vectors[k] for k in keys])
+
+    def _compute(self, dataset, desc: str) -> torch.Tensor:
+        # its own generator: a DataLoader draws a seed when iterated, and drawing it from the
+        # global stream would make later augmentation depend on whether the cache was warm
+        loader = make_loader(dataset, self.batch_size, self.rt, generator=torch.Generator())
+        outputs, metas = infer(self.backbone, _padded(loader, self.batch_size), self.normalizer,
+                               self.rt, desc)
+        keep = torch.cat([torch.arange(n) + i * self.batch_size for i, (_, n) in enumerate(metas)])
+        return outputs[keep].contiguous()
+
+
+def backbone_only(model: nn.Module, head_name: str) -> tuple[nn.Module, nn.Module]:
+    """(the model with its head replaced by Identity, the head): model(x) then returns the
+    pooled features. Put the head back with models.set_submodule(model, head_name, head)."""
+    from folderfit.models import set_submodule
+
+    head = model.get_submodule(head_name)
+    set_submodule(model, head_name, nn.Identity())
+    return model, head

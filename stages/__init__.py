@@ -1,1 +1,0 @@
-"""Transfer-learning pipeline: prepare -> train -> evaluate, driven by DVC."""
