@@ -180,13 +180,14 @@ def _train(params: Params, ctx: DD.DistContext) -> None:
         "n_val": len(splits["val"]),
         "image_size": pre.image_size,
         "precision": "bf16" if rt.dtype else "fp32",
+        "device": rt.describe(),
         "processes": ctx.world_size,
     }
     M.save_model_file(MODEL_FILE, built, classes, pre, extra=details)
     write_json(TRAIN_DIR / "details.json", details)
     write_json(TRAIN_METRICS, headline)
     wall = time.perf_counter() - started
-    write_json(TIMING, {"train_wall_s": round(wall, 2), "device": rt.describe()})
+    write_json(TIMING, {"train_wall_s": round(wall, 2)})
     if checkpointer:
         checkpointer.finish()  # only now: the outputs it could have recovered are written
     print(f"train: val accuracy {headline['best_val_accuracy']:.4f}, {wall:.1f} s -> {MODEL_FILE}")
