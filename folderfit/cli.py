@@ -21,6 +21,8 @@ COMMANDS = {
                                              "compare every output"),
     "ci-report": ("folderfit.ci_report", "headline results and changed params against a base "
                                          "revision, as Markdown"),
+    "review": ("folderfit.review", "print the label review's ranked lists (likely label errors, "
+                                   "near-duplicates, outliers)"),
 }
 
 
@@ -68,8 +70,16 @@ def _ci_report_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base", default="main", help="revision to compare with (default: %(default)s)")
 
 
+def _review_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--top", type=_positive, default=20, help="rows shown per list (default: %(default)s)")
+    p.add_argument("--dir", default="metrics/review", help="the review stage's output folder (default: %(default)s)")
+    p.add_argument("--template", metavar="FILE",
+                   help="also write the top label issues as corrections rows (relabel:<suggested>) "
+                        "to FILE, a new file, to check and copy into data/corrections.csv")
+
+
 ARGUMENTS = {"predict": _predict_args, "export": _export_args, "describe": _describe_args,
-             "repro-check": _repro_check_args, "ci-report": _ci_report_args}
+             "repro-check": _repro_check_args, "ci-report": _ci_report_args, "review": _review_args}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -56,6 +56,13 @@ class EvaluateParams:
 
 
 @dataclass(frozen=True)
+class ReviewParams:
+    folds: int
+    neighbours: int
+    duplicate_similarity: float
+
+
+@dataclass(frozen=True)
 class Params:
     model_name: str
     weights: str
@@ -77,6 +84,7 @@ class Params:
     data: DataParams
     demo: DemoParams
     evaluate: EvaluateParams
+    review: ReviewParams
 
 
 def _suggest(key: str, choices: typing.Iterable[str]) -> str:
@@ -174,6 +182,10 @@ def validate(p: Params) -> Params:
     _check_range(p.demo.size >= 8, "demo.size", ">= 8", p.demo.size)
     _check_range(p.evaluate.batch_size > 0, "evaluate.batch_size", "> 0", p.evaluate.batch_size)
     _check_range(p.evaluate.bootstrap >= 0, "evaluate.bootstrap", ">= 0", p.evaluate.bootstrap)
+    _check_range(p.review.folds >= 2, "review.folds", ">= 2", p.review.folds)
+    _check_range(p.review.neighbours >= 1, "review.neighbours", ">= 1", p.review.neighbours)
+    _check_range(0 < p.review.duplicate_similarity <= 1, "review.duplicate_similarity",
+                 "in (0, 1]", p.review.duplicate_similarity)
     return p
 
 

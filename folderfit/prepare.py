@@ -24,6 +24,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+from folderfit import corrections as C
 from folderfit import data as D
 from folderfit.errors import PipelineError
 from folderfit.fileio import replace_dir, write_json
@@ -85,14 +86,17 @@ def _check_classes(records: dict, classes: list, where: str) -> list[str]:
 
 
 def collect(source: Path, val_fraction: float, test_fraction: float, seed: int, image_size: int,
-            stager: Stager):
-    """({split: [record]}, classes, report extras); the stored images go to `stager`."""
+            stager: Stager, fixes: dict | None = None):
+    """({split: [record]}, classes, report extras); the stored images go to `stager`;
+    `fixes` (data/corrections.csv) relabel or drop images before anything else sees them."""
     skipped: list[dict] = []
+    fixes, applied = fixes or {}, set()
     given = D.given_split_dirs(source)
     if given:
         per_split, class_sets = {}, {}
         for split, folder in given.items():
             records, _ = _load_folder(folder, f"{split}/", image_size, skipped, stager)
+            records = C.apply(records, fixes, applied)
             per_split[split] = [r for c in sorted(records) for r in records[c]]
             class_sets[split] = sorted(c for c in records if records[c])
         train_classes = class_sets["train"]
@@ -104,8 +108,10 @@ def collect(source: Path, val_fraction: float, test_fraction: float, seed: int, 
                 raise PipelineError(
                     f"data.source {source}/{split}: classes differ from train/ ({', '.join(extra)}); "
                     f"every split needs the same class folders")
-        return per_split, train_classes, {"split_given": True, "skipped": skipped}
+        return per_split, train_classes, {"split_given": True, "skipped": skipped,
+                                          **C.report(fixes, applied)}
     records, classes = _load_folder(source, "", image_size, skipped, stager)
+    records = C.apply(records, fixes, applied)
     empty = _check_classes(records, classes, "")
     classes = [c for c in classes if c not in empty]
     items, by_rel = [], {}
@@ -116,7 +122,7 @@ def collect(source: Path, val_fraction: float, test_fraction: float, seed: int, 
     splits = D.stratified_split(items, val_fraction, test_fraction, seed)
     per_split = {s: [by_rel[it.rel] for it in v] for s, v in splits.items() if v}
     return per_split, classes, {"split_given": False, "skipped": skipped,
-                                "empty_classes": empty}
+                                "empty_classes": empty, **C.report(fixes, applied)}
 
 
 def duplicates_report(per_split: dict) -> dict:
@@ -200,17 +206,19 @@ def build_report(rows: list[dict], classes: list, extras: dict, dups: dict) -> d
                        "cross_split_duplicates": dups["cross_split_duplicates"]},
         "empty_classes": extras.get("empty_classes", []),
         "skipped": extras["skipped"],
+        **{k: extras[k] for k in ("n_relabelled", "n_dropped", "corrections") if k in extras},
     }
 
 
 def run(params) -> None:
     source = D.check_source(params.data.source)
+    fixes = C.read(source)  # checked before any image is decoded
     tmp = OUT_DIR.with_name(f".{OUT_DIR.name}.tmp")  # never a half-written data/prepared
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         per_split, classes, extras = collect(source, params.data.val_fraction,
                                              params.data.test_fraction, params.seed,
-                                             params.data.image_size, Stager(tmp / STAGING))
+                                             params.data.image_size, Stager(tmp / STAGING), fixes)
         dups = duplicates_report(per_split)
         for leak in dups["cross_split_duplicates"]:
             print(f"warning: identical images in different splits (leakage): {', '.join(leak)}",
@@ -227,6 +235,9 @@ def run(params) -> None:
     sizes = ", ".join(f"{s} {report.get(f'n_{s}', 0)}" for s in D.SPLITS)
     print(f"prepare: {len(rows)} images, {len(classes)} classes ({sizes}); "
           f"{report['n_skipped']} skipped, {dups['duplicate_files']} duplicate file(s)")
+    if fixes:
+        print(f"corrections ({C.CORRECTIONS}): {report['n_relabelled']} relabelled, "
+              f"{report['n_dropped']} dropped")
     for s in extras["skipped"]:
         print(f"  skipped {s['file']}: {s['reason']}", file=sys.stderr)
     for pair in dups["label_conflicts"]:

@@ -112,25 +112,34 @@ def _thumbnail(path: Path) -> np.ndarray:
 def mistakes_gallery(path: Path, mistakes: list, title: str) -> None:
     """Grid of (image file, true, predicted, confidence) rows, already sorted; a figure that
     says so when there are none."""
-    plt = _pyplot()
     shown = mistakes[:GALLERY_MAX]
-    if not shown:
+    gallery(path, [(file, f"true: {true}\npred: {predicted} ({confidence:.2f})", Path(file).name[:32])
+                   for file, true, predicted, confidence in shown],
+            f"{title}: {len(shown)} of {len(mistakes)} mistakes, most confident first",
+            f"{title}\nno mistakes")
+
+
+def gallery(path: Path, tiles: list, title: str, empty: str) -> None:
+    """Grid of thumbnails, each (image file, caption above, note below); `empty` is the
+    figure's text when there are no tiles."""
+    plt = _pyplot()
+    if not tiles:
         fig, ax = plt.subplots(figsize=(5, 1.5))
         ax.axis("off")
-        ax.text(0.5, 0.5, f"{title}\nno mistakes", ha="center", va="center", fontsize=11)
+        ax.text(0.5, 0.5, empty, ha="center", va="center", fontsize=11)
         save_png(fig, path)
         return
-    cols = min(4, len(shown))
-    rows = -(-len(shown) // cols)
+    cols = min(4, len(tiles))
+    rows = -(-len(tiles) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 3.0 * rows + 0.6), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
-    for ax, (file, true, predicted, confidence) in zip(axes.ravel(), shown):
+    for ax, (file, caption, note) in zip(axes.ravel(), tiles):
         ax.imshow(_thumbnail(file))
-        ax.set_title(f"true: {true}\npred: {predicted} ({confidence:.2f})", fontsize=9)
-        ax.text(0.5, -0.04, Path(file).name[:32], transform=ax.transAxes, ha="center",
-                va="top", fontsize=6, color="dimgrey")
-    fig.suptitle(f"{title}: {len(shown)} of {len(mistakes)} mistakes, most confident first")
+        ax.set_title(caption, fontsize=9)
+        ax.text(0.5, -0.04, note, transform=ax.transAxes, ha="center", va="top",
+                fontsize=6, color="dimgrey")
+    fig.suptitle(title)
     fig.tight_layout()
     save_png(fig, path)
 

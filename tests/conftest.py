@@ -27,7 +27,8 @@ os.environ.setdefault("FOLDERFIT_CACHE", tempfile.mkdtemp(prefix="folderfit-test
 # Stage commands say `python`: make that the interpreter running the tests.
 ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
 STAGE_MODULES = {"demo_data": "folderfit.demo", "prepare": "folderfit.prepare",
-                 "train": "folderfit.training", "evaluate": "folderfit.evaluation"}
+                 "train": "folderfit.training", "evaluate": "folderfit.evaluation",
+                 "review": "folderfit.review"}
 
 
 def nested(dotted: dict) -> dict:

@@ -1,0 +1,95 @@
+"""Out-of-sample class probabilities for every image: K-fold cross-fitting of the head.
+
+The images are split into K folds (stratified by label, seeded); the head (folderfit.head's
+exact logistic regression on frozen-backbone features) is fitted on K-1 folds and scores
+the fold left out, so no image is scored by a head that saw its label. Copies go together:
+the folds are grouped (sklearn's StratifiedGroupKFold) by `groups`, so an image is never
+scored by a head that trained on its identical or near-identical copy either.
+
+Inside each fitting, the regularisation strength is chosen without the scored fold: the
+next fold round the ring is held out, the head's l2 path is solved on the remaining K-2
+folds, the l2 with the lowest held-out log loss wins (log loss: the ranking needs good
+probabilities, not only the right argmax), and the head is refitted at that l2 on all K-1
+folds. Rows: every view of every training image; scores: the softmax of the logits averaged
+over the views (test-time augmentation with the same views).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from folderfit import head as H
+
+
+@dataclass
+class CrossFit:
+    probs: np.ndarray  # [N, classes] float64, out of sample
+    fold: np.ndarray  # [N] fold of each image
+    l2: list  # l2 chosen for each fold
+
+
+def assign_folds(labels: np.ndarray, groups: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """Fold index per image: stratified by label, copies (same group) in one fold."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    n_groups = len(np.unique(groups))
+    k = max(2, min(k, n_groups))
+    splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    fold = np.zeros(len(labels), dtype=np.int64)
+    with warnings.catch_warnings():  # a class smaller than k: sklearn warns, the folds are fine
+        warnings.simplefilter("ignore", UserWarning)
+        for i, (_, held) in enumerate(splitter.split(np.zeros(len(labels)), labels, groups)):
+            fold[held] = i
+    return fold
+
+
+def _rows(views: list[torch.Tensor], mask: np.ndarray, labels: np.ndarray):
+    index = torch.from_numpy(np.flatnonzero(mask))
+    x = torch.cat([v[index] for v in views])
+    y = torch.from_numpy(labels[mask]).repeat(len(views))
+    return x, y
+
+
+def _mean_view(views: list[torch.Tensor], mask: np.ndarray) -> torch.Tensor:
+    """The views' features averaged per image: the head is linear, so its logits on the mean
+    are the mean of its logits on the views."""
+    index = torch.from_numpy(np.flatnonzero(mask))
+    return torch.stack([v[index] for v in views]).mean(0)
+
+
+def _probs(weight: torch.Tensor, bias: torch.Tensor, x: torch.Tensor) -> np.ndarray:
+    logits = x.double() @ weight.double().T + bias.double()
+    return torch.softmax(logits, 1).numpy()
+
+
+def _choose_l2(views, labels, train: np.ndarray, held: np.ndarray, n_classes: int,
+               class_weights) -> float:
+    """The l2 of the grid whose head, fitted on `train`, gives `held` the lowest log loss."""
+    x, y = _rows(views, train, labels)
+    fit = H.fit_head(x, y, _mean_view(views, held), torch.from_numpy(labels[held]), n_classes,
+                     class_weights)
+    return min(fit.path, key=lambda row: (row["val_loss"], -row["l2"]))["l2"]
+
+
+def cross_fit(views: list[torch.Tensor], labels: np.ndarray, n_classes: int, groups: np.ndarray,
+              k: int, seed: int, class_weights: torch.Tensor | None = None) -> CrossFit:
+    """views: [N, features] per view (same image order); labels: [N] given class indices."""
+    fold = assign_folds(labels, groups, k, seed)
+    k = int(fold.max()) + 1
+    probs = np.zeros((len(labels), n_classes))
+    chosen = []
+    for f in range(k):
+        scored = fold == f
+        train = ~scored
+        inner = fold == (f + 1) % k
+        l2 = _choose_l2(views, labels, train & ~inner, inner, n_classes, class_weights) if k > 2 \
+            else H.L2_GRID[len(H.L2_GRID) // 2]
+        x, y = _rows(views, train, labels)
+        weight, bias = H.refit(x, y, n_classes, l2, class_weights)
+        probs[scored] = _probs(weight, bias, _mean_view(views, scored))
+        chosen.append(l2)
+    return CrossFit(probs, fold, chosen)
