@@ -3,8 +3,9 @@ each other, which do not belong; and `folderfit review`, which prints those list
 
 1. Features: the train stage's backbone, weights and preprocessing (train_feature_extractor),
    one clean view of every image of every split, plus its mirror image when `augment.hflip`
-   says a flipped image keeps its class; all through the shared feature cache, so `train`
-   (feature_extract) and `review` never compute a vector twice.
+   says a flipped image keeps its class; all through the shared feature cache (keyed by
+   weights, preprocessing, view and image content), so `train` (feature_extract) and
+   `review` never compute a vector twice.
 2. Out-of-sample probabilities: K-fold cross-fitting of the head (folderfit.crossfit), no
    image scored by a head that saw its label or a copy of it.
 3. Neighbour votes: the labels of each image's `review.neighbours` nearest other images
@@ -17,8 +18,10 @@ each other, which do not belong; and `folderfit review`, which prints those list
    `find_label_issues` (confident learning) flags plus those whose most probable class is
    another one, most suspect (lowest quality) first. The label-noise rates, overall and per
    class, are cleanlab's confident-joint estimates.
-5. Near-duplicates: pairs at or above `review.duplicate_similarity`, flagged when the two
-   sit in different splits (leakage) or classes (a conflict).
+5. Near-duplicates: pairs whose clean-view features reach `review.duplicate_similarity`
+   (cosine; crops and edits) or whose 32x32 grayscale thumbnails correlate >= 0.998 (resized
+   or re-encoded copies, whatever the backbone), flagged when the two sit in different splits
+   (leakage) or classes (a conflict). Copies share one cross-fitting fold.
 6. Outliers: mean cosine distance to the nearest neighbours above Q3 + 1.7 x IQR (cleanlab
    Datalab's rule for the same score).
 
@@ -70,12 +73,13 @@ def read_rows(prepared: Path = PREPARED) -> list[dict]:
 
 
 def review_views(params) -> list:
-    """train's feature_extract views (the clean one and `augment.feature_views - 1` seeded
-    crops), for every image: train computes them for its training images, so the review adds
-    only the val and test images' vectors, and train reuses what the review computed."""
-    from folderfit.training import training_views
+    """The clean view, plus its mirror image when `augment.hflip` says a flipped image keeps
+    its class: the head is fitted on both and scores their mean. Only these two, not train's
+    random crops: they measured as good for ranking (README, Label review) at a fraction of
+    the cost, and the clean view is the one train computes too (shared through the cache)."""
+    from folderfit import features as F
 
-    return training_views(params)
+    return [F.CLEAN, F.FLIP] if params.augment.hflip else [F.CLEAN]
 
 
 def train_feature_extractor(params, n_classes: int, rt):
@@ -154,12 +158,14 @@ def write_review_dir(out: Path, rows, classes, probs, issues, pairs, distance, o
                 [[rows[i]["source"], rows[i]["class"], classes[suggested[i]], _r(quality[i])]
                  for i in issues["order"]])
     ranked_pairs = sorted(pairs, key=lambda p: (PAIR_ISSUES.index(pair_issue(rows[p[0]], rows[p[1]])),
-                                                -round(p[2], 6), rows[p[0]]["source"]))
+                                                -round(max(p[2], p[3]), 6), rows[p[0]]["source"],
+                                                rows[p[1]]["source"]))
     R.write_csv(out / "near_duplicates.csv",
-                ["path", "other", "similarity", "issue", "class", "other_class", "split", "other_split"],
+                ["path", "other", "similarity", "issue", "class", "other_class", "split",
+                 "other_split", "pixel_correlation"],
                 [[rows[i]["source"], rows[j]["source"], _r(sim), pair_issue(rows[i], rows[j]),
-                  rows[i]["class"], rows[j]["class"], rows[i]["split"], rows[j]["split"]]
-                 for i, j, sim in ranked_pairs])
+                  rows[i]["class"], rows[j]["class"], rows[i]["split"], rows[j]["split"], _r(pix)]
+                 for i, j, sim, pix in ranked_pairs])
     outlier_order = sorted(np.flatnonzero(outliers), key=lambda i: (-round(distance[i], 6), i))
     R.write_csv(out / "outliers.csv", ["path", "class", "split", "score"],
                 [[rows[i]["source"], rows[i]["class"], rows[i]["split"], _r(distance[i])]
@@ -185,7 +191,7 @@ def write_review_dir(out: Path, rows, classes, probs, issues, pairs, distance, o
                           "label_noise_rate": round(float(issues["per_class_noise"][c]), 4)})
     R.write_rows_json(out / "noise_per_class.json",
                       [{"class": p["class"], "label_noise_rate": p["label_noise_rate"]} for p in per_class])
-    issues_of = [pair_issue(rows[i], rows[j]) for i, j, _ in pairs]
+    issues_of = [pair_issue(rows[i], rows[j]) for i, j, *_ in pairs]
     summary = {
         "n_label_issues": len(flagged),
         "label_noise_rate": round(issues["noise_rate"], 4),
@@ -224,12 +230,15 @@ def run(params) -> None:
     print(f"review: {len(rows)} images, {len(views)} view(s) ({', '.join(v.name for v in views)}): "
           f"{extractor.computed} computed, {extractor.reused} from the cache {extractor.root}")
     z = S.normalise(torch.stack(features).mean(0).numpy())  # votes, outliers: all views
-    clean = S.normalise(features[0].numpy())  # copies: the one view without random crops
+    clean = S.normalise(features[0].numpy())  # copies: the clean view
 
     index, similarity = S.nearest(z, r.neighbours)
     threshold = S.duplicate_threshold(S.nearest(clean, 1)[1][:, 0], r.duplicate_similarity,
                                       DUPLICATE_SHARE_OF_MEDIAN)
-    pairs = S.similar_pairs(clean, threshold)
+    thumbs = S.thumbnails(files)
+    pairs = [(i, j, float(clean[i] @ clean[j]), float(thumbs[i] @ thumbs[j]))
+             for i, j in sorted({(i, j) for i, j, _ in S.similar_pairs(clean, threshold)} |
+                                {(i, j) for i, j, _ in S.pairs_above(thumbs, S.THUMBNAIL_CORRELATION)})]
     fit = CF.cross_fit(features, labels, len(classes), copy_groups(rows, pairs), r.folds, params.seed)
     probs = (fit.probs + neighbour_votes(index, labels, len(classes))) / 2
     issues = label_issues(labels, probs)

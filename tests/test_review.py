@@ -56,7 +56,7 @@ def reviewed(tmp_path_factory):
     work = tmp / "work"
     work.mkdir()
     write_params(work, **{"data.source": str(tmp / "images"), "data.image_size": 64,
-                          "augment.feature_views": 2})
+                          "augment.feature_views": 1, "augment.hflip": True})
     run_stage("prepare", work)
     run_stage("review", work)
     return work, tmp / "images", plants
@@ -175,7 +175,7 @@ def test_no_image_is_scored_by_a_head_that_saw_its_label(monkeypatch):
     in_sample = real_refit(x, torch.from_numpy(labels), c, 1e-4)
     p_in = torch.softmax(x @ in_sample[0].T + in_sample[1], 1).numpy()[np.arange(n), labels]
     p_out = fit.probs[np.arange(n), labels]
-    assert p_in.mean() > 0.9 and p_out.mean() < 0.5
+    assert p_in.mean() > 0.75 and p_out.mean() < 0.5  # in sample: memorised; out: chance (1/3)
     for f, rows_x in enumerate(seen):
         scored = {tuple(v) for v in x[fit.fold == f].numpy().round(5)}
         trained = {tuple(v) for v in rows_x.numpy().round(5)}
@@ -217,12 +217,12 @@ def test_review_command_prints_the_lists_and_writes_a_template(reviewed, tmp_pat
 
     work, source, plants = reviewed
     template = tmp_path / "todo.csv"
-    main(["review", "--dir", str(work / "metrics/review"), "--top", "3", "--template", str(template)])
+    main(["review", "--dir", str(work / "metrics/review"), "--top", "4", "--template", str(template)])
     out = capsys.readouterr().out
     assert "label issues:" in out and "near-duplicates:" in out and "outliers:" in out
     assert all(p in out for p in plants["moved"].values()), out
     fixes = C.read(source, template)  # a valid corrections file, as it is
-    assert set(fixes) == set(plants["moved"].values())
+    assert set(fixes) == {*plants["moved"].values(), plants["copy"][1]}
     assert {f.new_class for f in fixes.values()} == {"bars", "blobs", "checks"}
     with pytest.raises(SystemExit):
         main(["review", "--dir", str(work / "metrics/review"), "--template", str(template)])
