@@ -21,7 +21,7 @@ from folderfit.params import merge_overrides
 REPO = Path(__file__).resolve().parents[1]
 # What a user's clone holds that the pipeline needs (code, graph, params, ignore rules).
 REPO_FILES = ["stages", "folderfit", "dvc.yaml", "params.yaml", ".gitignore", ".dvcignore", ".dvc/plots",
-              "data/.gitignore", "metrics/.gitignore", "models/.gitignore"]
+              "data/.gitignore", "data/corrections.csv", "metrics/.gitignore", "models/.gitignore"]
 # The feature cache of the whole test session lives in a temp folder, not in ~/.cache.
 os.environ.setdefault("FOLDERFIT_CACHE", tempfile.mkdtemp(prefix="folderfit-test-cache-"))
 # Stage commands say `python`: make that the interpreter running the tests.

@@ -19,6 +19,8 @@ DECLARED_OUTPUTS = [
     "metrics/train/details.json",
     "metrics/eval.json", "metrics/eval/confusion.csv", "metrics/eval/confusion.png",
     "metrics/eval/predictions.csv", "metrics/classification_report.txt",
+    "metrics/review.json", "metrics/review/label_issues.csv", "metrics/review/near_duplicates.csv",
+    "metrics/review/outliers.csv", "metrics/review/label_issues.png",
 ]
 
 
@@ -58,6 +60,12 @@ def test_repro_then_experiment(pipeline_repo):
     model = torch.load(repo / "models/model.pt", weights_only=True)
     assert model["class_names"] == [str(d) for d in range(10)]
     assert model["preprocess"]["image_size"] == 32
+    review = read_json(repo / "metrics/review.json")
+    with open(repo / "metrics/review/scores.csv") as fh:
+        scored = list(csv.DictReader(fh))
+    assert sorted(r["path"] for r in scored) == sorted(r["source"] for r in manifest)  # every image
+    with open(repo / "metrics/review/label_issues.csv") as fh:
+        assert review["n_label_issues"] == len(list(csv.DictReader(fh)))
 
     second = run(["dvc", "repro"], repo)
     assert "Running stage" not in second.stdout, second.stdout
@@ -68,6 +76,7 @@ def test_repro_then_experiment(pipeline_repo):
     exp = run(["dvc", "exp", "run", "-S", "strategy=full_tune"], repo)
     assert "Running stage 'train'" in exp.stdout and "head warm start" in exp.stdout
     assert "Running stage 'prepare'" not in exp.stdout  # data unchanged: cached
+    assert "Running stage 'review'" not in exp.stdout  # the review does not depend on training
     full = read_json(repo / "metrics/train/details.json")
     assert full["strategy"] == "full_tune"
     assert full["trainable_params"] == full["total_params"]
