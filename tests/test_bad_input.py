@@ -163,7 +163,7 @@ def test_exif_rotated_photo_is_stored_upright(messy):
 
 def test_empty_class_folder_is_left_out_with_a_warning(messy):
     _, report = messy
-    assert report["empty_classes"] == ["birds"]
+    assert report["empty_classes"] == [{"folder": "birds", "reason": "no image file in the folder"}]
     assert report["n_classes"] == 2
 
 
