@@ -19,10 +19,13 @@ Decisions:
   logs the stored history first; the curves come out the same as those of one run.
 * Saved with torch.save (atomic rename), loaded with torch.load(weights_only=True): plain
   tensors, numbers, strings and lists only.
+* A checkpoint that cannot be written (full disk, read-only or blocked folder) is one warning:
+  it only saves time after a crash, so training goes on without further checkpoints.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import random
@@ -83,6 +86,7 @@ class Checkpointer:
         self.path = Path(path)
         self.fingerprint = fingerprint
         self.generator = generator
+        self.writable = True  # False after a failed write: one warning, no further attempts
 
     def _load(self) -> dict | None:
         if not self.path.is_file():
@@ -122,6 +126,8 @@ class Checkpointer:
 
     def save(self, epoch: int, module, optimizer, scheduler, stopper, history: list,
              stopped: bool) -> None:
+        if not self.writable:
+            return
         payload = {
             "format": FORMAT,
             "fingerprint": self.fingerprint,
@@ -135,8 +141,14 @@ class Checkpointer:
             "history": history,
             "rng": rng_state(self.generator),
         }
-        save_torch(payload, self.path)
+        try:
+            save_torch(payload, self.path)
+        except OSError as exc:  # folderfit.fileio's one-line OutputError is an OSError too
+            self.writable = False
+            print(f"warning: no resume checkpoint: {exc}; training goes on without "
+                  f"checkpoints", file=sys.stderr, flush=True)
 
     def finish(self) -> None:
         """Training succeeded and its outputs are written: the checkpoint has served."""
-        self.path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # also when checkpoints/ is blocked by a file
+            self.path.unlink(missing_ok=True)
