@@ -401,8 +401,9 @@ def _check_weights_fit(model: nn.Module, payload: dict, path) -> None:
     name = payload["model_name"]
     head = payload["head_name"]
     if head != find_head(model):
-        raise PipelineError(f"{path}: head '{head}' is not the classifier of {name} "
-                            f"('{find_head(model)}'); the file is damaged or edited, retrain it")
+        raise PipelineError(f"{path}: weights do not fit {name} (its classifier is "
+                            f"'{find_head(model)}', the file's is '{head}'); the file was made for "
+                            f"another architecture or is damaged, retrain it")
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     stored = {k: tuple(v.shape) for k, v in payload["state_dict"].items()}
     weight = stored.get(f"{head}.weight")

@@ -5,6 +5,7 @@ All files are generated here."""
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import re
 import json
@@ -316,9 +317,10 @@ def counts(report: dict) -> dict:
             for row in report["per_class"]}
 
 
-def test_train_and_test_without_val_carves_val_from_train(tmp_path, monkeypatch):
+def test_train_and_test_without_val_carves_val_from_train(tmp_path, monkeypatch, capsys):
     src = split_source(tmp_path / "src", ["train", "test"], n=6)
     report = run_prepare(tmp_path, monkeypatch, src)
+    assert "prepare: val drawn from your train/ folder (stratified, seed 42)" in capsys.readouterr().out
     assert report["split_given"] is True and report["made_splits"] == ["val"]
     assert report["n_classes"] == 2  # not the classes "train" and "test"
     rows = manifest(tmp_path)
@@ -545,6 +547,34 @@ def test_reports_stay_valid_utf8_whatever_the_names(odd_names):
     assert report["n_images"] == len(manifest(tmp)) == 4 + 4 + 3 + 3 + 2 + 1  # no image lost
 
 
+def test_class_folders_that_print_the_same_are_refused(tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    for folder in (b"caf\xe9", b"caf\\xe9"):  # the byte 0xe9, and the text backslash-x-e-9
+        for i in range(3):
+            put(src, folder + b"/img%d.png" % i, png_bytes(360 + i + len(folder)))
+    good_class(src, "dogs", seed=36)
+    expect_error(tmp_path, monkeypatch, src, "two class folders are both named 'caf\\xe9' once "
+                 "written as UTF-8 text; rename one of them")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may read every file")
+def test_unreadable_file_and_folder_are_listed(tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    good_class(src, "cats", seed=37)
+    good_class(src, "dogs", seed=38)
+    save(photo(seed=39), src / "cats" / "locked.png", "PNG")
+    save(photo(seed=40), src / "dogs" / "locked" / "x.png", "PNG")
+    os.chmod(src / "cats" / "locked.png", 0)
+    os.chmod(src / "dogs" / "locked", 0)
+    try:
+        report = run_prepare(tmp_path, monkeypatch, src)
+    finally:
+        os.chmod(src / "dogs" / "locked", 0o755)
+    listed = {s["file"]: s["reason"] for s in report["skipped"]}
+    assert listed["cats/locked.png"] == "cannot read (Permission denied)"
+    assert listed["dogs/locked"] == "cannot read folder (Permission denied)"
+
+
 # ------------------------------------------------------------------ params.yaml: numbers
 def test_scientific_notation_is_a_float(tmp_path):
     from folderfit.params import load_params
@@ -613,6 +643,20 @@ def test_output_below_a_regular_file_is_one_line(tmp_path):
     assert str(info.value) == (f"{tmp_path}/metrics/eval.json: cannot be written because "
                                f"{tmp_path}/metrics is a file, not a folder; move or delete "
                                f"{tmp_path}/metrics")
+
+
+@pytest.mark.parametrize("code,message", [
+    (errno.EDQUOT, "out/model.pt: disk quota exceeded (about 2.0 MB needed, "),
+    (errno.EACCES, "out/model.pt: permission denied; make "),
+    (errno.EROFS, "out/model.pt: the file system is read-only; write the outputs to a writable folder"),
+])
+def test_write_error_messages_name_the_output_and_the_fix(code, message):
+    """The errors a test machine cannot make on demand (a quota, a permission for root) go
+    through the same function as the full disk and read-only cases tested with DVC."""
+    from folderfit.fileio import output_error
+
+    error = output_error(OSError(code, os.strerror(code)), Path("out/model.pt"), 2_000_000)
+    assert str(error).startswith(message) and isinstance(error, PipelineError)
 
 
 def test_temp_files_of_a_killed_writer_are_removed_by_the_next_write(tmp_path):
@@ -698,6 +742,16 @@ def test_model_file_is_checked_against_its_schema(model_payload, tmp_path, chang
         load_model_file(path)
     assert message in str(info.value) and str(info.value).startswith(str(path))
     assert "\n" not in str(info.value)
+
+
+def test_a_file_that_is_no_model_file_is_one_line(tmp_path):
+    from folderfit.models import load_model_file
+
+    (tmp_path / "model.pt").write_bytes(b"not a zip archive at all")
+    with pytest.raises(PipelineError) as info:
+        load_model_file(tmp_path / "model.pt")
+    assert str(info.value) == (f"{tmp_path}/model.pt: not a model file of this pipeline "
+                               f"(UnpicklingError); retrain with `dvc repro train` or pass the right --model")
 
 
 @pytest.mark.parametrize("command", ["predict", "export", "evaluate"])
