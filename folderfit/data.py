@@ -3,6 +3,12 @@
 Decisions (see README for the user-facing side):
 * Hidden files (`.DS_Store`, `._x.jpg`, anything starting with '.') and non-image extensions
   are ignored; unreadable images are skipped and listed with the reason in the data report.
+* The scan reads what DVC hashes as prepare's dependency: files and links to files. Links to
+  folders (DVC does not look inside them, so a change there would never rerun prepare),
+  broken links and pipes are listed, not read. Any depth works (an explicit stack).
+* Layout: top-level folders named like splits mean the user's split (detect_layout).
+* Names: whatever bytes a name holds, reports carry its printable UTF-8 form (printable) and
+  stored names fit the file system's 255 bytes (fit_name).
 * Every image is stored as RGB with its EXIF orientation applied; transparency is composited
   on white; 16-bit images are scaled to 8 bit.
 * Stored images are at most `STORE_MARGIN` x image_size on their shorter side (never
@@ -10,6 +16,7 @@ Decisions (see README for the user-facing side):
 * The split is stratified per class and seeded. Identical images (same decoded pixels, so also
   a PNG and a BMP of one picture) are one group and always land in the same split, even when
   they sit under two classes (a label conflict): no leakage through duplicates.
+  Every class gets at least one image in every split, or a PipelineError names class and split.
 
 Feeding the prepared images to a network is folderfit.datasets.
 """

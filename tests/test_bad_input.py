@@ -319,8 +319,10 @@ def counts(report: dict) -> dict:
 
 def test_train_and_test_without_val_carves_val_from_train(tmp_path, monkeypatch, capsys):
     src = split_source(tmp_path / "src", ["train", "test"], n=6)
+    (src / "notes.txt").write_text("how the split was made")
     report = run_prepare(tmp_path, monkeypatch, src)
     assert "prepare: val drawn from your train/ folder (stratified, seed 42)" in capsys.readouterr().out
+    assert report["skipped"] == [{"file": "notes.txt", "reason": "not inside a split folder"}]
     assert report["split_given"] is True and report["made_splits"] == ["val"]
     assert report["n_classes"] == 2  # not the classes "train" and "test"
     rows = manifest(tmp_path)
