@@ -1,10 +1,9 @@
 """Resume training after a crash: an end-of-epoch checkpoint of everything the next epoch needs.
 
 Decisions:
-* Where: `checkpoints/train.pt`, git-ignored and NOT a DVC output. DVC deletes a stage's
-  outputs before it reruns the stage, so a checkpoint declared as an output would be gone by
-  the time `dvc repro` restarts train (unless `persist: true`, which would then put a large,
-  run-specific file into dvc.lock). Outside DVC's view it survives until train succeeds.
+* Where: `checkpoints/train.pt`, git-ignored and NOT a DVC output: as an output it would be
+  deleted by DVC before train reruns, or (with `persist: true`) be a large, run-specific file
+  in dvc.lock and the cache. Outside DVC's view it survives until train succeeds.
 * What: model (or head) weights, optimizer, LR scheduler, early-stopping state including the
   best epoch's weights, the history of finished epochs, and the RNG states (python, numpy,
   torch CPU/CUDA, the DataLoader generator). Restoring them all makes the rest of a resumed run
@@ -15,14 +14,18 @@ Decisions:
   Anything else is ignored with a note and training starts from epoch 1.
 * After success it is deleted: the model file is the result; a stale checkpoint could only
   mislead a later run.
-* The dvclive curves: DVC deletes metrics/train before rerunning train, so a resumed run
-  logs the stored history first; the curves come out the same as those of one run.
+* The dvclive curves: train writes metrics/train afresh in every run (a staging folder
+  swapped in at the end), so a resumed run logs the stored history first; the curves come out
+  the same as those of one run.
 * Saved with torch.save (atomic rename), loaded with torch.load(weights_only=True): plain
   tensors, numbers, strings and lists only.
+* A checkpoint that cannot be written (full disk, read-only or blocked folder) is one warning:
+  it only saves time after a crash, so training goes on without further checkpoints.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import random
@@ -83,6 +86,7 @@ class Checkpointer:
         self.path = Path(path)
         self.fingerprint = fingerprint
         self.generator = generator
+        self.writable = True  # False after a failed write: one warning, no further attempts
 
     def _load(self) -> dict | None:
         if not self.path.is_file():
@@ -122,6 +126,8 @@ class Checkpointer:
 
     def save(self, epoch: int, module, optimizer, scheduler, stopper, history: list,
              stopped: bool) -> None:
+        if not self.writable:
+            return
         payload = {
             "format": FORMAT,
             "fingerprint": self.fingerprint,
@@ -135,8 +141,14 @@ class Checkpointer:
             "history": history,
             "rng": rng_state(self.generator),
         }
-        save_torch(payload, self.path)
+        try:
+            save_torch(payload, self.path)
+        except OSError as exc:  # folderfit.fileio's one-line OutputError is an OSError too
+            self.writable = False
+            print(f"warning: no resume checkpoint: {exc}; training goes on without "
+                  f"checkpoints", file=sys.stderr, flush=True)
 
     def finish(self) -> None:
         """Training succeeded and its outputs are written: the checkpoint has served."""
-        self.path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # also when checkpoints/ is blocked by a file
+            self.path.unlink(missing_ok=True)

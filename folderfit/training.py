@@ -31,7 +31,7 @@ from folderfit import head as H
 from folderfit import models as M
 from folderfit.checkpoint import CHECKPOINT, Checkpointer, fingerprint
 from folderfit.errors import PipelineError
-from folderfit.fileio import write_json
+from folderfit.fileio import staged_dir, write_json
 from folderfit.params import Params
 from folderfit.runtime import gpu_memory_guard, pick_runtime, prepare_model, seed_everything
 
@@ -115,12 +115,15 @@ def solve_head(built: M.BuiltModel, pre, params: Params, splits, rt, weights, lo
 def run(params: Params) -> None:
     ctx = DD.init_from_env()  # torchrun: one process per GPU; see folderfit/distributed.py
     try:
-        _train(params, ctx)
+        # metrics/train is built beside its place and swapped in whole at the end, so a failed
+        # run leaves the previous curves (DVC keeps them: persist: true in dvc.yaml)
+        with staged_dir(TRAIN_DIR) if ctx.is_main else contextlib.nullcontext() as curves:
+            _train(params, ctx, curves)
     finally:
         DD.finish(ctx)
 
 
-def _train(params: Params, ctx: DD.DistContext) -> None:
+def _train(params: Params, ctx: DD.DistContext, curves: Path | None) -> None:
     started = time.perf_counter()
     generator = seed_everything(params.seed)
     rt = pick_runtime(params.precision)
@@ -141,7 +144,7 @@ def _train(params: Params, ctx: DD.DistContext) -> None:
     print(f"train: {params.model_name} (weights: {built.weights.source}), {strategy}, "
           f"{n_frozen}/{len(built.stages)} stages frozen, {M.count_trainable(model):,d} trainable "
           f"parameters, {n_train} train / {len(splits['val'])} val images, {rt.describe()}")
-    log = EpochLog(TRAIN_DIR) if ctx.is_main else None
+    log = EpochLog(curves) if ctx.is_main else None
     checkpointer = None
     # On a GPU the heavy batches are evaluate.batch_size for feature_extract, batch_size otherwise.
     batch_key, batch = (("evaluate.batch_size", params.evaluate.batch_size)
@@ -184,7 +187,7 @@ def _train(params: Params, ctx: DD.DistContext) -> None:
         "processes": ctx.world_size,
     }
     M.save_model_file(MODEL_FILE, built, classes, pre, extra=details)
-    write_json(TRAIN_DIR / "details.json", details)
+    write_json(curves / "details.json", details)
     write_json(TRAIN_METRICS, headline)
     wall = time.perf_counter() - started
     write_json(TIMING, {"train_wall_s": round(wall, 2)})
