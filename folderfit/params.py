@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,9 @@ from folderfit.errors import PipelineError
 
 STRATEGIES = ("feature_extract", "fine_tune", "full_tune", "auto")
 CLASS_WEIGHTING = ("none", "balanced")
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
+DEVICE_CHOICES = "auto, cpu, cuda, cuda:N, mps"
 ON_LEAK = ("warn", "fail")
 
 
@@ -72,6 +75,8 @@ class Params:
     label_smoothing: float
     class_weighting: str
     precision: str
+    device: str
+    compile: bool
     train_cmd: str
     augment: AugmentParams
     data: DataParams
@@ -139,6 +144,12 @@ def _check_choice(value: str, choices, key: str) -> None:
         )
 
 
+def _check_device(value: str) -> None:
+    """Whether the device is present is checked where it is used (folderfit.runtime)."""
+    if not DEVICE_PATTERN.fullmatch(value):
+        raise PipelineError(f"params.yaml: 'device' is '{value}'; choose one of: {DEVICE_CHOICES}")
+
+
 def _check_range(ok: bool, key: str, rule: str, value) -> None:
     if not ok:
         raise PipelineError(f"params.yaml: '{key}' must be {rule}, got {value!r}")
@@ -148,6 +159,7 @@ def validate(p: Params) -> Params:
     _check_choice(p.strategy, STRATEGIES, "strategy")
     _check_choice(p.class_weighting, CLASS_WEIGHTING, "class_weighting")
     _check_choice(p.precision, PRECISIONS, "precision")
+    _check_device(p.device)
     _check_range("stages.train" in p.train_cmd, "train_cmd", "a command running stages.train "
                  "(python -m stages.train | torchrun --nproc_per_node=N -m stages.train)", p.train_cmd)
     _check_range(p.num_epochs > 0, "num_epochs", "> 0", p.num_epochs)
