@@ -16,6 +16,8 @@ import math
 
 import torch
 
+from folderfit.runtime import async_copy
+
 RATIO = (3 / 4, 4 / 3)
 TRIES = 10
 
@@ -58,13 +60,13 @@ def crop_resize(canvas: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.T
     from torchvision.ops import roi_align
 
     index = torch.arange(len(boxes), dtype=torch.float64).unsqueeze(1)
-    rois = torch.cat([index, boxes], 1).to(canvas.device, torch.float32)
+    rois = async_copy(torch.cat([index, boxes], 1).float(), canvas.device)
     return roi_align(canvas, rois, (size, size), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
 
 
 def flip_where(images: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
     """images [B, C, H, W] with those where `flips` [B] (bool) is true mirrored left-right."""
-    flips = flips.to(images.device).view(-1, 1, 1, 1)
+    flips = async_copy(flips, images.device).view(-1, 1, 1, 1)
     return torch.where(flips, images.flip(-1), images)
 
 

@@ -4,7 +4,8 @@ cropped and flipped on the compute device, and every batch of one shape.
 * ImageStore: each training image is decoded once (up to DECODE_CACHE_BYTES of pixels; the
   rest is decoded when its batch needs it) and kept as a uint8 tensor: in GPU memory when
   the whole store takes at most GPU_SHARE of the free GPU memory, else in pinned host memory
-  (fast, asynchronous copies); on a CPU, in ordinary memory.
+  (fast, asynchronous copies); on a CPU, in ordinary memory. Under torchrun every rank keeps
+  the whole set: its shard changes every epoch.
 * TrainBatches: an epoch is a seeded shuffle (or this rank's DistributedSampler shard) cut
   into batches of batch_size; the last one is topped up with the epoch's first images (fresh
   crops of them), so every image is seen each epoch and every batch has one shape (no

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from folderfit.distributed import DistContext, unwrap
 from folderfit.models import set_train_mode
-from folderfit.runtime import Runtime, to_device
+from folderfit.runtime import Runtime, async_copy, to_device
 
 EpochLogger = Callable[[int, dict], None]
 
@@ -207,7 +207,8 @@ def fit(model: nn.Module, optimizer, train_loader, val_loader, normalizer: nn.Mo
         seen = 0
         started = time.perf_counter()
         for images, targets in tqdm(train_loader, desc=f"epoch {epoch}", leave=False, disable=None):
-            images, targets = normalizer(to_device(images, rt)), targets.to(rt.device)
+            images = normalizer(to_device(images, rt))
+            targets = async_copy(targets, rt.device)
             with rt.autocast():
                 logits = model(images)
             loss = loss_fn(logits.float(), targets)

@@ -209,6 +209,15 @@ def prepare_model(model: torch.nn.Module, rt: Runtime) -> torch.nn.Module:
     return model
 
 
+def async_copy(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A CPU tensor (labels, crop boxes) onto `device` without waiting: a blocking copy to a
+    GPU would first wait for all the work queued there, so the CPU could not prepare the next
+    batch while the GPU computes. Pinned memory makes the copy truly asynchronous."""
+    if device.type == "cuda" and not tensor.is_pinned():
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)
+
+
 def to_device(batch: torch.Tensor, rt: Runtime) -> torch.Tensor:
     batch = batch.to(rt.device, non_blocking=True)
     if rt.channels_last and batch.dim() == 4:
