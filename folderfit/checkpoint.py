@@ -1,12 +1,13 @@
 """Resume training after a crash: an end-of-epoch checkpoint of everything the next epoch needs.
 
 Decisions:
-* Where: `checkpoints/train.pt`, git-ignored and NOT a DVC output: as an output it would be
-  deleted by DVC before train reruns, or (with `persist: true`) be a large, run-specific file
-  in dvc.lock and the cache. Outside DVC's view it survives until train succeeds.
-* What: model (or head) weights, optimizer, LR scheduler, early-stopping state including the
-  best epoch's weights, the history of finished epochs, and the RNG states (python, numpy,
-  torch CPU/CUDA, the DataLoader generator). Restoring them all makes the rest of a resumed run
+* Where: `checkpoints/train.pt`, git-ignored and NOT a DVC output. DVC deletes a stage's
+  outputs before it reruns the stage, so a checkpoint declared as an output would be gone by
+  the time `dvc repro` restarts train (unless `persist: true`, which would then put a large,
+  run-specific file into dvc.lock). Outside DVC's view it survives until train succeeds.
+* What: model (or head) weights, optimizer, LR scheduler, fp16 gradient scaler, early-stopping
+  state including the best epoch's weights, the history of finished epochs, and the RNG
+  states (python, numpy, torch CPU/CUDA, the run's generator: shuffling, crops and flips). Restoring them all makes the rest of a resumed run
   take exactly the steps of an uninterrupted one: on CPU the model file is bitwise identical.
 * When it is used: only if its fingerprint matches: a hash of every parameter, of the
   prepared data's manifest (file names + content hashes) and of the train stage's code as
@@ -107,7 +108,7 @@ class Checkpointer:
             return None
         return payload
 
-    def restore(self, module, optimizer, scheduler, stopper) -> tuple[int, list, bool]:
+    def restore(self, module, optimizer, scheduler, stopper, scaler=None) -> tuple[int, list, bool]:
         """(last finished epoch, history, early-stopped) — (0, [], False) when starting afresh."""
         payload = self._load()
         if payload is None:
@@ -115,6 +116,8 @@ class Checkpointer:
         module.load_state_dict(payload["module"])
         optimizer.load_state_dict(payload["optimizer"])
         scheduler.load_state_dict(payload["scheduler"])
+        if scaler is not None and payload.get("scaler"):  # {} from a disabled (non-fp16) scaler
+            scaler.load_state_dict(payload["scaler"])
         s = payload["stopper"]
         stopper.best_key = tuple(s["best_key"])
         stopper.best_epoch = s["best_epoch"]
@@ -125,7 +128,7 @@ class Checkpointer:
         return payload["epoch"], list(payload["history"]), bool(payload["stopped"])
 
     def save(self, epoch: int, module, optimizer, scheduler, stopper, history: list,
-             stopped: bool) -> None:
+             stopped: bool, scaler=None) -> None:
         if not self.writable:
             return
         payload = {
@@ -136,6 +139,7 @@ class Checkpointer:
             "module": module.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else {},
             "stopper": {"best_key": list(stopper.best_key), "best_epoch": stopper.best_epoch,
                         "best_state": stopper.best_state, "bad_epochs": stopper.bad_epochs},
             "history": history,

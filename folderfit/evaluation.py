@@ -108,7 +108,7 @@ def write_eval_dir(out: Path, probs, y, classes: list, samples, summary: dict) -
 def run(params: Params) -> None:
     started = time.perf_counter()
     seed_everything(params.seed)
-    rt = pick_runtime(params.precision)
+    rt = pick_runtime(params.precision, params.device)
     loaded = load_model_file(MODEL_FILE)
     classes, splits = D.read_manifest(PREPARED)
     if classes != loaded.class_names:

@@ -31,7 +31,9 @@ from folderfit.errors import PipelineError
 
 STRATEGIES = ("feature_extract", "fine_tune", "full_tune", "auto")
 CLASS_WEIGHTING = ("none", "balanced")
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
+DEVICE_CHOICES = "auto, cpu, cuda, cuda:N, mps"
 ON_LEAK = ("warn", "fail")
 DEMO_MAX_PER_CLASS = 174  # scikit-learn's digits: the rarest digit (8) has 174 scans
 SEED_MAX = 2**32 - 1  # numpy's seed range, the narrowest of the seeded libraries
@@ -85,6 +87,8 @@ class Params:
     label_smoothing: float
     class_weighting: str
     precision: str
+    device: str
+    compile: bool
     train_cmd: str
     augment: AugmentParams
     data: DataParams
@@ -156,6 +160,12 @@ def _check_choice(value: str, choices, key: str) -> None:
         )
 
 
+def _check_device(value: str) -> None:
+    """Whether the device is present is checked where it is used (folderfit.runtime)."""
+    if not DEVICE_PATTERN.fullmatch(value):
+        raise PipelineError(f"params.yaml: 'device' is '{value}'; choose one of: {DEVICE_CHOICES}")
+
+
 def _check_range(ok: bool, key: str, rule: str, value) -> None:
     if not ok:
         raise PipelineError(f"params.yaml: '{key}' must be {rule}, got {value!r}")
@@ -165,6 +175,7 @@ def validate(p: Params) -> Params:
     _check_choice(p.strategy, STRATEGIES, "strategy")
     _check_choice(p.class_weighting, CLASS_WEIGHTING, "class_weighting")
     _check_choice(p.precision, PRECISIONS, "precision")
+    _check_device(p.device)
     _check_range("stages.train" in p.train_cmd, "train_cmd", "a command running stages.train "
                  "(python -m stages.train | torchrun --nproc_per_node=N -m stages.train)", p.train_cmd)
     _check_range(0 <= p.seed <= SEED_MAX, "seed", f"in 0..{SEED_MAX}", p.seed)

@@ -34,7 +34,7 @@ from folderfit.engine import infer, make_loader
 from folderfit.errors import PipelineError
 from folderfit.fileio import write_text
 from folderfit.models import load_model_file
-from folderfit.runtime import pick_runtime, prepare_model
+from folderfit.runtime import Setting, pick_runtime, prepare_model
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 
@@ -103,11 +103,11 @@ def collate(items):
 
 # ------------------------------------------------------------------ prediction
 def predict_files(loaded, files: list[Path], batch_size: int, precision: str = "auto",
-                  progress: bool | None = None):
+                  progress: bool | None = None, device: str = "auto", setting: Setting = Setting("api")):
     """(probabilities [n_ok, classes] float32, indices of `files` they belong to,
     [(index, reason)] of files that could not be read). The inference loop is evaluate's
     (folderfit.engine.infer)."""
-    rt = pick_runtime(precision)
+    rt = pick_runtime(precision, device, setting)
     model = prepare_model(loaded.model, rt)
     normalizer = DS.Normalizer(loaded.preprocess.mean, loaded.preprocess.std).to(rt.device)
     loader = make_loader(ImageFiles(files, loaded.preprocess), batch_size, rt, collate_fn=collate)
@@ -121,18 +121,19 @@ def predict_files(loaded, files: list[Path], batch_size: int, precision: str = "
 
 class Classifier:
     """A trained model file, ready to classify PIL images in memory (the Python API:
-    folderfit.load). Each image gets exactly predict's and evaluate's preprocessing."""
+    folderfit.load). Each image gets exactly predict's and evaluate's preprocessing.
+    `device` and `precision` as in params.yaml (folderfit.runtime)."""
 
-    def __init__(self, loaded, precision: str = "auto"):
+    def __init__(self, loaded, precision: str = "auto", device: str = "auto"):
         self.loaded = loaded
-        self.rt = pick_runtime(precision)
+        self.rt = pick_runtime(precision, device, Setting("api"))
         self.model = prepare_model(loaded.model, self.rt).eval()
         self.geometry = DS.eval_geometry(loaded.preprocess)
         self.normalizer = DS.Normalizer(loaded.preprocess.mean, loaded.preprocess.std).to(self.rt.device)
 
     @classmethod
-    def from_file(cls, path, precision: str = "auto") -> "Classifier":
-        return cls(load_model_file(path), precision)
+    def from_file(cls, path, precision: str = "auto", device: str = "auto") -> "Classifier":
+        return cls(load_model_file(path), precision, device)
 
     @property
     def class_names(self) -> list[str]:
@@ -200,7 +201,8 @@ def command(args) -> None:
     if not files:
         raise PipelineError(f"no image files found in {D.printable(' '.join(args.paths))} (extensions: "
                             f"{', '.join(sorted(D.IMAGE_EXTENSIONS))}); pass image files or folders")
-    probs, order, failed = predict_files(loaded, files, args.batch_size, args.precision)
+    probs, order, failed = predict_files(loaded, files, args.batch_size, args.precision,
+                                         device=args.device, setting=Setting("cli"))
     for index, reason in failed:
         print(f"skipped {D.printable(str(files[index]))}: {reason}", file=sys.stderr)
     records = rows(files, probs, order, loaded.class_names, args.top_k)
