@@ -60,9 +60,12 @@ def _rows(text: str):
 
 
 def _class_folders(source: Path) -> list[str]:
-    given = D.given_split_dirs(source)
-    root = given["train"] if given else source
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    """The class names prepare will see: the class folders of train/ with a given split (any
+    split-folder spelling prepare accepts), else of data.source."""
+    splits = D.detect_layout(source).splits
+    root = splits["train"] if splits else source
+    return sorted(D.printable(p.name) for p in root.iterdir()
+                  if p.is_dir() and not p.name.startswith("."))
 
 
 def read(source: Path, path: Path = CORRECTIONS) -> dict[str, Correction]:

@@ -40,7 +40,6 @@ Every `path` is relative to data.source, exactly as the file sits there.
 from __future__ import annotations
 
 import csv
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -49,7 +48,7 @@ import numpy as np
 
 from folderfit import data as D
 from folderfit.errors import PipelineError
-from folderfit.fileio import replace_dir, write_json
+from folderfit.fileio import staged_dir, write_json
 
 PREPARED = Path("data/prepared")
 REVIEW_JSON = Path("metrics/review.json")
@@ -215,7 +214,7 @@ def run(params) -> None:
 
     started = time.perf_counter()
     seed_everything(params.seed)
-    rt = pick_runtime(params.precision)
+    rt = pick_runtime(params.precision, params.device)
     rows = read_rows()
     classes = sorted({r["class"] for r in rows})
     labels = np.array([classes.index(r["class"]) for r in rows])
@@ -252,12 +251,10 @@ def run(params) -> None:
                "n_flagged_by_cleanlab": issues["n_confident"],
                "duplicate_similarity": round(threshold, 6),
                "outlier_threshold": round(outlier_threshold, 6)}
-    staging = REVIEW_DIR.with_name(f".{REVIEW_DIR.name}.tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    summary = write_review_dir(staging, rows, classes, probs, issues, pairs, distance, outliers,
-                               details)
-    replace_dir(staging, REVIEW_DIR)
-    write_json(REVIEW_JSON, summary)
+    with staged_dir(REVIEW_DIR) as staging:  # built aside, swapped in whole when done
+        summary = write_review_dir(staging, rows, classes, probs, issues, pairs, distance,
+                                   outliers, details)
+        write_json(REVIEW_JSON, summary)
     print(f"review: out-of-sample accuracy {details['accuracy_out_of_sample']:.4f} "
           f"({details['folds']}-fold); {summary['n_label_issues']} label issues (estimated "
           f"label noise {summary['label_noise_rate']:.1%}), {summary['n_near_duplicates']} "
