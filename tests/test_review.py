@@ -210,6 +210,24 @@ def test_similar_pairs_groups_and_outlier_rule():
     assert flags.tolist() == [False] * 5 + [True] and 0.34 < threshold < 0.9
 
 
+def test_thumbnails_find_resized_and_reencoded_copies_only(tmp_path):
+    """Backbone-free copies: a JPEG re-encode and a downsized copy of one picture correlate
+    >= 0.998 with it at 32x32; other pictures of the same class, and a flat image, do not."""
+    from folderfit import similarity as S
+
+    rng = np.random.default_rng(5)
+    original = T.picture("blobs", 96, rng)
+    files = [tmp_path / name for name in ("a.png", "a_copy.jpg", "a_small.png", "b.png", "c.png", "flat.png")]
+    original.save(files[0])
+    original.save(files[1], quality=90)
+    original.resize((60, 60), Image.Resampling.BILINEAR).save(files[2])
+    T.picture("blobs", 96, rng).save(files[3])
+    T.picture("bars", 96, rng).save(files[4])
+    Image.new("RGB", (96, 96), (90, 90, 90)).save(files[5])
+    pairs = S.pairs_above(S.thumbnails(files), S.THUMBNAIL_CORRELATION)
+    assert [(i, j) for i, j, _ in pairs] == [(0, 1), (0, 2), (1, 2)], pairs
+
+
 # ------------------------------------------------------------------ the console command
 def test_review_command_prints_the_lists_and_writes_a_template(reviewed, tmp_path, capsys):
     from folderfit import corrections as C
