@@ -129,8 +129,11 @@ def main(argv=None) -> None:
     parser.add_argument("--classes", help="comma-separated subset of the class folders")
     parser.add_argument("--model", help="model_name (default: params.yaml's)")
     parser.add_argument("--fix", action="store_true", help="also train+evaluate before/after fixes")
+    parser.add_argument("--cache", type=Path, help="feature cache (default: OUT/cache); share it "
+                                                   "between noisy copies of one set")
     args = parser.parse_args(argv)
-    out, cache = args.out.resolve(), args.out.resolve() / "cache"
+    out = args.out.resolve()
+    cache = args.cache.resolve() if args.cache else out / "cache"
     truth = make_noisy(args.photos, out / "images", args.rate, args.seed,
                        args.classes.split(",") if args.classes else None)
     (out / "truth.json").write_text(json.dumps(truth, indent=1, sort_keys=True))
