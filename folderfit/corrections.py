@@ -44,7 +44,7 @@ class Correction:
         return "drop" if self.action == "drop" else f"relabel:{self.new_class}"
 
 
-def _rows(text: str):
+def _rows(text: str, path: Path):
     """(line number, fields) of the non-blank, non-comment lines after the header."""
     lines = text.splitlines()
     numbered = [(n, line) for n, line in enumerate(lines, start=1)
@@ -53,7 +53,7 @@ def _rows(text: str):
         return
     n, header = numbered[0]
     if [h.strip() for h in next(csv.reader([header]))] != HEADER:
-        raise PipelineError(f"{CORRECTIONS} line {n}: the first row must be the header "
+        raise PipelineError(f"{path}:{n}: the first row must be the header "
                             f"'path,action', got '{header}'")
     for n, line in numbered[1:]:
         yield n, [field.strip() for field in next(csv.reader(io.StringIO(line)))]
@@ -75,8 +75,8 @@ def read(source: Path, path: Path = CORRECTIONS) -> dict[str, Correction]:
         return {}
     classes = _class_folders(source)
     fixes: dict[str, Correction] = {}
-    for n, fields in _rows(path.read_text(encoding="utf-8-sig")):
-        where = f"{path} line {n}"
+    for n, fields in _rows(path.read_text(encoding="utf-8-sig"), path):
+        where = f"{path}:{n}"
         if len(fields) != 2 or not fields[0]:
             raise PipelineError(f"{where}: expected 'path,action', got {','.join(fields)!r}")
         rel, action = fields
@@ -121,7 +121,7 @@ def apply(records: dict, fixes: dict[str, Correction], applied: set) -> dict:
             applied.add(fix.path)
             if fix.action == "relabel":
                 if fix.new_class == label:
-                    print(f"note: {CORRECTIONS} line {fix.line}: '{fix.path}' is already in "
+                    print(f"note: {CORRECTIONS}:{fix.line}: '{fix.path}' is already in "
                           f"class '{label}'; the row changes nothing", file=sys.stderr)
                 out[fix.new_class].append({**record, "label": fix.new_class})
     return out
@@ -132,7 +132,7 @@ def report(fixes: dict[str, Correction], applied: set) -> dict:
     used = [fixes[p] for p in sorted(applied)]
     unused = sorted(set(fixes) - applied)
     for p in unused:  # a hidden or unreadable file: prepare skips it anyway
-        print(f"note: {CORRECTIONS} line {fixes[p].line}: '{p}' is not used by prepare "
+        print(f"note: {CORRECTIONS}:{fixes[p].line}: '{p}' is not used by prepare "
               f"(see `skipped` in metrics/data.json); the row changes nothing", file=sys.stderr)
     return {"n_relabelled": sum(f.action == "relabel" for f in used),
             "n_dropped": sum(f.action == "drop" for f in used),

@@ -76,12 +76,12 @@ def test_a_relabel_resolves_a_label_conflict(tmp_path):
 
 
 @pytest.mark.parametrize("row, message", [
-    ("digit0/nope.png,drop", "line 2: 'digit0/nope.png' is not a file under data.source"),
-    ("digit0/img001.png,relabel:digit7", "line 2: unknown class 'digit7' in 'relabel:digit7'; "
+    ("digit0/nope.png,drop", "corrections.csv:2: 'digit0/nope.png' is not a file under data.source"),
+    ("digit0/img001.png,relabel:digit7", "corrections.csv:2: unknown class 'digit7' in 'relabel:digit7'; "
                                          "the classes of data.source are: digit0, digit1, digit2"),
-    ("digit0/img001.png,delete", "line 2: unknown action 'delete'; use drop or relabel:<class>"),
-    ("digit0/img001.png", "line 2: expected 'path,action', got 'digit0/img001.png'"),
-    ("../images/digit0/img001.png,drop", "line 2: path '../images/digit0/img001.png' must be relative"),
+    ("digit0/img001.png,delete", "corrections.csv:2: unknown action 'delete'; use drop or relabel:<class>"),
+    ("digit0/img001.png", "corrections.csv:2: expected 'path,action', got 'digit0/img001.png'"),
+    ("../images/digit0/img001.png,drop", "corrections.csv:2: path '../images/digit0/img001.png' must be relative"),
 ])
 def test_a_bad_row_is_one_line_naming_it(tmp_path, row, message):
     work, _ = project(tmp_path)
@@ -100,11 +100,11 @@ def test_duplicate_rows_and_a_missing_header_are_errors(tmp_path):
 
     work, source = project(tmp_path)
     corrections(work, "digit0/img001.png,drop", "digit0/img001.png,relabel:digit1")
-    with pytest.raises(PipelineError, match="line 3: 'digit0/img001.png' already has a row "
+    with pytest.raises(PipelineError, match="corrections.csv:3: 'digit0/img001.png' already has a row "
                                             r"\(line 2\)"):
         C.read(source, work / "data/corrections.csv")
     (work / "data/corrections.csv").write_text("digit0/img001.png,drop\n")
-    with pytest.raises(PipelineError, match="line 1: the first row must be the header"):
+    with pytest.raises(PipelineError, match="corrections.csv:1: the first row must be the header"):
         C.read(source, work / "data/corrections.csv")
 
 
