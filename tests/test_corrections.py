@@ -89,7 +89,7 @@ def test_a_bad_row_is_one_line_naming_it(tmp_path, row, message):
     result = subprocess.run([sys.executable, "-m", "stages.prepare"], cwd=work, capture_output=True,
                             text=True, env={**ENV, "PYTHONPATH": str(REPO)})
     assert result.returncode == 2
-    assert result.stderr.startswith(f"error: data/corrections.csv {message}"), result.stderr
+    assert result.stderr.startswith(f"error: data/{message}"), result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (work / "data/prepared").exists()  # checked before anything is written
 
