@@ -24,6 +24,10 @@ import torch
 
 from folderfit import head as H
 
+# l2 candidates: the head's grid down to 1e-2. Weaker penalties give over-confident
+# probabilities (the ranking needs calibrated ones) and are the slowest solves.
+GRID = tuple(l2 for l2 in H.L2_GRID if l2 >= 1e-2)
+
 
 @dataclass
 class CrossFit:
@@ -71,7 +75,7 @@ def _choose_l2(views, labels, train: np.ndarray, held: np.ndarray, n_classes: in
     """The l2 of the grid whose head, fitted on `train`, gives `held` the lowest log loss."""
     x, y = _rows(views, train, labels)
     fit = H.fit_head(x, y, _mean_view(views, held), torch.from_numpy(labels[held]), n_classes,
-                     class_weights)
+                     class_weights, grid=GRID)
     return min(fit.path, key=lambda row: (row["val_loss"], -row["l2"]))["l2"]
 
 
@@ -87,7 +91,7 @@ def cross_fit(views: list[torch.Tensor], labels: np.ndarray, n_classes: int, gro
         train = ~scored
         inner = fold == (f + 1) % k
         l2 = _choose_l2(views, labels, train & ~inner, inner, n_classes, class_weights) if k > 2 \
-            else H.L2_GRID[len(H.L2_GRID) // 2]
+            else GRID[len(GRID) // 2]
         x, y = _rows(views, train, labels)
         weight, bias = H.refit(x, y, n_classes, l2, class_weights)
         probs[scored] = _probs(weight, bias, _mean_view(views, scored))
