@@ -6,12 +6,15 @@ the fold left out, so no image is scored by a head that saw its label. Copies go
 the folds are grouped (sklearn's StratifiedGroupKFold) by `groups`, so an image is never
 scored by a head that trained on its identical or near-identical copy either.
 
-Inside each fitting, the regularisation strength is chosen without the scored fold: the
-next fold round the ring is held out, the head's l2 path is solved on the remaining K-2
-folds, the l2 with the lowest held-out log loss wins (log loss: the ranking needs good
-probabilities, not only the right argmax), and the head is refitted at that l2 on all K-1
-folds. Rows: every view of every training image; scores: the softmax of the logits averaged
-over the views (test-time augmentation with the same views).
+The regularisation strength is chosen once: the head's l2 path (GRID) is solved on folds
+2..K-1 and the l2 with the lowest log loss on fold 1 wins (log loss: the ranking needs good
+probabilities, not only the right argmax). Fold 0's labels play no part in it; for the other
+folds the choice of one scalar saw their labels, their head's weights never did. (Choosing
+per fold picked the same l2 in 4 of 5 folds on trashnet-mini and cost 5x the time.) Each
+fold's head is then solved at that l2, warm-started from the previous fold's solution: the
+folds share most of their rows, so this converges in a few steps. Rows: every view of every
+training image; scores: the softmax of the logits averaged over the views (test-time
+augmentation with the same views).
 """
 
 from __future__ import annotations
@@ -84,16 +87,14 @@ def cross_fit(views: list[torch.Tensor], labels: np.ndarray, n_classes: int, gro
     """views: [N, features] per view (same image order); labels: [N] given class indices."""
     fold = assign_folds(labels, groups, k, seed)
     k = int(fold.max()) + 1
+    # one l2 for every fold, chosen on fold 1 with folds 2.. as training rows
+    l2 = _choose_l2(views, labels, fold >= 2, fold == 1, n_classes, class_weights) if k > 2 \
+        else GRID[len(GRID) // 2]
     probs = np.zeros((len(labels), n_classes))
-    chosen = []
+    solution = None
     for f in range(k):
         scored = fold == f
-        train = ~scored
-        inner = fold == (f + 1) % k
-        l2 = _choose_l2(views, labels, train & ~inner, inner, n_classes, class_weights) if k > 2 \
-            else GRID[len(GRID) // 2]
-        x, y = _rows(views, train, labels)
-        weight, bias = H.refit(x, y, n_classes, l2, class_weights)
-        probs[scored] = _probs(weight, bias, _mean_view(views, scored))
-        chosen.append(l2)
-    return CrossFit(probs, fold, chosen)
+        x, y = _rows(views, ~scored, labels)
+        solution = H.refit(x, y, n_classes, l2, class_weights, start=solution)
+        probs[scored] = _probs(*solution, _mean_view(views, scored))
+    return CrossFit(probs, fold, [l2] * k)

@@ -154,12 +154,20 @@ def _fit_head(train_x, train_y, val_x, val_y, n_classes, class_weights, label_sm
 
 
 def refit(x: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float,
-          class_weights: torch.Tensor | None = None, label_smoothing: float = 0.0) -> tuple:
-    """One solve at a fixed l2 (e.g. on train + val once l2 is chosen): (weight, bias)."""
+          class_weights: torch.Tensor | None = None, label_smoothing: float = 0.0,
+          start: tuple | None = None) -> tuple:
+    """One solve at a fixed l2 (e.g. on train + val once l2 is chosen): (weight, bias).
+    `start`: a (weight, bias) on raw features of a similar problem (the previous fold of a
+    cross-fit) to start from, instead of the warm-start path from the strongest l2."""
     with _threads(x):
         problem = _Problem(x, y, n_classes, class_weights, label_smoothing)
-        w = torch.zeros(n_classes, x.shape[1], dtype=DTYPE)
-        b = torch.zeros(n_classes, dtype=DTYPE)
-        for strength in [s for s in L2_GRID if s > l2] + [l2]:  # the same warm-start path
-            problem.solve(strength, w, b)
+        if start is None:
+            w = torch.zeros(n_classes, x.shape[1], dtype=DTYPE)
+            b = torch.zeros(n_classes, dtype=DTYPE)
+            for strength in [s for s in L2_GRID if s > l2] + [l2]:  # the same warm-start path
+                problem.solve(strength, w, b)
+        else:  # the same linear function, in this problem's standardised coordinates
+            weight, bias = (t.to(DTYPE) for t in start)
+            w, b = (weight * problem.std).contiguous(), bias + weight @ problem.mean
+            problem.solve(l2, w, b)
         return problem.raw(w, b)
