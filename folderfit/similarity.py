@@ -27,19 +27,25 @@ def normalise(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def _index(z: np.ndarray):
-    from sklearn.neighbors import NearestNeighbors
-
-    # brute force on normalised rows: exact, deterministic, chunked by scikit-learn
-    return NearestNeighbors(metric="cosine", algorithm="brute").fit(z)
-
-
 def nearest(z: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(indices [N, k], cosine similarities [N, k]) of each row's k nearest other rows,
-    nearest first (the row itself is never its own neighbour)."""
+    """(indices [N, k], cosine similarities [N, k]) of each normalised row's k nearest other
+    rows, nearest first, ties by index (the row itself is never its own neighbour). Exact,
+    by blocks of rows, so memory stays _CHUNK x N."""
     k = min(k, len(z) - 1)
-    distance, index = _index(z).kneighbors(n_neighbors=k)
-    return index, 1.0 - distance
+    index = np.zeros((len(z), k), dtype=np.int64)
+    similarity = np.zeros((len(z), k), dtype=np.float32)
+    for start in range(0, len(z), _CHUNK):
+        block = z[start:start + _CHUNK] @ z.T
+        rows = np.arange(len(block))
+        block[rows, start + rows] = -np.inf  # not its own neighbour
+        # the k largest, then ordered by (similarity descending, index ascending)
+        top = np.argpartition(-block, k - 1, axis=1)[:, :k] if k < len(z) - 1 else \
+            np.argsort(-block, axis=1, kind="stable")[:, :k]
+        values = np.take_along_axis(block, top, 1)
+        order = np.lexsort((top, -values), axis=1)
+        index[start:start + len(block)] = np.take_along_axis(top, order, 1)
+        similarity[start:start + len(block)] = np.take_along_axis(values, order, 1)
+    return index, similarity
 
 
 def similar_pairs(z: np.ndarray, threshold: float) -> list[tuple[int, int, float]]:
