@@ -311,8 +311,8 @@ def build_model(model_name: str, num_classes: int, weights_spec: str = "default"
         info = W.WeightsInfo(spec, "none", "random-init", None)
     elif W.is_local_file_spec(spec):
         info = W.load_state_dict_file(model, spec, head_name, spec)
-    elif family == "timm" and bare == W.BUNDLED_MODEL and spec == "default":
-        info = W.load_bundled_lite0(model, spec)
+    elif family == "timm" and bare in W.BUNDLED and spec == "default":
+        info = W.load_bundled(model, bare, spec)
     elif family == "torchvision":
         info = W.load_torchvision_pretrained(model, bare, spec)
     else:
