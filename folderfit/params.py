@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ STRATEGIES = ("feature_extract", "fine_tune", "full_tune", "auto")
 CLASS_WEIGHTING = ("none", "balanced")
 PRECISIONS = ("auto", "fp32", "bf16")
 ON_LEAK = ("warn", "fail")
+TTA = ("auto", "flip", "none")
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,7 @@ class DataParams:
 
 @dataclass(frozen=True)
 class AugmentParams:
-    hflip: bool
+    hflip: bool | str  # true | false | "auto"
     min_scale: float
     feature_views: int
 
@@ -53,6 +55,7 @@ class AugmentParams:
 class EvaluateParams:
     batch_size: int
     bootstrap: int
+    tta: str
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,7 @@ class Params:
     num_epochs: int
     patience: int
     warm_start_head: bool
+    refit_head: bool
     lr: float
     lr_decay: float
     weight_decay: float
@@ -85,7 +89,17 @@ def _suggest(key: str, choices: typing.Iterable[str]) -> str:
 
 
 def _coerce(value, kind, key: str):
-    """Check one scalar against its declared type; ints are accepted where floats are."""
+    """Check one scalar against its declared type; ints are accepted where floats are.
+    A union (bool | str) takes a value of any of its types."""
+    if isinstance(kind, types.UnionType):
+        for option in typing.get_args(kind):
+            try:
+                return _coerce(value, option, key)
+            except PipelineError:
+                pass
+        names = " or ".join(option.__name__ for option in typing.get_args(kind))
+        raise PipelineError(f"params.yaml: '{key}' must be {names}, got {value!r}; fix the value "
+                            f"in params.yaml")
     if kind is bool:
         if isinstance(value, bool):
             return value
@@ -158,6 +172,9 @@ def validate(p: Params) -> Params:
     _check_range(0 < p.lr_decay <= 1, "lr_decay", "in (0, 1]", p.lr_decay)
     _check_range(p.weight_decay >= 0, "weight_decay", ">= 0", p.weight_decay)
     _check_range(0 <= p.label_smoothing < 1, "label_smoothing", "in [0, 1)", p.label_smoothing)
+    _check_range(p.augment.hflip in (True, False, "auto"), "augment.hflip", "true, false or auto",
+                 p.augment.hflip)
+    _check_choice(p.evaluate.tta, TTA, "evaluate.tta")
     _check_range(p.augment.feature_views >= 1, "augment.feature_views", ">= 1", p.augment.feature_views)
     _check_range(0 < p.augment.min_scale <= 1, "augment.min_scale", "in (0, 1]", p.augment.min_scale)
     d = p.data

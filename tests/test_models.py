@@ -213,3 +213,22 @@ def test_model_file_round_trip(tmp_path):
     built.model.eval()
     with torch.inference_mode():
         assert torch.equal(loaded.model(x), built.model(x))
+
+
+def test_flip_tta_is_stored_and_applied_by_the_loaded_model(tmp_path):
+    import tiny_project as T
+
+    T.save_tiny_model(tmp_path / "plain.pt", "mobilenet_v3_small", 32)
+    T.save_tiny_model(tmp_path / "tta.pt", "mobilenet_v3_small", 32, tta="flip")
+    plain, tta = M.load_model_file(tmp_path / "plain.pt"), M.load_model_file(tmp_path / "tta.pt")
+    assert (plain.tta, tta.tta) == ("none", "flip")
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        expected = (plain.model(x) + plain.model(x.flip(-1))) / 2
+        assert torch.allclose(tta.model(x), expected, atol=1e-5)
+        assert torch.allclose(tta.model(x), tta.model(x.flip(-1)), atol=1e-5)  # mirror-invariant
+
+
+def test_unknown_tta_in_a_model_file_is_an_error():
+    with pytest.raises(PipelineError, match="test-time augmentation 'rotate' is unknown"):
+        M.with_tta(torch.nn.Identity(), "rotate")
