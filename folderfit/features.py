@@ -208,7 +208,8 @@ class FeatureExtractor:
         self._decoded = _Decoded()
         self._keys: dict[Path, str] = {}
         self._caches: dict[View, FeatureCache] = {}  # also memoises when the disk cache is off
-        self.computed = self.reused = 0
+        self._served: set[tuple[str, View]] = set()  # (image key, view) pairs counted below
+        self.computed = self.reused = 0  # vectors computed / found in the cache, each pair once
 
     def spec_digest(self, view: View) -> str:
         spec = {**self.base_spec, "view": asdict(view)}
@@ -238,8 +239,11 @@ class FeatureExtractor:
                 caches[view] = FeatureCache(folder)
             for path, key in zip(files, self.keys(files)):
                 if key in caches[view].vectors:
-                    self.reused += 1
+                    if (key, view) not in self._served:  # counted once: found in the cache
+                        self._served.add((key, view))
+                        self.reused += 1
                 elif (key, view) not in queued:
+                    self._served.add((key, view))
                     queued.add((key, view))
                     jobs.append((path, key, view))
         if jobs:
