@@ -14,6 +14,7 @@ at it.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -69,10 +70,15 @@ def main() -> int:
                 return 1
         text = summary.read_text()
         for expected in ("## Reproducibility check", "repro-check: OK", "## Results: main",
-                         "| test accuracy | 0.", "## Params: main", "| lr ", "0.001"):
+                         "## Params: main", "| lr ", "0.001"):
             if expected not in text:
                 print(f"workflow selftest: job summary lacks {expected!r}:\n{text}", file=sys.stderr)
                 return 1
+        # both columns hold a number (any value: the tiny model may well score 1)
+        if not re.search(r"\| test accuracy \| [0-9.]+ \| [0-9.]+ \|", text):
+            print(f"workflow selftest: no test accuracy for both main and this commit:\n{text}",
+                  file=sys.stderr)
+            return 1
         if "Note: no metrics" in text:
             print(f"workflow selftest: main's metrics are cached, yet the report says none:\n{text}",
                   file=sys.stderr)

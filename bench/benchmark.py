@@ -7,8 +7,15 @@ Part 1: the recipe's loop (bench/recipe.py) vs our prepare -> train -> evaluate 
 defaults of params.yaml (only data.source set), end to end, on one shared split, with the same
 backbone and input size (params.yaml's): wall time, training images/s, held-out accuracy.
 Part 2 (fine_tune): model-only training-step throughput on a synthetic batch vs our real
-epoch throughput (data path included, decode cache warm) — the data path must not be the limit.
-On a GPU, part 2 also runs resnet50 and tf_efficientnet_lite0 at 224 px.
+epoch throughput (decode-once store, batched crops on the device) per model, precision and
+torch.compile — the data path must not be the limit (goal on a GPU: >= 90% of model-only).
+Part 3 (--torchrun): one `torchrun --nproc_per_node=1 -m stages.train`.
+
+The GPU section, one command (trashnet-mini, resnet50 + lite0, fp32/bf16/fp16, compile,
+torchrun; about 5-8 minutes on one H100-class GPU, not yet run):
+
+    python -m bench.benchmark --gpu --data ../shared/datasets/trashnet-mini
+
 Timings are printed, never asserted.
 """
 
@@ -135,77 +142,164 @@ def _env(key: str, value: str):
             os.environ[key] = before
 
 
-def model_step_rate(model_name: str, image_size: int, batch: int, freeze: int, rt, steps: int) -> float:
-    """Images/s of forward+backward+step on a synthetic batch already on the device."""
-    from folderfit import datasets as DS
-    from folderfit import models as M
-    from folderfit.runtime import prepare_model, to_device
-
-    built = M.build_model(model_name, 10, "none", seed=0)
-    frozen = M.apply_freezing(built.model, built.stages, freeze)
-    model = prepare_model(built.model, rt)
-    optimizer = torch.optim.AdamW(M.parameter_groups(model, built.stages, built.head_name, 1e-3, 0.5, 0))
-    normalizer = DS.Normalizer((0.5,) * 3, (0.5,) * 3).to(rt.device)
-    images = to_device(torch.randint(0, 256, (batch, 3, image_size, image_size), dtype=torch.uint8), rt)
-    labels = torch.randint(0, 10, (batch,)).to(rt.device)
-    M.set_train_mode(model, frozen)
-
-    def step():
-        with rt.autocast():
-            loss = torch.nn.functional.cross_entropy(model(normalizer(images)).float(), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return float(loss.detach())  # synchronises like the real loop does
-
-    for _ in range(2):
-        step()
-    started = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return steps * batch / (time.perf_counter() - started)
-
-
-def epoch_rate(work: Path, model_name: str, image_size: int, batch: int, freeze: int, rt) -> float:
-    """Images/s of our real training epoch (second epoch: decode cache warm)."""
-    from folderfit import data as D
-    from folderfit import datasets as DS
-    from folderfit import engine as E
+def _fine_tune_setup(model_name: str, n_classes: int, freeze: int, rt):
     from folderfit import models as M
     from folderfit.runtime import prepare_model
 
-    classes, splits = D.read_manifest(work / "data/prepared")
-    built = M.build_model(model_name, len(classes), "none", seed=0)
-    pre = built.preprocess.with_image_size(image_size)
+    torch.manual_seed(0)
+    built = M.build_model(model_name, n_classes, "none", seed=0)
     frozen = M.apply_freezing(built.model, built.stages, freeze)
     model = prepare_model(built.model, rt)
     optimizer = torch.optim.AdamW(M.parameter_groups(model, built.stages, built.head_name, 1e-3, 0.5, 0))
+    return built, model, optimizer, frozen
+
+
+def _sync(rt) -> None:
+    if rt.device.type == "cuda":
+        torch.cuda.synchronize(rt.device)
+
+
+def model_step_rate(model_name: str, image_size: int, batch: int, freeze: int, rt, steps: int,
+                    compile_model: bool = False) -> float:
+    """Images/s of forward+backward+step on one synthetic batch already on the device (the
+    upper bound for the epoch loop: no data path at all). Like the epoch loop it reads
+    nothing back per step, and uses the same fp16 gradient scaler."""
+    from folderfit import datasets as DS
+    from folderfit import models as M
+    from folderfit.runtime import to_device
+
+    _, model, optimizer, frozen = _fine_tune_setup(model_name, 10, freeze, rt)
+    net = torch.compile(model, dynamic=False) if compile_model else model
+    normalizer = DS.Normalizer((0.5,) * 3, (0.5,) * 3).to(rt.device)
+    images = to_device(torch.randint(0, 256, (batch, 3, image_size, image_size), dtype=torch.uint8), rt)
+    labels = torch.randint(0, 10, (batch,)).to(rt.device)
+    scaler = rt.grad_scaler()
+    M.set_train_mode(net, frozen)
+
+    def step():
+        with rt.autocast():
+            loss = torch.nn.functional.cross_entropy(net(normalizer(images)).float(), labels)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    for _ in range(3):  # warm-up (and compilation)
+        step()
+    _sync(rt)
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _sync(rt)
+    return steps * batch / (time.perf_counter() - started)
+
+
+def epoch_rate(work: Path, model_name: str, image_size: int, batch: int, freeze: int, rt,
+               compile_model: bool = False, epochs: int = 2) -> float:
+    """Images/s of the train stage's real epoch loop: decode-once store, batched crops and
+    flips on the device, normalise, step (last epoch: store built, compilation done)."""
+    from folderfit import batches as B
+    from folderfit import data as D
+    from folderfit import datasets as DS
+    from folderfit import engine as E
+    from folderfit.augment import BatchAugment
+
+    classes, splits = D.read_manifest(work / "data/prepared")
+    built, model, optimizer, frozen = _fine_tune_setup(model_name, len(classes), freeze, rt)
+    pre = built.preprocess.with_image_size(image_size)
     gen = torch.Generator().manual_seed(0)
-    train = DS.ImageTensorDataset(splits["train"], DS.train_geometry(pre, True, 0.6))
-    loader = E.make_loader(train, batch, rt, shuffle=True, generator=gen, drop_last=True)
-    val = E.make_loader(DS.ImageTensorDataset(splits["val"][:batch], DS.eval_geometry(pre), cache_output=True),
-                        batch, rt)
-    result = E.fit(model, optimizer, loader, val, DS.Normalizer(pre.mean, pre.std).to(rt.device),
-                   E.FitConfig(2, 2), E.RunContext(rt, gen), frozen)
-    images = len(loader) * batch
-    return images / result.train_seconds[-1]
+    store = B.ImageStore([p for p, _ in splits["train"]], rt.device)
+    train = B.TrainBatches(store, [label for _, label in splits["train"]], batch,
+                           BatchAugment(image_size, 0.6, True), gen)
+    val = B.EvalBatches(splits["val"][:batch], DS.eval_geometry(pre), batch, rt.device)
+    net = torch.compile(model, dynamic=False) if compile_model else model
+    result = E.fit(net, optimizer, train, val, DS.Normalizer(pre.mean, pre.std).to(rt.device),
+                   E.FitConfig(epochs, epochs), E.RunContext(rt, gen), frozen)
+    return len(train) * train.batch_size / result.train_seconds[-1]
 
 
-def part_fine_tune(work: Path, image_size: int, batch: int, steps: int, models: list[str]) -> None:
+def data_path_rate(work: Path, image_size: int, batch: int, rt) -> float:
+    """Images/s of the training data path alone (store warm): gather, crop, flip, normalise,
+    to channels_last on the device; no model. It must be well above model-only."""
+    from folderfit import batches as B
+    from folderfit import data as D
+    from folderfit import datasets as DS
+    from folderfit.augment import BatchAugment
+    from folderfit.runtime import to_device
+
+    _, splits = D.read_manifest(work / "data/prepared")
+    store = B.ImageStore([p for p, _ in splits["train"]], rt.device)
+    train = B.TrainBatches(store, [label for _, label in splits["train"]], batch,
+                           BatchAugment(image_size, 0.6, True), torch.Generator().manual_seed(0))
+    normalizer = DS.Normalizer((0.5,) * 3, (0.5,) * 3).to(rt.device)
+    for epoch in range(2):  # the first one warms up allocators and kernels
+        started = time.perf_counter()
+        for images, _ in train:
+            normalizer(to_device(images, rt))
+        _sync(rt)
+    return len(train) * train.batch_size / (time.perf_counter() - started)
+
+
+def part_fine_tune(work: Path, image_size: int, batch: int, steps: int, models: list[str],
+                   precisions: list[str], compile_rows: list[tuple[str, str]], device: str) -> None:
+    """Model-only vs real epoch throughput per model and precision; the share is the goal
+    (>= 90% on a GPU): how much of the model's speed the data path leaves."""
     from folderfit import data as D
     from folderfit import models as M
+    from folderfit.errors import PipelineError
     from folderfit.runtime import pick_runtime
 
-    rt = pick_runtime("auto")
     batch = min(batch, len(D.read_manifest(work / "data/prepared")[1]["train"]))
-    print(f"\n== fine_tune throughput, {rt.describe()}, batch {batch}, {image_size} px")
-    print(f"{'model':<24}{'model-only img/s':>18}{'epoch img/s':>13}{'ratio':>8}")
-    for name in models:
+    print(f"\n== fine_tune throughput, batch {batch}, {image_size} px, half the stages frozen; "
+          f"images/s (second epoch; model-only: {steps} steps on one synthetic batch)", flush=True)
+    print(f"data path alone (no model): {data_path_rate(work, image_size, batch, pick_runtime('fp32', device)):.1f}"
+          f" images/s", flush=True)
+    print(f"{'model':<24}{'precision':<30}{'compile':>8}{'model-only':>12}{'epoch':>10}{'share':>8}")
+    rows = [(m, p, False) for m in models for p in precisions]
+    rows += [(m, p, True) for m, p in compile_rows]
+    for name, precision, compiled in rows:
+        try:
+            rt = pick_runtime(precision, device)
+        except PipelineError as exc:
+            print(f"{name:<24}{precision:<30}  refused: {exc}", flush=True)
+            continue
+        label = f"{precision} -> {rt.precision}" if precision == "auto" else precision
         stages = M.backbone_stages(M.create_architecture(*M.resolve_family(name)))
         freeze = len(stages) // 2
-        model_only = model_step_rate(name, image_size, batch, freeze, rt, steps)
-        epoch = epoch_rate(work, name, image_size, batch, freeze, rt)
-        print(f"{name:<24}{model_only:>18.1f}{epoch:>13.1f}{epoch / model_only:>8.0%}")
+        started = time.perf_counter()
+        model_only = model_step_rate(name, image_size, batch, freeze, rt, steps, compiled)
+        epoch = epoch_rate(work, name, image_size, batch, freeze, rt, compiled)
+        print(f"{name:<24}{label:<30}{'yes' if compiled else 'no':>8}{model_only:>12.1f}"
+              f"{epoch:>10.1f}{epoch / model_only:>8.0%}   ({time.perf_counter() - started:.0f} s)",
+              flush=True)
+
+
+def part_torchrun(work: Path, source: Path, model_name: str, image_size: int, batch: int) -> None:
+    """`torchrun --standalone --nproc_per_node=1 -m stages.train` (fine_tune, 2 epochs) in
+    the benchmark's project, as a user launches it: wall time and the train log's last lines."""
+    import subprocess
+
+    write_params(work, {"strategy": "fine_tune", "model_name": model_name, "num_epochs": 2,
+                        "patience": 2, "batch_size": batch, "warm_start_head": False,
+                        "data": {"source": str(source), "image_size": image_size}})
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node=1", "-m", "stages.train"], cwd=work, env=env,
+                          capture_output=True, text=True, timeout=600)
+    wall = time.perf_counter() - started
+    print(f"\n== torchrun --nproc_per_node=1 -m stages.train ({model_name} fine_tune, 2 epochs): "
+          f"exit {proc.returncode}, {wall:.1f} s wall", flush=True)
+    for line in (proc.stdout + proc.stderr).strip().splitlines()[-6:]:
+        print(f"  {line}")
+
+
+def default_gpu_data() -> Path | None:
+    """trashnet-mini where this project's machines keep it (or a copy under shared/)."""
+    for candidate in (REPO / "shared/datasets/trashnet-mini", REPO.parent / "shared/datasets/trashnet-mini"):
+        if candidate.is_dir():
+            return candidate
+    return None
 
 
 def main(argv=None) -> None:
@@ -216,27 +310,57 @@ def main(argv=None) -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--image-size", type=int, help="default: params.yaml's data.image_size")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=5, help="timed model-only steps")
+    parser.add_argument("--steps", type=int, help="timed model-only steps (default: 5; --quick 2)")
+    parser.add_argument("--models", default="tf_efficientnet_lite0", help="fine_tune rows, comma-separated")
+    parser.add_argument("--precisions", default="auto", help="fine_tune rows: auto,fp32,bf16,fp16")
+    parser.add_argument("--compile", default="", metavar="MODEL:PRECISION,...",
+                        help="extra fine_tune rows with torch.compile, e.g. resnet50:bf16")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    parser.add_argument("--torchrun", action="store_true", help="also one torchrun single-process train")
+    parser.add_argument("--skip-feature-extract", action="store_true", help="only the fine_tune part")
     parser.add_argument("--quick", action="store_true", help="tiny configuration for CI")
-    parser.add_argument("--skip-fine-tune", action="store_true", help="part 1 only")
+    parser.add_argument("--skip-fine-tune", action="store_true", help="only the feature_extract part")
+    parser.add_argument("--gpu", action="store_true",
+                        help="the GPU section: trashnet-mini (all 6 classes), resnet50 + lite0 at "
+                             "224 px, fp32/bf16/fp16, compile for resnet50 bf16, batch 64, torchrun")
     args = parser.parse_args(argv)
     if args.quick:
-        args.per_class, args.epochs, args.image_size, args.steps = 20, 2, 64, 2
+        args.per_class, args.epochs, args.image_size = 20, 2, 64
+    args.steps = args.steps or (2 if args.quick else 5)
+    if args.gpu:
+        args.data = args.data or default_gpu_data()
+        args.classes = "cardboard,glass,metal,paper,plastic,trash"
+        args.models, args.precisions = "resnet50,tf_efficientnet_lite0", "fp32,bf16,fp16"
+        args.compile = args.compile or "resnet50:bf16"
+        args.batch_size, args.torchrun = 64, True
+        args.steps = max(args.steps, 20)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"cuda: {torch.cuda.get_device_name() if torch.cuda.is_available() else 'none'}")
+          f"cuda: {torch.cuda.get_device_name() if torch.cuda.is_available() else 'none'}", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         work = Path(tmp)
         if args.data:
             source = slice_folder(args.data, args.classes.split(","), args.per_class, work / "source")
         else:
+            if args.gpu:
+                print("note: trashnet-mini not found (pass --data): the built-in digits are used")
             source = digits_folder(work / "digits", args.per_class)
-        part_feature_extract(source, work, args.epochs, args.image_size)
+        fine_size = args.image_size or 224  # the fine_tune rows: lite0's and resnet50's native size
+        if args.skip_feature_extract:  # the fine_tune part needs only the prepared split
+            from folderfit import prepare
+            from folderfit.params import load_params
+
+            write_params(work, {"data": {"source": str(source), "image_size": fine_size}})
+            with contextlib.chdir(work):
+                prepare.run(load_params())
+        else:
+            part_feature_extract(source, work, args.epochs, args.image_size)
         if args.skip_fine_tune:
             return
-        models = ["tf_efficientnet_lite0"]
-        if torch.cuda.is_available():
-            models.append("resnet50")
-        part_fine_tune(work, args.image_size or 224, args.batch_size, args.steps, models)
+        compile_rows = [tuple(row.split(":")) for row in args.compile.split(",") if row]
+        part_fine_tune(work, fine_size, args.batch_size, args.steps, args.models.split(","),
+                       args.precisions.split(","), compile_rows, args.device)
+        if args.torchrun:
+            part_torchrun(work, source, args.models.split(",")[-1], fine_size, args.batch_size)
 
 
 if __name__ == "__main__":

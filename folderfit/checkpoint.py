@@ -5,9 +5,9 @@ Decisions:
   outputs before it reruns the stage, so a checkpoint declared as an output would be gone by
   the time `dvc repro` restarts train (unless `persist: true`, which would then put a large,
   run-specific file into dvc.lock). Outside DVC's view it survives until train succeeds.
-* What: model (or head) weights, optimizer, LR scheduler, early-stopping state including the
-  best epoch's weights, the history of finished epochs, and the RNG states (python, numpy,
-  torch CPU/CUDA, the DataLoader generator). Restoring them all makes the rest of a resumed run
+* What: model (or head) weights, optimizer, LR scheduler, fp16 gradient scaler, early-stopping
+  state including the best epoch's weights, the history of finished epochs, and the RNG
+  states (python, numpy, torch CPU/CUDA, the run's generator: shuffling, crops and flips). Restoring them all makes the rest of a resumed run
   take exactly the steps of an uninterrupted one: on CPU the model file is bitwise identical.
 * When it is used: only if its fingerprint matches: a hash of every parameter, of the
   prepared data's manifest (file names + content hashes) and of the train stage's code as
@@ -15,14 +15,18 @@ Decisions:
   Anything else is ignored with a note and training starts from epoch 1.
 * After success it is deleted: the model file is the result; a stale checkpoint could only
   mislead a later run.
-* The dvclive curves: DVC deletes metrics/train before rerunning train, so a resumed run
-  logs the stored history first; the curves come out the same as those of one run.
+* The dvclive curves: train writes metrics/train afresh in every run (a staging folder
+  swapped in at the end), so a resumed run logs the stored history first; the curves come out
+  the same as those of one run.
 * Saved with torch.save (atomic rename), loaded with torch.load(weights_only=True): plain
   tensors, numbers, strings and lists only.
+* A checkpoint that cannot be written (full disk, read-only or blocked folder) is one warning:
+  it only saves time after a crash, so training goes on without further checkpoints.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import random
@@ -83,6 +87,7 @@ class Checkpointer:
         self.path = Path(path)
         self.fingerprint = fingerprint
         self.generator = generator
+        self.writable = True  # False after a failed write: one warning, no further attempts
 
     def _load(self) -> dict | None:
         if not self.path.is_file():
@@ -103,7 +108,7 @@ class Checkpointer:
             return None
         return payload
 
-    def restore(self, module, optimizer, scheduler, stopper) -> tuple[int, list, bool]:
+    def restore(self, module, optimizer, scheduler, stopper, scaler=None) -> tuple[int, list, bool]:
         """(last finished epoch, history, early-stopped) — (0, [], False) when starting afresh."""
         payload = self._load()
         if payload is None:
@@ -111,6 +116,8 @@ class Checkpointer:
         module.load_state_dict(payload["module"])
         optimizer.load_state_dict(payload["optimizer"])
         scheduler.load_state_dict(payload["scheduler"])
+        if scaler is not None and payload.get("scaler"):  # {} from a disabled (non-fp16) scaler
+            scaler.load_state_dict(payload["scaler"])
         s = payload["stopper"]
         stopper.best_key = tuple(s["best_key"])
         stopper.best_epoch = s["best_epoch"]
@@ -121,7 +128,9 @@ class Checkpointer:
         return payload["epoch"], list(payload["history"]), bool(payload["stopped"])
 
     def save(self, epoch: int, module, optimizer, scheduler, stopper, history: list,
-             stopped: bool) -> None:
+             stopped: bool, scaler=None) -> None:
+        if not self.writable:
+            return
         payload = {
             "format": FORMAT,
             "fingerprint": self.fingerprint,
@@ -130,13 +139,20 @@ class Checkpointer:
             "module": module.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else {},
             "stopper": {"best_key": list(stopper.best_key), "best_epoch": stopper.best_epoch,
                         "best_state": stopper.best_state, "bad_epochs": stopper.bad_epochs},
             "history": history,
             "rng": rng_state(self.generator),
         }
-        save_torch(payload, self.path)
+        try:
+            save_torch(payload, self.path)
+        except OSError as exc:  # folderfit.fileio's one-line OutputError is an OSError too
+            self.writable = False
+            print(f"warning: no resume checkpoint: {exc}; training goes on without "
+                  f"checkpoints", file=sys.stderr, flush=True)
 
     def finish(self) -> None:
         """Training succeeded and its outputs are written: the checkpoint has served."""
-        self.path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # also when checkpoints/ is blocked by a file
+            self.path.unlink(missing_ok=True)

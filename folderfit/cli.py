@@ -37,8 +37,10 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=_positive, default=3, help="classes listed per image (default: %(default)s)")
     p.add_argument("--output", "-o", help="predictions file: .csv, .jsonl or .ndjson (default: CSV on stdout)")
     p.add_argument("--batch-size", type=_positive, default=64, help="images per batch (default: %(default)s)")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                   help="auto: bf16 autocast where the device runs it natively (default: %(default)s)")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                   help="auto: bf16 where native, fp16 on older CUDA GPUs, else fp32 (default: %(default)s)")
+    p.add_argument("--device", default="auto",
+                   help="auto (the CUDA GPU if any, else CPU) | cpu | cuda | cuda:N | mps (default: %(default)s)")
 
 
 def _export_args(p: argparse.ArgumentParser) -> None:

@@ -9,13 +9,12 @@ features of blocky nearest-neighbour digits classify ~10 points worse.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from folderfit.fileio import replace_dir
+from folderfit.fileio import staged_dir
 
 OUT_DIR = Path("data/demo")
 
@@ -24,20 +23,18 @@ def write_digits(out_dir: Path, per_class: int, size: int) -> int:
     from sklearn.datasets import load_digits
 
     digits = load_digits()
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
     written = 0
-    for digit in range(10):
-        (tmp / str(digit)).mkdir(parents=True)
-        indices = np.flatnonzero(digits.target == digit)[:per_class]
-        for index in indices:
-            ink = np.pad(digits.images[index] / 16.0, 2)  # 0 (background) .. 1 (ink)
-            img = Image.fromarray(ink.astype(np.float32), "F").resize((size, size), Image.Resampling.BICUBIC)
-            pixels = np.clip(np.round(255 * np.asarray(img)), 0, 255).astype(np.uint8)
-            img = Image.fromarray(pixels, "L")
-            img.save(tmp / str(digit) / f"{index:04d}.png")
-            written += 1
-    replace_dir(tmp, out_dir)
+    with staged_dir(out_dir) as tmp:  # swapped in whole; a failure leaves the old one
+        for digit in range(10):
+            (tmp / str(digit)).mkdir(parents=True)
+            indices = np.flatnonzero(digits.target == digit)[:per_class]
+            for index in indices:
+                ink = np.pad(digits.images[index] / 16.0, 2)  # 0 (background) .. 1 (ink)
+                img = Image.fromarray(ink.astype(np.float32), "F").resize((size, size), Image.Resampling.BICUBIC)
+                pixels = np.clip(np.round(255 * np.asarray(img)), 0, 255).astype(np.uint8)
+                img = Image.fromarray(pixels, "L")
+                img.save(tmp / str(digit) / f"{index:04d}.png")
+                written += 1
     return written
 
 

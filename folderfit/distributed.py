@@ -5,7 +5,9 @@
 Without torchrun (or with --nproc_per_node=1) nothing here does anything: train runs as one
 plain process. With N processes ("ranks"):
 
-* Backend nccl when CUDA is available (one GPU per rank, cuda:LOCAL_RANK), else gloo (CPU).
+* Backend nccl when the run uses CUDA (`device` auto with a GPU, or cuda: one GPU per rank,
+  cuda:LOCAL_RANK), else gloo (CPU, `device: cpu`). `device: cuda:N` and `mps` are refused:
+  each rank takes the GPU of its local rank.
 * `batch_size` stays the *global* batch: every rank takes batch_size // N images per step, so
   a run on N GPUs makes the same number of optimizer steps per epoch as one process.
 * Training images are sharded by a seeded DistributedSampler (reshuffled every epoch);
@@ -13,8 +15,9 @@ plain process. With N processes ("ranks"):
   counts are all-reduced, so every rank sees the same epoch metrics and takes the same
   early-stopping / learning-rate decisions.
 * Seeds: every rank seeds like a single process (same head and backbone initialisation;
-  DDP also broadcasts rank 0's weights at start); the augmentation stream is then reseeded
-  with seed + rank so ranks do not crop their shards identically. Same seed + same number of
+  DDP also broadcasts rank 0's weights at start); the global stream is then reseeded with
+  seed + rank, and crops and flips come from a generator seeded seed + rank, so ranks do not
+  augment their shards alike. Same seed + same number of
   processes + same machine => same result. It is not bit-identical to a 1-process run (the
   shuffling and augmentation streams differ, and BatchNorm layers see per-rank batches).
 * Only rank 0 writes outputs (model file, metrics, dvclive); the other ranks print nothing.
@@ -50,13 +53,17 @@ class DistContext:
         return self.rank == 0
 
 
-def init_from_env() -> DistContext:
-    """Join the process group torchrun describes in RANK / WORLD_SIZE / LOCAL_RANK."""
+def init_from_env(device: str = "auto") -> DistContext:
+    """Join the process group torchrun describes in RANK / WORLD_SIZE / LOCAL_RANK, for the
+    `device` setting of params.yaml."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistContext()
+    if device.startswith("cuda:") or device == "mps":
+        raise PipelineError(f"params.yaml: 'device' is '{device}' but under torchrun every process "
+                            f"uses the GPU of its local rank; set device: cuda (or auto, or cpu)")
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    if torch.cuda.is_available():
+    if device != "cpu" and torch.cuda.is_available():
         if local >= torch.cuda.device_count():
             raise PipelineError(f"torchrun: local rank {local} but only {torch.cuda.device_count()} "
                                 f"GPU(s) visible; use --nproc_per_node <= the number of GPUs")
@@ -81,18 +88,28 @@ def reseed_augmentation(ctx: DistContext, seed: int) -> None:
         torch.manual_seed(seed + ctx.rank)
 
 
+def augmentation_generator(ctx: DistContext, generator: torch.Generator, seed: int) -> torch.Generator:
+    """Crops and flips: the run's generator in one process (checkpointed with it); under
+    torchrun one seeded seed + rank, so ranks do not draw the same crops."""
+    return torch.Generator().manual_seed(seed + ctx.rank) if ctx.enabled else generator
+
+
 def wrap(model: torch.nn.Module, ctx: DistContext) -> torch.nn.Module:
     if not ctx.enabled:
         return model
     from torch.nn.parallel import DistributedDataParallel
 
-    device_ids = [torch.cuda.current_device()] if torch.cuda.is_available() else None
+    on_gpu = next(model.parameters()).is_cuda
+    device_ids = [torch.cuda.current_device()] if on_gpu else None
     return DistributedDataParallel(model, device_ids=device_ids)
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain module under torch.compile's and DDP's wrappers (its state_dict has no
+    "_orig_mod." or "module." prefixes)."""
     from torch.nn.parallel import DistributedDataParallel
 
+    model = getattr(model, "_orig_mod", model)  # torch.compile
     return model.module if isinstance(model, DistributedDataParallel) else model
 
 

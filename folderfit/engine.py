@@ -6,6 +6,11 @@ early after `patience` epochs without improvement, lowers the learning rates on 
 and ends with the best epoch's weights restored (a deep copy, not a view). The head of
 feature_extract is not trained here: on frozen features it is a convex problem, solved
 exactly by folderfit.head.
+
+With fp16 autocast (Runtime.grad_scaling) the loss is scaled by a GradScaler, whose state is
+checkpointed with the rest. The step's loss and accuracy are summed on the device and read
+once per epoch: reading them every step would make the CPU wait for the GPU before it can
+queue the next batch.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import copy
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 from torch import nn
@@ -22,9 +27,16 @@ from tqdm import tqdm
 
 from folderfit.distributed import DistContext, unwrap
 from folderfit.models import set_train_mode
-from folderfit.runtime import Runtime, to_device
+from folderfit.runtime import Runtime, async_copy, to_device
 
 EpochLogger = Callable[[int, dict], None]
+
+
+class Padded(NamedTuple):
+    """The meta of a batch padded to a fixed shape: only its first `n` rows are real."""
+
+    meta: object
+    n: int
 
 
 @dataclass
@@ -106,14 +118,18 @@ def make_loader(dataset, batch_size: int, rt: Runtime, shuffle: bool = False,
 def infer_batches(model: nn.Module, loader, normalizer: nn.Module, rt: Runtime,
                   desc: str = "predict", progress: bool | None = None):
     """Run `model` (in eval mode) over a loader of (uint8 NCHW images or None, meta) batches,
-    yielding (float32 CPU outputs or None, meta) per batch."""
+    yielding (float32 CPU outputs or None, meta) per batch; of a batch whose meta is Padded,
+    only the first n rows are yielded (with the inner meta)."""
     model.eval()
     for images, meta in tqdm(loader, desc=desc, leave=False,
                              disable=None if progress is None else not progress):
+        keep = None
+        if isinstance(meta, Padded):
+            meta, keep = meta
         out = None
         if images is not None:
             with rt.autocast():
-                out = model(normalizer(to_device(images, rt))).float().cpu()
+                out = model(normalizer(to_device(images, rt)))[:keep].float().cpu()
         yield out, meta
 
 
@@ -121,7 +137,8 @@ def infer(model: nn.Module, loader, normalizer: nn.Module, rt: Runtime, desc: st
           progress: bool | None = None) -> tuple[torch.Tensor, list]:
     """Run `model` (in eval mode) over a loader of (uint8 NCHW images or None, meta) batches.
     Returns the float32 outputs on the CPU in loader order and the list of every batch's meta
-    (labels, indices, ...); a batch whose images are None contributes only its meta."""
+    (labels, indices, ...); a batch whose images are None contributes only its meta, and of a
+    batch whose meta is Padded only the first n rows count."""
     outputs, metas = [], []
     for out, meta in infer_batches(model, loader, normalizer, rt, desc, progress):
         if out is not None:
@@ -157,16 +174,25 @@ def _log_epoch(epoch: int, row: dict, history: list, log: EpochLogger | None, lr
         log(epoch, row)
 
 
-def _resume(run: RunContext, module, optimizer, scheduler, stopper) -> tuple[int, list, bool]:
+def _resume(run: RunContext, module, optimizer, scheduler, stopper, scaler) -> tuple[int, list, bool]:
     """(last finished epoch, history, stopped early) from a checkpoint, or a fresh start.
     Finished epochs go to the logger again: their curves belong in this run's output."""
     if run.checkpointer is None:
         return 0, [], False
-    epoch, history, stopped = run.checkpointer.restore(module, optimizer, scheduler, stopper)
+    epoch, history, stopped = run.checkpointer.restore(module, optimizer, scheduler, stopper,
+                                                       scaler)
     if run.log:
         for row in history:
             run.log(row["epoch"], row)
     return epoch, history, stopped
+
+
+def _set_epoch(train_loader, epoch: int) -> None:
+    """A new shuffle of a DistributedSampler each epoch (batches.TrainBatches or a DataLoader)."""
+    if hasattr(train_loader, "set_epoch"):
+        train_loader.set_epoch(epoch)
+    elif hasattr(getattr(train_loader, "sampler", None), "set_epoch"):
+        train_loader.sampler.set_epoch(epoch)
 
 
 def fit(model: nn.Module, optimizer, train_loader, val_loader, normalizer: nn.Module,
@@ -180,26 +206,31 @@ def fit(model: nn.Module, optimizer, train_loader, val_loader, normalizer: nn.Mo
     loss_fn = nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
     scheduler = make_scheduler(optimizer, cfg.patience)
     stopper = EarlyStopping(cfg.patience)
+    scaler = rt.grad_scaler()  # a pass-through unless fp16
     seconds = []
     net = unwrap(model)  # validation and best-state copies use the plain module (no collectives)
-    epoch, history, stopped = _resume(run, net, optimizer, scheduler, stopper)
+    epoch, history, stopped = _resume(run, net, optimizer, scheduler, stopper, scaler)
     for epoch in range(epoch + 1, epoch if stopped else cfg.num_epochs + 1):
-        if hasattr(train_loader.sampler, "set_epoch"):
-            train_loader.sampler.set_epoch(epoch)  # DistributedSampler: a new shuffle each epoch
+        _set_epoch(train_loader, epoch)
         set_train_mode(model, frozen_modules)
-        total_loss, correct, seen = 0.0, 0, 0
+        total_loss = torch.zeros((), device=rt.device)
+        correct = torch.zeros((), dtype=torch.long, device=rt.device)
+        seen = 0
         started = time.perf_counter()
         for images, targets in tqdm(train_loader, desc=f"epoch {epoch}", leave=False, disable=None):
-            images, targets = normalizer(to_device(images, rt)), targets.to(rt.device)
+            images = normalizer(to_device(images, rt))
+            targets = async_copy(targets, rt.device)
             with rt.autocast():
                 logits = model(images)
             loss = loss_fn(logits.float(), targets)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total_loss += float(loss.detach()) * len(targets)
-            correct += int((logits.argmax(1) == targets).sum())
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)  # skipped when fp16 gradients overflowed
+            scaler.update()
+            total_loss += loss.detach() * len(targets)
+            correct += (logits.argmax(1) == targets).sum()
             seen += len(targets)
+        total_loss, correct = float(total_loss), int(correct)  # waits for the epoch's last step
         seconds.append(time.perf_counter() - started)
         if run.reduce is not None:
             total_loss, correct, seen = run.reduce([total_loss, correct, seen])
@@ -211,7 +242,7 @@ def fit(model: nn.Module, optimizer, train_loader, val_loader, normalizer: nn.Mo
         scheduler.step(val_acc)
         stop = stopper.update(epoch, val_acc, val_loss, net)
         if run.checkpointer:
-            run.checkpointer.save(epoch, net, optimizer, scheduler, stopper, history, stop)
+            run.checkpointer.save(epoch, net, optimizer, scheduler, stopper, history, stop, scaler)
         if stop:
             print(f"early stopping: no better val accuracy for {cfg.patience} epochs")
             break

@@ -20,7 +20,6 @@ The directory is built beside its place and swapped in whole, then eval.json is 
 from __future__ import annotations
 
 import csv
-import shutil
 import time
 from pathlib import Path
 
@@ -33,7 +32,7 @@ from folderfit import metrics as S
 from folderfit import reports as R
 from folderfit.engine import infer_labelled, make_loader
 from folderfit.errors import PipelineError
-from folderfit.fileio import replace_dir, write_json, write_text
+from folderfit.fileio import staged_dir, write_json, write_text
 from folderfit.models import load_model_file
 from folderfit.params import Params
 from folderfit.runtime import pick_runtime, prepare_model, seed_everything
@@ -109,7 +108,7 @@ def write_eval_dir(out: Path, probs, y, classes: list, samples, summary: dict) -
 def run(params: Params) -> None:
     started = time.perf_counter()
     seed_everything(params.seed)
-    rt = pick_runtime(params.precision)
+    rt = pick_runtime(params.precision, params.device)
     loaded = load_model_file(MODEL_FILE)
     classes, splits = D.read_manifest(PREPARED)
     if classes != loaded.class_names:
@@ -125,10 +124,8 @@ def run(params: Params) -> None:
                "n_classes": len(classes),
                **S.summary(probs, y, params.seed, params.evaluate.bootstrap)}
 
-    staging = EVAL_DIR.with_name(f".{EVAL_DIR.name}.tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    per_class = write_eval_dir(staging, probs, y, classes, samples, summary)
-    replace_dir(staging, EVAL_DIR)
+    with staged_dir(EVAL_DIR) as staging:  # swapped in whole; a failure leaves the old one
+        per_class = write_eval_dir(staging, probs, y, classes, samples, summary)
     write_text(REPORT_TXT, R.per_class_table(split, len(y), per_class, summary))
     headline = {key: summary[key] for key in HEADLINE if key in summary}
     write_json(EVAL_JSON, {**headline, "per_class": [

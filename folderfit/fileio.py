@@ -1,39 +1,161 @@
-"""Writes that are never half-done (temp file + rename) and content hashes."""
+"""Writes that are never half-done (temp file or folder + rename), their errors, and hashes.
+
+Every output is built under a temporary name beside its place and renamed into it only when
+complete, so the previous output stays whole until the new one replaces it (dvc.yaml marks the
+outputs `persist: true`, so DVC leaves them in place while a stage runs). A write that fails
+because the disk is full, the folder is read-only, or a parent is a file becomes one
+OutputError line naming the output and, for a full disk, the space needed and the space free.
+Temp names carry the writer's process id, so the leftovers of a killed run are recognised
+and removed by the next write of the same output.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
 
+from folderfit.errors import OutputError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
+# errno values that mean "this output cannot be written here", as opposed to a bug
+SPACE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+WRITE_ERRNOS = SPACE_ERRNOS | {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR,
+                               errno.EEXIST, errno.EISDIR, errno.ENAMETOOLONG}
+TEMP_NAME_CHARS = 80  # of the target's name in a temp name: temp names stay within NAME_MAX
 
-@contextlib.contextmanager
-def atomic_path(path: str | Path):
-    """Yield a temp path beside `path`; rename it onto `path` only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual permissions
+
+# ------------------------------------------------------------------ error messages
+def size_text(n: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
+
+
+def existing_ancestor(path: Path) -> Path:
+    path = Path(os.path.abspath(path))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def free_bytes(path: str | Path) -> int:
     try:
+        return shutil.disk_usage(existing_ancestor(Path(path))).free
+    except OSError:
+        return 0
+
+
+def _file_in_the_way(path: Path) -> Path | None:
+    """The first ancestor of `path` that exists but is not a folder."""
+    for parent in reversed(Path(path).parents):
+        if parent.exists() and not parent.is_dir():
+            return parent
+    return None
+
+
+def output_error(exc: OSError, path: str | Path, needed: int | None = None) -> OutputError:
+    """One line for an output that could not be written: what, why and what to do."""
+    path = Path(path)
+    code = exc.errno
+    if code in SPACE_ERRNOS:
+        free = free_bytes(path)
+        need = (f"about {size_text(needed)} needed, {size_text(free)} free" if needed
+                else f"more than the {size_text(free)} free is needed")
+        what = "disk quota exceeded" if code == errno.EDQUOT else "no space left on the device"
+        message = f"{path}: {what} ({need}); free some space and rerun"
+    elif code == errno.EROFS:
+        message = f"{path}: the file system is read-only; write the outputs to a writable folder"
+    elif code in (errno.EACCES, errno.EPERM):
+        message = (f"{path}: permission denied; make {existing_ancestor(path.parent)} writable "
+                   f"for this user")
+    elif code in (errno.ENOTDIR, errno.EEXIST) and _file_in_the_way(path):
+        blocker = _file_in_the_way(path)
+        message = f"{path}: cannot be written because {blocker} is a file, not a folder; move or delete {blocker}"
+    elif code == errno.EISDIR:
+        message = f"{path}: is a folder; delete it or choose another output path"
+    elif code == errno.ENAMETOOLONG:
+        message = f"{path}: name too long for the file system; choose a shorter path"
+    else:
+        message = f"{path}: cannot write ({exc.strerror or exc})"
+    error = OutputError(message)
+    error.errno = code  # still recognisable as a write error by is_write_error
+    error.target = path
+    return error
+
+
+def is_write_error(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS
+
+
+# ------------------------------------------------------------------ temp names
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name[:TEMP_NAME_CHARS]}."
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temps(path: Path) -> None:
+    """Delete temp files of `path` left by a writer that no longer runs (e.g. killed -9)."""
+    prefix = _temp_prefix(path)
+    pattern = re.compile(re.escape(prefix) + r"(\d+)-[^/]*\.tmp")
+    try:
+        names = os.listdir(path.parent)
+    except OSError:
+        return
+    for name in names:
+        match = pattern.fullmatch(name)
+        if match and int(match.group(1)) != os.getpid() and not _pid_alive(int(match.group(1))):
+            with contextlib.suppress(OSError):
+                os.unlink(path.parent / name)
+
+
+# ------------------------------------------------------------------ files
+@contextlib.contextmanager
+def atomic_path(path: str | Path, size: int | None = None):
+    """Yield a temp path beside `path`; rename it onto `path` only if the block succeeds.
+    `size` (bytes to be written, if known) goes into the message of a full disk."""
+    path = Path(path)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(path)
+        fd, tmp = tempfile.mkstemp(prefix=f"{_temp_prefix(path)}{os.getpid()}-", suffix=".tmp",
+                                   dir=path.parent)
+        os.close(fd)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual permissions
         yield Path(tmp)
         os.replace(tmp, path)
+    except OSError as exc:
+        if not is_write_error(exc):
+            raise
+        if tmp and os.path.exists(tmp):
+            os.unlink(tmp)  # first: the free space reported is then what is really free
+        raise output_error(exc, path, size) from None
     finally:
-        if os.path.exists(tmp):
+        if tmp and os.path.exists(tmp):
             os.unlink(tmp)
 
 
 def write_text(path: str | Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+    write_bytes(path, text.encode("utf-8"))
 
 
 def write_json(path: str | Path, data) -> None:
@@ -41,7 +163,7 @@ def write_json(path: str | Path, data) -> None:
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:
-    with atomic_path(path) as tmp:
+    with atomic_path(path, size=len(data)) as tmp:
         tmp.write_bytes(data)
 
 
@@ -66,6 +188,16 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+# ------------------------------------------------------------------ folders
+def dir_size(path: Path) -> int:
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(root, name)).st_size
+    return total
+
+
 def replace_dir(new: str | Path, target: str | Path) -> None:
     """Put the finished directory `new` in place of `target`: the old one is moved aside first
     and deleted last, so at every moment `target` is either the old or the new directory."""
@@ -76,3 +208,40 @@ def replace_dir(new: str | Path, target: str | Path) -> None:
         os.replace(target, old)
     os.replace(new, target)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _inside(path, folder) -> bool:
+    return Path(os.path.abspath(path)).is_relative_to(os.path.abspath(folder))
+
+
+def staging_dir_of(target: str | Path) -> Path:
+    target = Path(target)
+    return target.with_name(f".{target.name}.tmp")
+
+
+@contextlib.contextmanager
+def staged_dir(target: str | Path, expected_size=None):
+    """Yield an empty temp folder beside `target` (a killed run's leftover is cleared first);
+    when the block succeeds it replaces `target` whole (replace_dir). On any failure the temp
+    folder is deleted and `target` is untouched. A write error inside becomes one line naming
+    `target`; the space needed is `expected_size()` if given, else the size of the previous
+    output (a rerun writes about as much), at least what was written before the failure."""
+    target = Path(target)
+    tmp = staging_dir_of(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        yield tmp
+        replace_dir(tmp, target)
+    except OSError as exc:
+        written = dir_size(tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not is_write_error(exc) or not _inside(getattr(exc, "target", tmp), tmp):
+            raise  # not a write error, or one about another output (already one line)
+        needed = max(written, (expected_size() if expected_size else 0) or
+                     (dir_size(target) if target.is_dir() else 0))
+        raise output_error(exc, target, needed or None) from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

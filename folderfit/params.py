@@ -7,12 +7,20 @@ Every key must be present; a missing one is an error naming it.
 Every stage goes through `load_params()`, so a typo or a wrong type is reported once, with
 the key's full name and what to do, before any work starts. Unknown keys are rejected
 (with a close-match suggestion) because a silently ignored knob is worse than an error.
+The `preflight` stage (folderfit.preflight) runs this same validation first in `dvc repro`,
+so a bad hand edit or `dvc exp run -S` (also `-S +new_key`) stops before any stage works.
+
+Numbers: `1e-3` is a float in YAML 1.2 (and for DVC) but text for PyYAML (YAML 1.1 wants
+`1.0e-3`), so a float key also takes text written in that notation. Every number is range
+checked; the seed's range is numpy's (0..2**32-1).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass
@@ -24,9 +32,16 @@ from folderfit.errors import PipelineError
 
 STRATEGIES = ("feature_extract", "fine_tune", "full_tune", "auto")
 CLASS_WEIGHTING = ("none", "balanced")
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
+DEVICE_CHOICES = "auto, cpu, cuda, cuda:N, mps"
 ON_LEAK = ("warn", "fail")
 TTA = ("auto", "flip", "none")
+DEMO_MAX_PER_CLASS = 174  # scikit-learn's digits: the rarest digit (8) has 174 scans
+SEED_MAX = 2**32 - 1  # numpy's seed range, the narrowest of the seeded libraries
+COUNT_MAX = 1_000_000  # upper bound of epochs, patience, batch sizes: far beyond any real use
+# a number with an exponent, which YAML 1.2 reads as a float and PyYAML as text
+EXPONENT_FLOAT = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)[eE][-+]?[0-9]+")
 
 
 @dataclass(frozen=True)
@@ -76,6 +91,8 @@ class Params:
     label_smoothing: float
     class_weighting: str
     precision: str
+    device: str
+    compile: bool
     train_cmd: str
     augment: AugmentParams
     data: DataParams
@@ -107,7 +124,11 @@ def _coerce(value, kind, key: str):
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif kind is float:
+        if isinstance(value, str) and EXPONENT_FLOAT.fullmatch(value.strip()):
+            value = float(value)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise PipelineError(f"params.yaml: '{key}' must be a finite number, got {value!r}")
             return float(value)
     elif kind is str:
         if isinstance(value, str):
@@ -153,6 +174,12 @@ def _check_choice(value: str, choices, key: str) -> None:
         )
 
 
+def _check_device(value: str) -> None:
+    """Whether the device is present is checked where it is used (folderfit.runtime)."""
+    if not DEVICE_PATTERN.fullmatch(value):
+        raise PipelineError(f"params.yaml: 'device' is '{value}'; choose one of: {DEVICE_CHOICES}")
+
+
 def _check_range(ok: bool, key: str, rule: str, value) -> None:
     if not ok:
         raise PipelineError(f"params.yaml: '{key}' must be {rule}, got {value!r}")
@@ -162,20 +189,25 @@ def validate(p: Params) -> Params:
     _check_choice(p.strategy, STRATEGIES, "strategy")
     _check_choice(p.class_weighting, CLASS_WEIGHTING, "class_weighting")
     _check_choice(p.precision, PRECISIONS, "precision")
+    _check_device(p.device)
     _check_range("stages.train" in p.train_cmd, "train_cmd", "a command running stages.train "
                  "(python -m stages.train | torchrun --nproc_per_node=N -m stages.train)", p.train_cmd)
-    _check_range(p.num_epochs > 0, "num_epochs", "> 0", p.num_epochs)
-    _check_range(p.patience > 0, "patience", "> 0", p.patience)
-    _check_range(p.batch_size > 0, "batch_size", "> 0", p.batch_size)
+    _check_range(0 <= p.seed <= SEED_MAX, "seed", f"in 0..{SEED_MAX}", p.seed)
+    for key in ("num_epochs", "patience", "batch_size"):
+        _check_range(getattr(p, key) > 0, key, "> 0", getattr(p, key))
+        _check_range(getattr(p, key) <= COUNT_MAX, key, f"<= {COUNT_MAX}", getattr(p, key))
     _check_range(p.freeze_layers >= 0, "freeze_layers", ">= 0", p.freeze_layers)
-    _check_range(p.lr > 0, "lr", "> 0", p.lr)
+    _check_range(p.freeze_layers <= 1000, "freeze_layers", "<= 1000 (a backbone's stage count)",
+                 p.freeze_layers)
+    _check_range(0 < p.lr <= 1, "lr", "in (0, 1]", p.lr)
     _check_range(0 < p.lr_decay <= 1, "lr_decay", "in (0, 1]", p.lr_decay)
-    _check_range(p.weight_decay >= 0, "weight_decay", ">= 0", p.weight_decay)
+    _check_range(0 <= p.weight_decay <= 1, "weight_decay", "in [0, 1]", p.weight_decay)
     _check_range(0 <= p.label_smoothing < 1, "label_smoothing", "in [0, 1)", p.label_smoothing)
     _check_range(p.augment.hflip in (True, False, "auto"), "augment.hflip", "true, false or auto",
                  p.augment.hflip)
     _check_choice(p.evaluate.tta, TTA, "evaluate.tta")
-    _check_range(p.augment.feature_views >= 1, "augment.feature_views", ">= 1", p.augment.feature_views)
+    _check_range(1 <= p.augment.feature_views <= 64, "augment.feature_views", "in 1..64",
+                 p.augment.feature_views)
     _check_range(0 < p.augment.min_scale <= 1, "augment.min_scale", "in (0, 1]", p.augment.min_scale)
     d = p.data
     _check_choice(d.on_leak, ON_LEAK, "data.on_leak")
@@ -185,13 +217,28 @@ def validate(p: Params) -> Params:
         d.val_fraction + d.test_fraction < 1,
         "data.val_fraction + data.test_fraction", "< 1", d.val_fraction + d.test_fraction,
     )
-    _check_range(d.image_size >= 16, "data.image_size", ">= 16", d.image_size)
+    _check_range(16 <= d.image_size <= 4096, "data.image_size", "in 16..4096", d.image_size)
     _check_range(bool(d.source.strip()), "data.source", "a directory path", d.source)
-    _check_range(p.demo.per_class >= 3, "demo.per_class", ">= 3", p.demo.per_class)
-    _check_range(p.demo.size >= 8, "demo.size", ">= 8", p.demo.size)
-    _check_range(p.evaluate.batch_size > 0, "evaluate.batch_size", "> 0", p.evaluate.batch_size)
-    _check_range(p.evaluate.bootstrap >= 0, "evaluate.bootstrap", ">= 0", p.evaluate.bootstrap)
+    check_no_tilde(d.source)
+    _check_range(3 <= p.demo.per_class <= DEMO_MAX_PER_CLASS, "demo.per_class",
+                 f"in 3..{DEMO_MAX_PER_CLASS}", p.demo.per_class)
+    _check_range(8 <= p.demo.size <= 1024, "demo.size", "in 8..1024", p.demo.size)
+    _check_range(0 < p.evaluate.batch_size <= COUNT_MAX, "evaluate.batch_size",
+                 f"in 1..{COUNT_MAX}", p.evaluate.batch_size)
+    _check_range(0 <= p.evaluate.bootstrap <= 100_000, "evaluate.bootstrap", "in 0..100000",
+                 p.evaluate.bootstrap)
     return p
+
+
+def check_no_tilde(source: str) -> None:
+    """DVC takes `${data.source}` as a dependency path literally: `~/photos` would be a folder
+    named '~' inside the repository, so `dvc repro` could not find it. Refused with the fix."""
+    if source.startswith("~"):
+        import os.path
+
+        raise PipelineError(
+            f"params.yaml: 'data.source' is '{source}', but DVC does not expand '~' in paths; "
+            f"write the full path: data.source: {os.path.expanduser(source)}")
 
 
 def parse_params(raw: dict) -> Params:

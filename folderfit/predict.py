@@ -5,9 +5,12 @@ params.yaml). Each image goes through exactly what `evaluate` does: decoded to R
 EXIF orientation applied (folderfit.data.load_rgb), the model file's eval geometry (resize of
 the shorter side + centre crop), normalised on the compute device, then the model.
 
-Folders are searched recursively; hidden files and folders (names starting with '.') and
-non-image extensions are skipped. A file that cannot be decoded is reported on stderr and
-left out; the exit code is then 1 (the predictions of all other files are still written).
+Folders are searched recursively, links to files and folders followed (each folder once, so
+link loops end); hidden files and folders (names starting with '.') and non-image extensions
+are skipped. A file that cannot be read or decoded (a broken link, a truncated JPEG) is
+reported on stderr and left out; the exit code is then 1 (the predictions of all other files
+are still written). Any file name works: the path column holds its printable UTF-8 form
+(folderfit.data.printable), so the CSV and JSON lines stay valid UTF-8.
 
 Output: CSV (default, stdout when no --output) with columns path, predicted, confidence,
 top1_class, top1_prob, ... topK_class, topK_prob; or JSON lines when --output ends in
@@ -19,6 +22,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -30,29 +34,42 @@ from folderfit.engine import infer, make_loader
 from folderfit.errors import PipelineError
 from folderfit.fileio import write_text
 from folderfit.models import load_model_file
-from folderfit.runtime import pick_runtime, prepare_model
+from folderfit.runtime import Setting, pick_runtime, prepare_model
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 
 
 # ------------------------------------------------------------------ inputs
+# what a folder search passes over without a word (as documented), and what it never misses
+QUIET_REASONS = ("hidden file", "hidden folder", "not an image extension", "link loop")
+
+
 def collect_images(paths: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
-    """(image files in argument order, folders sorted) and [(path, reason)] for missing paths.
-    A file named explicitly is always tried; inside folders only image extensions are taken."""
-    files, missing = [], []
+    """(image files in argument order, folders sorted) and [(printable path, reason)] for what
+    could not be taken: a missing path, a broken link or unreadable folder, a pipe named .jpg.
+    A file named explicitly is always tried; inside folders only image extensions are taken,
+    links to files and folders are followed (each folder searched once: link loops end)."""
+    files, problems = [], []
     for arg in paths:
         path = Path(arg)
+        shown = D.printable(str(arg))
         if path.is_file():
             files.append(path)
         elif path.is_dir():
-            for found in sorted(path.rglob("*")):
-                rel = found.relative_to(path)
-                if (found.is_file() and found.suffix.lower() in D.IMAGE_EXTENSIONS
-                        and not any(part.startswith(".") for part in rel.parts)):
-                    files.append(found)
+            found, skipped = D.walk_images(path, D.printable(str(path)), follow_folder_links=True)
+            files.extend(f.path for f in found)
+            for rel, reason in skipped:
+                folder_problem = reason.startswith("cannot read folder")
+                if not reason.startswith(QUIET_REASONS) and (
+                        folder_problem or os.path.splitext(rel)[1].lower() in D.IMAGE_EXTENSIONS):
+                    problems.append((rel, reason))
+        elif path.exists():
+            problems.append((shown, D.NOT_REGULAR))
+        elif path.is_symlink():
+            problems.append((shown, "broken symbolic link (its target does not exist)"))
         else:
-            missing.append((arg, "no such file or folder"))
-    return files, missing
+            problems.append((shown, "no such file or folder"))
+    return files, problems
 
 
 class ImageFiles(torch.utils.data.Dataset):
@@ -86,11 +103,11 @@ def collate(items):
 
 # ------------------------------------------------------------------ prediction
 def predict_files(loaded, files: list[Path], batch_size: int, precision: str = "auto",
-                  progress: bool | None = None):
+                  progress: bool | None = None, device: str = "auto", setting: Setting = Setting("api")):
     """(probabilities [n_ok, classes] float32, indices of `files` they belong to,
     [(index, reason)] of files that could not be read). The inference loop is evaluate's
     (folderfit.engine.infer)."""
-    rt = pick_runtime(precision)
+    rt = pick_runtime(precision, device, setting)
     model = prepare_model(loaded.model, rt)
     normalizer = DS.Normalizer(loaded.preprocess.mean, loaded.preprocess.std).to(rt.device)
     loader = make_loader(ImageFiles(files, loaded.preprocess), batch_size, rt, collate_fn=collate)
@@ -104,18 +121,19 @@ def predict_files(loaded, files: list[Path], batch_size: int, precision: str = "
 
 class Classifier:
     """A trained model file, ready to classify PIL images in memory (the Python API:
-    folderfit.load). Each image gets exactly predict's and evaluate's preprocessing."""
+    folderfit.load). Each image gets exactly predict's and evaluate's preprocessing.
+    `device` and `precision` as in params.yaml (folderfit.runtime)."""
 
-    def __init__(self, loaded, precision: str = "auto"):
+    def __init__(self, loaded, precision: str = "auto", device: str = "auto"):
         self.loaded = loaded
-        self.rt = pick_runtime(precision)
+        self.rt = pick_runtime(precision, device, Setting("api"))
         self.model = prepare_model(loaded.model, self.rt).eval()
         self.geometry = DS.eval_geometry(loaded.preprocess)
         self.normalizer = DS.Normalizer(loaded.preprocess.mean, loaded.preprocess.std).to(self.rt.device)
 
     @classmethod
-    def from_file(cls, path, precision: str = "auto") -> "Classifier":
-        return cls(load_model_file(path), precision)
+    def from_file(cls, path, precision: str = "auto", device: str = "auto") -> "Classifier":
+        return cls(load_model_file(path), precision, device)
 
     @property
     def class_names(self) -> list[str]:
@@ -143,7 +161,8 @@ def rows(files: list[Path], probs: torch.Tensor, order: list[int], class_names: 
     out = []
     for row, index in enumerate(order):
         top = [(class_names[int(c)], float(p)) for p, c in zip(top_p[row], top_i[row])]
-        out.append({"path": str(files[index]), "predicted": top[0][0], "confidence": top[0][1],
+        out.append({"path": D.printable(str(files[index])), "predicted": top[0][0],
+                    "confidence": top[0][1],
                     "top_k": top})
     return out
 
@@ -180,11 +199,12 @@ def command(args) -> None:
     for path, reason in missing:
         print(f"skipped {path}: {reason}", file=sys.stderr)
     if not files:
-        raise PipelineError(f"no image files found in {' '.join(args.paths)} (extensions: "
+        raise PipelineError(f"no image files found in {D.printable(' '.join(args.paths))} (extensions: "
                             f"{', '.join(sorted(D.IMAGE_EXTENSIONS))}); pass image files or folders")
-    probs, order, failed = predict_files(loaded, files, args.batch_size, args.precision)
+    probs, order, failed = predict_files(loaded, files, args.batch_size, args.precision,
+                                         device=args.device, setting=Setting("cli"))
     for index, reason in failed:
-        print(f"skipped {files[index]}: {reason}", file=sys.stderr)
+        print(f"skipped {D.printable(str(files[index]))}: {reason}", file=sys.stderr)
     records = rows(files, probs, order, loaded.class_names, args.top_k)
     k = min(args.top_k, len(loaded.class_names))
     jsonl = bool(args.output) and args.output.lower().endswith(JSONL_SUFFIXES)

@@ -1,16 +1,23 @@
 """Stage `prepare` (library side): data.source (an ImageFolder) -> data/prepared/<split>/<class>/... + manifest.
 
-A source holding train/ and val/ (and optionally test/) folders is used as split; otherwise a
-stratified, seeded split is made. Writes metrics/data.json: counts per class and split,
-class imbalance, image sizes, skipped files with reasons, duplicates and label conflicts.
+Layout (folderfit.data.detect_layout): top-level folders named like splits (train, val, valid,
+validation, test; any case) hold the user's split, each with the class folders inside; val
+missing -> carved from train (stratified, seeded; test too when only train/ is given). No such
+folder: one folder per class, split here. Writes metrics/data.json: counts per class and split,
+class imbalance, image sizes, every file and class folder left out with its reason,
+duplicates and label conflicts.
 
 Images are hashed by their decoded pixels (sha256 of size + RGB bytes), so a byte-identical
 copy and the same picture saved in another lossless format are both found. Identical images in
 two of the user's train/val/test folders are leakage: listed as a warning, or with
 `data.on_leak: fail` prepare stops before replacing anything.
 
+Names: any name the file system allows is read; reports and the manifest hold its printable
+form (folderfit.data.printable), stored names are cut to the file system's limit (fit_name).
+
 Each image is encoded into a staging folder as soon as it is decoded, so memory does not grow
-with the data set; the finished folder replaces data/prepared in one rename.
+with the data set; the finished folder replaces data/prepared in one rename (fileio.staged_dir),
+after metrics/data.json is written. Any failure, a full disk included, leaves both as they were.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from pathlib import Path
 
 from folderfit import data as D
 from folderfit.errors import PipelineError
-from folderfit.fileio import replace_dir, write_json
+from folderfit.fileio import staged_dir, write_json
 
 OUT_DIR = Path("data/prepared")
 REPORT = Path("metrics/data.json")
@@ -35,79 +42,103 @@ MAX_LISTED = 10  # leak pairs named in the error message (all are printed as war
 
 
 class Stager:
-    """Writes encoded images to numbered files in a staging folder."""
+    """Writes encoded images to numbered files in a staging folder; knows how much it wrote,
+    so a full disk can be reported with the space the whole output needs."""
 
     def __init__(self, folder: Path):
         self.folder = folder
         self.folder.mkdir(parents=True, exist_ok=True)
         self._ids = itertools.count()
+        self.written = self.count = 0
+        self.expected = 0  # image files to stage in all
 
     def put(self, blob: bytes, ext: str) -> Path:
         path = self.folder / f"{next(self._ids):07d}{ext}"
+        self.written += len(blob)
+        self.count += 1
         path.write_bytes(blob)
         return path
 
-
-def _load_folder(root: Path, prefix: str, image_size: int, skipped: list, stager: Stager):
-    """Decode every image below an ImageFolder root and stage its stored copy:
-    ({class: [record]}, class names)."""
-    classes, files, ignored = D.list_class_folder(root)
-    skipped.extend({"file": f"{prefix}{f}", "reason": r} for f, r in ignored)
-    records = defaultdict(list)
-    for path, label in files:
-        rel = path.relative_to(root).as_posix()
-        try:
-            img = D.load_rgb(path)
-        except D.BadImage as exc:
-            skipped.append({"file": f"{prefix}{rel}", "reason": str(exc)})
-            continue
-        pixel_hash = D.sha256_bytes(f"{img.size}".encode() + img.tobytes())
-        stored = D.bounded(img, image_size)
-        blob, ext = D.encode(stored, path.suffix)
-        within = path.relative_to(root / label).with_suffix("")
-        records[label].append({"rel": f"{prefix}{rel}", "label": label, "sha256": pixel_hash,
-                               "stem": "__".join(within.parts),
-                               "staged": stager.put(blob, ext), "ext": ext, "size": img.size})
-    return records, classes
+    def estimate(self) -> int:
+        """Bytes the staged images will take once all are written (extrapolated)."""
+        return round(self.written * max(self.expected, self.count) / max(1, self.count))
 
 
-def _check_classes(records: dict, classes: list, where: str) -> list[str]:
-    empty = [c for c in classes if not records.get(c)]
-    for c in empty:
-        print(f"warning: {where}class folder '{c}' has no usable images; it is left out",
-              file=sys.stderr)
-    usable = [c for c in classes if records.get(c)]
-    if len(usable) < 2:
-        raise PipelineError(f"data.source {where or '.'}: {len(usable)} class folder(s) with images "
-                            f"({', '.join(usable) or 'none'}); a classifier needs at least 2 "
-                            f"(one sub-folder of images per class)")
-    return empty
+def _stage(found: D.Found, label: str, depth: int, image_size: int, stager: Stager,
+           skipped: list) -> dict | None:
+    """Decode one image and stage its stored copy: its record, or None (skipped, reason kept).
+    `depth`: leading parts of found.rel (split folder, class folder) not part of its name."""
+    try:
+        img = D.load_rgb(found.path)
+    except D.BadImage as exc:
+        skipped.append({"file": found.rel, "reason": str(exc)})
+        return None
+    pixel_hash = D.sha256_bytes(f"{img.size}".encode() + img.tobytes())
+    stored = D.bounded(img, image_size)
+    *folders, name = found.rel.split("/")[depth:]
+    stem, suffix = os.path.splitext(name)
+    blob, ext = D.encode(stored, suffix)
+    return {"rel": found.rel, "label": label, "sha256": pixel_hash,
+            "stem": "__".join([*folders, stem]), "staged": stager.put(blob, ext), "ext": ext,
+            "size": img.size}
+
+
+def _empty_reason(files: list) -> str:
+    if not files:
+        return "no image file in the folder"
+    return f"none of its {len(files)} image file(s) could be used (see skipped)"
+
+
+def _too_few_classes(where: str, usable: list) -> PipelineError:
+    return PipelineError(f"data.source {where}: {len(usable)} class folder(s) with images "
+                         f"({', '.join(usable) or 'none'}); a classifier needs at least 2 "
+                         f"(one sub-folder of images per class)")
 
 
 def collect(source: Path, val_fraction: float, test_fraction: float, seed: int, image_size: int,
             stager: Stager):
     """({split: [record]}, classes, report extras); the stored images go to `stager`."""
-    skipped: list[dict] = []
-    given = D.given_split_dirs(source)
-    if given:
-        per_split, class_sets = {}, {}
-        for split, folder in given.items():
-            records, _ = _load_folder(folder, f"{split}/", image_size, skipped, stager)
-            per_split[split] = [r for c in sorted(records) for r in records[c]]
-            class_sets[split] = sorted(c for c in records if records[c])
-        train_classes = class_sets["train"]
-        if len(train_classes) < 2:
-            raise PipelineError(f"data.source {source}/train: fewer than 2 class folders with images")
-        for split, names in class_sets.items():
-            if names != train_classes:
-                extra = sorted(set(names) ^ set(train_classes))
-                raise PipelineError(
-                    f"data.source {source}/{split}: classes differ from train/ ({', '.join(extra)}); "
-                    f"every split needs the same class folders")
-        return per_split, train_classes, {"split_given": True, "skipped": skipped}
-    records, classes = _load_folder(source, "", image_size, skipped, stager)
-    empty = _check_classes(records, classes, "")
-    classes = [c for c in classes if c not in empty]
+    layout = D.detect_layout(source)
+    skipped = [{"file": f, "reason": r} for f, r in layout.skipped]
+    roots = ({None: (source, "")} if layout.splits is None else
+             {split: (folder, D.printable(folder.name) + "/") for split, folder in layout.splits.items()})
+    scanned = {}  # split (None: not split yet) -> {class: [Found]}
+    for split, (root, prefix) in roots.items():
+        classes, left_out = D.read_image_folder(root, prefix)
+        scanned[split] = classes
+        skipped += [{"file": f, "reason": r} for f, r in left_out]
+    stager.expected = sum(len(files) for classes in scanned.values() for files in classes.values())
+    records = {split: {label: [r for f in files
+                               if (r := _stage(f, label, 2 if roots[split][1] else 1, image_size,
+                                               stager, skipped))]
+                       for label, files in classes.items()}
+               for split, classes in scanned.items()}
+    labels = sorted({label for classes in scanned.values() for label in classes})
+    usable = [c for c in labels if any(records[s].get(c) for s in records)]
+    empty = [{"folder": f"{roots[s][1]}{c}", "reason": _empty_reason(scanned[s][c])}
+             for c in labels if c not in usable for s in scanned if c in scanned[s]]
+    for entry in empty:
+        print(f"warning: class folder '{entry['folder']}' has no usable images "
+              f"({entry['reason']}); it is left out", file=sys.stderr)
+    if layout.splits is None:
+        if len(usable) < 2:
+            raise _too_few_classes(".", usable)
+        return _split_here(records[None], usable, val_fraction, test_fraction, seed, skipped, empty,
+                           made=[s for s in D.SPLITS if s != "test" or test_fraction > 0])
+    _check_given_classes(source, roots, scanned, records, usable)
+    per_split = {split: [r for c in usable for r in records[split].get(c, [])] for split in records}
+    made = []
+    if "val" not in per_split:  # carve val (and test, if not given either) out of train
+        made = ["val"] + (["test"] if "test" not in per_split and test_fraction > 0 else [])
+        carved, _, _ = _split_here({c: records["train"][c] for c in usable}, usable, val_fraction,
+                                   test_fraction if "test" in made else 0.0, seed, [], [], made)
+        per_split.update(carved)
+    return per_split, usable, {"split_given": True, "made_splits": made, "skipped": skipped,
+                               "empty_classes": empty}
+
+
+def _split_here(records: dict, classes: list, val_fraction: float, test_fraction: float,
+                seed: int, skipped: list, empty: list, made: list):
     items, by_rel = [], {}
     for c in classes:
         for r in records[c]:
@@ -115,8 +146,31 @@ def collect(source: Path, val_fraction: float, test_fraction: float, seed: int, 
             by_rel[r["rel"]] = r
     splits = D.stratified_split(items, val_fraction, test_fraction, seed)
     per_split = {s: [by_rel[it.rel] for it in v] for s, v in splits.items() if v}
-    return per_split, classes, {"split_given": False, "skipped": skipped,
+    return per_split, classes, {"split_given": False, "made_splits": made, "skipped": skipped,
                                 "empty_classes": empty}
+
+
+def _check_given_classes(source: Path, roots: dict, scanned: dict, records: dict, usable: list) -> None:
+    """Every class with images must have images in every given split folder."""
+    where = D.printable(str(source))
+    train = [c for c in usable if records["train"].get(c)]
+    if len(train) < 2:
+        raise _too_few_classes(f"{where}/{roots['train'][1].rstrip('/')}", train)
+    for split, (_, prefix) in roots.items():
+        names = [c for c in usable if records[split].get(c)]
+        if names == train:
+            continue
+        for label in sorted(set(train) - set(names)):
+            if label in scanned[split]:  # the folder is there, but nothing in it could be used
+                raise PipelineError(
+                    f"data.source {where}/{prefix}{label}: no usable image here "
+                    f"({_empty_reason(scanned[split][label])}), but the class has images in "
+                    f"{roots['train'][1]}; every class needs images in every split: add some, "
+                    f"or remove '{label}' from every split")
+        extra = sorted(set(names) ^ set(train))
+        raise PipelineError(
+            f"data.source {where}/{prefix.rstrip('/')}: classes differ from "
+            f"{roots['train'][1]} ({', '.join(extra)}); every split needs the same class folders")
 
 
 def duplicates_report(per_split: dict) -> dict:
@@ -147,17 +201,19 @@ def check_leaks(dups: dict, on_leak: str) -> None:
 
 
 def write_prepared(per_split: dict, tmp: Path) -> list[dict]:
-    """Move the staged images to tmp/<split>/<class>/ and write the manifest there."""
+    """Move the staged images to tmp/<split>/<class>/ and write the manifest there. Stored
+    names are the source's path below its class folder joined by '__' (a/b/c.png ->
+    a__b__c.png), cut to the file system's limit (data.fit_name)."""
     rows = []
     for split in D.SPLITS:
         used = set()
         for r in per_split.get(split, []):
             stem, ext = r["stem"], r["ext"]
-            name, n = f"{stem}{ext}", 1
+            name, n = D.fit_name(stem, ext), 1
             while (r["label"], name) in used:  # a.png + a.bmp in one class: keep both
-                name, n = f"{stem}-{n}{ext}", n + 1
+                name, n = D.fit_name(f"{stem}-{n}", ext), n + 1
             used.add((r["label"], name))
-            rel_out = f"{split}/{r['label']}/{name}"
+            rel_out = f"{split}/{D.fit_name(r['label'])}/{name}"
             target = tmp / rel_out
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(r["staged"], target)
@@ -193,24 +249,25 @@ def build_report(rows: list[dict], classes: list, extras: dict, dups: dict) -> d
         "n_label_conflicts": len(dups["label_conflicts"]),
         "imbalance_ratio": round(max(totals.values()) / max(1, min(totals.values())), 3),
         "split_given": extras["split_given"],
+        "made_splits": extras["made_splits"],
         "per_class": [{"class": c, **{s: counts[s][c] for s in counts}} for c in classes],
         "image_size_px": {"width_min_median_max": spread("width"),
                           "height_min_median_max": spread("height")},
         "duplicates": {"groups": dups["groups"], "label_conflicts": dups["label_conflicts"],
                        "cross_split_duplicates": dups["cross_split_duplicates"]},
-        "empty_classes": extras.get("empty_classes", []),
+        "empty_classes": extras["empty_classes"],
         "skipped": extras["skipped"],
     }
 
 
 def run(params) -> None:
     source = D.check_source(params.data.source)
-    tmp = OUT_DIR.with_name(f".{OUT_DIR.name}.tmp")  # never a half-written data/prepared
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    stager = None
+    with staged_dir(OUT_DIR, expected_size=lambda: stager.estimate() if stager else 0) as tmp:
+        stager = Stager(tmp / STAGING)
         per_split, classes, extras = collect(source, params.data.val_fraction,
                                              params.data.test_fraction, params.seed,
-                                             params.data.image_size, Stager(tmp / STAGING))
+                                             params.data.image_size, stager)
         dups = duplicates_report(per_split)
         for leak in dups["cross_split_duplicates"]:
             print(f"warning: identical images in different splits (leakage): {', '.join(leak)}",
@@ -219,16 +276,14 @@ def run(params) -> None:
         rows = write_prepared(per_split, tmp)
         shutil.rmtree(tmp / STAGING)
         report = build_report(rows, classes, extras, dups)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    replace_dir(tmp, OUT_DIR)
-    write_json(REPORT, report)
+        write_json(REPORT, report)  # before the swap: a failure here leaves both as they were
     sizes = ", ".join(f"{s} {report.get(f'n_{s}', 0)}" for s in D.SPLITS)
     print(f"prepare: {len(rows)} images, {len(classes)} classes ({sizes}); "
           f"{report['n_skipped']} skipped, {dups['duplicate_files']} duplicate file(s)")
+    if extras["split_given"] and extras["made_splits"]:
+        print(f"prepare: {' and '.join(extras['made_splits'])} drawn from your train/ folder "
+              f"(stratified, seed {params.seed})")
     for s in extras["skipped"]:
         print(f"  skipped {s['file']}: {s['reason']}", file=sys.stderr)
     for pair in dups["label_conflicts"]:
         print(f"warning: the same image is labelled differently: {' vs '.join(pair)}", file=sys.stderr)
-

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from folderfit import batches as B
 from folderfit import data as D
 from folderfit import datasets as DS
 from folderfit import distributed as DD
@@ -30,9 +31,10 @@ from folderfit import features as F
 from folderfit import head as H
 from folderfit import models as M
 from folderfit import probe as P
+from folderfit.augment import BatchAugment
 from folderfit.checkpoint import CHECKPOINT, Checkpointer, fingerprint
 from folderfit.errors import PipelineError
-from folderfit.fileio import write_json
+from folderfit.fileio import staged_dir, write_json
 from folderfit.params import Params
 from folderfit.runtime import gpu_memory_guard, pick_runtime, prepare_model, seed_everything
 
@@ -121,17 +123,20 @@ def solve_head(built: M.BuiltModel, pre, params: Params, splits, rt, weights, lo
 
 
 def run(params: Params) -> None:
-    ctx = DD.init_from_env()  # torchrun: one process per GPU; see folderfit/distributed.py
+    ctx = DD.init_from_env(params.device)  # torchrun: one process per GPU; see folderfit/distributed.py
     try:
-        _train(params, ctx)
+        # metrics/train is built beside its place and swapped in whole at the end, so a failed
+        # run leaves the previous curves (DVC keeps them: persist: true in dvc.yaml)
+        with staged_dir(TRAIN_DIR) if ctx.is_main else contextlib.nullcontext() as curves:
+            _train(params, ctx, curves)
     finally:
         DD.finish(ctx)
 
 
-def _train(params: Params, ctx: DD.DistContext) -> None:
+def _train(params: Params, ctx: DD.DistContext, curves: Path | None) -> None:
     started = time.perf_counter()
     generator = seed_everything(params.seed)
-    rt = pick_runtime(params.precision)
+    rt = pick_runtime(params.precision, params.device)
     classes, splits = D.read_manifest(PREPARED)
     if "val" not in splits:
         raise PipelineError(f"{PREPARED}: no validation images; rerun prepare with data.val_fraction > 0")
@@ -149,7 +154,7 @@ def _train(params: Params, ctx: DD.DistContext) -> None:
     print(f"train: {params.model_name} (weights: {built.weights.source}), {strategy}, "
           f"{n_frozen}/{len(built.stages)} stages frozen, {M.count_trainable(model):,d} trainable "
           f"parameters, {n_train} train / {len(splits['val'])} val images, {rt.describe()}")
-    log = EpochLog(TRAIN_DIR) if ctx.is_main else None
+    log = EpochLog(curves) if ctx.is_main else None
     checkpointer = None
     # On a GPU the heavy batches are evaluate.batch_size for feature_extract, batch_size otherwise.
     batch_key, batch = (("evaluate.batch_size", params.evaluate.batch_size)
@@ -188,12 +193,12 @@ def _train(params: Params, ctx: DD.DistContext) -> None:
         "image_size": pre.image_size,
         "hflip": flip,
         "tta": tta,
-        "precision": "bf16" if rt.dtype else "fp32",
+        "precision": rt.precision,
         "device": rt.describe(),
         "processes": ctx.world_size,
     }
     M.save_model_file(MODEL_FILE, built, classes, pre, extra=details, tta=tta)
-    write_json(TRAIN_DIR / "details.json", details)
+    write_json(curves / "details.json", details)
     write_json(TRAIN_METRICS, headline)
     wall = time.perf_counter() - started
     write_json(TIMING, {"train_wall_s": round(wall, 2)})
@@ -240,18 +245,20 @@ def _fit(params: Params, built: M.BuiltModel, pre, splits, rt, frozen, weights, 
     groups = M.parameter_groups(built.model, built.stages, built.head_name, params.lr,
                                 params.lr_decay, params.weight_decay)
     optimizer = torch.optim.AdamW(groups)
-    train_ds = DS.ImageTensorDataset(splits["train"], DS.train_geometry(
-        pre, flip, params.augment.min_scale))
-    val_ds = DS.ImageTensorDataset(splits["val"], DS.eval_geometry(pre), cache_output=True)
-    sampler = DD.train_sampler(train_ds, ctx, params.seed)
-    batch_size = DD.per_rank_batch(params.batch_size, ctx)
-    n_local = len(sampler) if sampler is not None else n_train
-    drop_last = n_local % batch_size == 1 and n_local > batch_size  # no BatchNorm batch of one
-    train_loader = E.make_loader(train_ds, batch_size, rt, shuffle=True, generator=generator,
-                                 drop_last=drop_last, sampler=sampler)
-    val_loader = E.make_loader(DD.shard(val_ds, ctx), params.evaluate.batch_size, rt)
+    store = B.ImageStore([path for path, _ in splits["train"]], rt.device)
+    print(f"data: {store.describe()}")
+    sampler = DD.train_sampler(store, ctx, params.seed)
+    augment = BatchAugment(pre.image_size, params.augment.min_scale, flip)
+    train_batches = B.TrainBatches(store, [label for _, label in splits["train"]],
+                                   DD.per_rank_batch(params.batch_size, ctx), augment,
+                                   DD.augmentation_generator(ctx, generator, params.seed), sampler)
+    val_batches = B.EvalBatches(list(DD.shard(splits["val"], ctx)), DS.eval_geometry(pre),
+                                params.evaluate.batch_size, rt.device)
     normalizer = DS.Normalizer(pre.mean, pre.std).to(rt.device)
     cfg = E.FitConfig(params.num_epochs, params.patience, params.label_smoothing, weights)
-    result = E.fit(DD.wrap(built.model, ctx), optimizer, train_loader, val_loader, normalizer,
-                   cfg, run_ctx, frozen)
+    model = DD.wrap(built.model, ctx)
+    if params.compile:  # fixed batch shapes: one graph for training (validation runs eagerly)
+        print("compile: torch.compile of the training step; the first epoch includes compiling")
+        model = torch.compile(model, dynamic=False)
+    result = E.fit(model, optimizer, train_batches, val_batches, normalizer, cfg, run_ctx, frozen)
     return result, checkpointer

@@ -74,11 +74,34 @@ def test_bounded_never_enlarges():
     assert D.bounded(Image.new("RGB", (64, 48)), 224).size == (64, 48)
 
 
-def test_given_split_detected(tmp_path):
-    for split in ("train", "val"):
-        (tmp_path / split / "a").mkdir(parents=True)
-    assert set(D.given_split_dirs(tmp_path)) == {"train", "val"}
-    assert D.given_split_dirs(tmp_path / "train") is None
+@pytest.mark.parametrize("folders,splits", [
+    (["cats", "dogs"], None),
+    (["train", "val"], {"train": "train", "val": "val"}),
+    (["Train", "VALID", "Test"], {"train": "Train", "val": "VALID", "test": "Test"}),
+    (["train", "validation"], {"train": "train", "val": "validation"}),
+    (["train", "test"], {"train": "train", "test": "test"}),
+    (["train", ".git"], {"train": "train"}),
+])
+def test_layout_is_detected_from_split_folder_names(tmp_path, folders, splits):
+    for name in folders:
+        (tmp_path / name / "a").mkdir(parents=True)
+    layout = D.detect_layout(tmp_path)
+    found = None if layout.splits is None else {s: p.name for s, p in layout.splits.items()}
+    assert found == splits
+
+
+@pytest.mark.parametrize("folders,message", [
+    (["train", "test", "cats"], "split folders (test, train) next to other folders (cats); use "
+                                "either one folder per class, or only train/ [val/] [test/]"),
+    (["train", "val", "valid"], "val and valid are all val folders; keep one"),
+    (["val", "test"], "split folders (test, val) but no train/ folder"),
+])
+def test_ambiguous_layouts_are_refused_in_one_line(tmp_path, folders, message):
+    for name in folders:
+        (tmp_path / name / "a").mkdir(parents=True)
+    with pytest.raises(PipelineError) as info:
+        D.detect_layout(tmp_path)
+    assert message in str(info.value) and "\n" not in str(info.value)
 
 
 def test_views_share_one_decode_per_image(tmp_path, monkeypatch):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 from torch import nn
 
@@ -66,3 +67,29 @@ def test_frozen_batchnorm_statistics_do_not_change():
         changed = not torch.equal(after[name], value)
         in_frozen = name.startswith(("bn1", "layer1", "layer2"))
         assert changed != in_frozen, name
+
+
+@pytest.mark.slow  # torch.compile generates and builds C++ kernels: about a minute on 2 cores
+def test_compiled_training_matches_eager_training():
+    """compile: true trains the same model (to float rounding) and the saved weights come
+    from the plain module (no "_orig_mod." prefixes)."""
+    from folderfit.distributed import unwrap
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (16, 3, 8, 8), dtype=torch.uint8, generator=gen)
+    y = (x[:, 0].float().mean((1, 2)) > 127).long()
+    loader = torch.utils.data.DataLoader(list(zip(x, y)), batch_size=8)
+    results = {}
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(),
+                              nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+        net = torch.compile(model, dynamic=False) if compiled else model
+        assert unwrap(net) is model
+        run = E.RunContext(Runtime(torch.device("cpu"), None), torch.Generator().manual_seed(1))
+        E.fit(net, torch.optim.SGD(model.parameters(), lr=0.1), loader, loader,
+              Normalizer((0.5,) * 3, (0.5,) * 3), E.FitConfig(num_epochs=2, patience=5), run, [])
+        results[compiled] = unwrap(net).state_dict()
+    assert results[True].keys() == results[False].keys()
+    for name, value in results[False].items():
+        assert torch.allclose(results[True][name].float(), value.float(), atol=1e-4), name

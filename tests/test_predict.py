@@ -116,3 +116,25 @@ def test_bad_model_file_is_a_one_line_error(tmp_path):
     (tmp_path / "model.pt").write_text("not a model")
     with pytest.raises(PipelineError, match="not a model file"):
         predict(str(tmp_path), "--model", str(tmp_path / "model.pt"))
+
+
+def test_device_and_precision_flags(project, capsys, monkeypatch):
+    """--device cpu works; an absent device or fp16 on a CPU is one line naming the flag,
+    and the Python API says the same in its own words."""
+    import torch
+
+    import folderfit
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on a CPU-only Linux machine
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    model = str(project / "models/model.pt")
+    images = str(sorted((project / "data/prepared/train").rglob("*.png"))[0])
+    predict(images, "--model", model, "--device", "cpu", "--precision", "fp32")
+    assert capsys.readouterr().out.count("\n") == 2  # header + one row
+    with pytest.raises(PipelineError, match=r"^--device cuda:3: no CUDA GPU visible .*use --device auto"):
+        predict(images, "--model", model, "--device", "cuda:3")
+    with pytest.raises(PipelineError, match=r"^--precision fp16: fp16 is for GPUs"):
+        predict(images, "--model", model, "--device", "cpu", "--precision", "fp16")
+    with pytest.raises(PipelineError, match=r"^device='mps': no Apple GPU here"):
+        folderfit.load(model, device="mps")
+    assert folderfit.load(model, precision="fp32", device="cpu").rt.device == torch.device("cpu")
