@@ -122,7 +122,7 @@ def collect(source: Path, val_fraction: float, test_fraction: float, seed: int, 
               f"({entry['reason']}); it is left out", file=sys.stderr)
     if layout.splits is None:
         if len(usable) < 2:
-            raise _too_few_classes(".", usable)
+            raise _too_few_classes(D.printable(str(source)), usable)
         return _split_here(records[None], usable, val_fraction, test_fraction, seed, skipped, empty,
                            made=[s for s in D.SPLITS if s != "test" or test_fraction > 0])
     _check_given_classes(source, roots, scanned, records, usable)

@@ -95,7 +95,7 @@ def test_failing_prepare_keeps_every_previous_output(repo, baseline):
     result = dvc(repo, "repro")
     assert result.returncode != 0 and ran(result) == ["prepare"]
     assert error_lines(result) == [
-        "error: data.source .: 1 class folder(s) with images (digit0); a classifier needs at "
+        "error: data.source data/raw: 1 class folder(s) with images (digit0); a classifier needs at "
         "least 2 (one sub-folder of images per class)"]
     assert_nothing_lost(repo, baseline)
     shutil.rmtree(repo / "data/raw")  # the images back as they were: nothing is out of date
