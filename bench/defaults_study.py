@@ -72,6 +72,8 @@ def main(argv=None) -> None:
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--variants", help="comma-separated names (default: all)")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--cache", type=Path, help="use this feature cache for every variant "
+                        "(none cold): e.g. one an earlier study filled")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(REPO))
     names = args.variants.split(",") if args.variants else list(VARIANTS)
@@ -81,6 +83,8 @@ def main(argv=None) -> None:
         for i, name in enumerate(names):
             changes, cold = VARIANTS[name]
             cache = Path(tmp) / f"cache-{i}" if cold or shared is None else shared
+            if args.cache:
+                cache, cold = args.cache, False
             shared = shared or cache
             rows[name] = {**run_variant(args.data.resolve(), changes, Path(tmp) / f"run-{i}", cache),
                           "cache": "cold" if cold else "shared"}
