@@ -337,8 +337,9 @@ class FlipTTA(nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        both = self.model(torch.cat([x, x.flip(-1)]))
-        return (both[:len(x)] + both[len(x):]) / 2
+        # two calls, not one on the concatenated batch: slicing that batch by len(x) would fix
+        # the batch size of an exported program (torch.export specialises it)
+        return (self.model(x) + self.model(x.flip(-1))) / 2
 
 
 def with_tta(model: nn.Module, tta: str) -> nn.Module:

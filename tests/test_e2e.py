@@ -61,7 +61,7 @@ def test_repro_then_experiment(pipeline_repo):
     # the defaults: hflip auto decided by the mirror test on val, head refit on train + val,
     # no test-time augmentation (stored in the model file)
     assert train["mirror_test"]["hflip"] == train["hflip"]
-    assert train["head_views"] == (["clean", "flip"] if train["hflip"] else ["clean"])
+    assert train["head_views"][0] == "clean" and ("flip" in train["head_views"]) == train["hflip"]
     assert train["head_refit_on_train_val"] is True
     assert model["tta"] == train["tta"] == "none"
 
