@@ -105,8 +105,8 @@ def loader_workers(rt: Runtime) -> int:
 
 def make_loader(dataset, batch_size: int, rt: Runtime, shuffle: bool = False,
                 generator: torch.Generator | None = None, drop_last: bool = False, sampler=None,
-                collate_fn=None):
-    workers = loader_workers(rt)
+                collate_fn=None, workers: int | None = None):
+    workers = loader_workers(rt) if workers is None else workers
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
         generator=generator, drop_last=drop_last, collate_fn=collate_fn,
@@ -115,23 +115,34 @@ def make_loader(dataset, batch_size: int, rt: Runtime, shuffle: bool = False,
 
 # ------------------------------------------------------------------ inference
 @torch.inference_mode()
+def infer_batches(model: nn.Module, loader, normalizer: nn.Module, rt: Runtime,
+                  desc: str = "predict", progress: bool | None = None):
+    """Run `model` (in eval mode) over a loader of (uint8 NCHW images or None, meta) batches,
+    yielding (float32 CPU outputs or None, meta) per batch; of a batch whose meta is Padded,
+    only the first n rows are yielded (with the inner meta)."""
+    model.eval()
+    for images, meta in tqdm(loader, desc=desc, leave=False,
+                             disable=None if progress is None else not progress):
+        keep = None
+        if isinstance(meta, Padded):
+            meta, keep = meta
+        out = None
+        if images is not None:
+            with rt.autocast():
+                out = model(normalizer(to_device(images, rt)))[:keep].float().cpu()
+        yield out, meta
+
+
 def infer(model: nn.Module, loader, normalizer: nn.Module, rt: Runtime, desc: str = "predict",
           progress: bool | None = None) -> tuple[torch.Tensor, list]:
     """Run `model` (in eval mode) over a loader of (uint8 NCHW images or None, meta) batches.
     Returns the float32 outputs on the CPU in loader order and the list of every batch's meta
     (labels, indices, ...); a batch whose images are None contributes only its meta, and of a
     batch whose meta is Padded only the first n rows count."""
-    model.eval()
     outputs, metas = [], []
-    for images, meta in tqdm(loader, desc=desc, leave=False,
-                             disable=None if progress is None else not progress):
-        keep = None
-        if isinstance(meta, Padded):
-            meta, keep = meta
-        if images is not None:
-            with rt.autocast():
-                out = model(normalizer(to_device(images, rt)))
-            outputs.append(out[:keep].float().cpu())
+    for out, meta in infer_batches(model, loader, normalizer, rt, desc, progress):
+        if out is not None:
+            outputs.append(out)
         metas.append(meta)
     width = outputs[0].shape[1:] if outputs else (0,)
     return (torch.cat(outputs) if outputs else torch.zeros(0, *width)), metas

@@ -10,7 +10,10 @@ Writes into --out-dir (default models/export/):
   parity.json           exported vs eager outputs on real images (max abs difference)
 
 Both exported networks take a float32 NCHW batch, already normalised as preprocess.json says,
-and return logits (apply softmax for probabilities). The parity check runs the eager model
+and return logits (apply softmax for probabilities). A model file with flip test-time
+augmentation exports it inside the network (the mean of the logits of the image and its mirror
+image), exactly as evaluate and predict apply it; preprocess.json says so
+(`test_time_augmentation`). The parity check runs the eager model
 (fp32, CPU) and each export on the same preprocessed real images and fails (exit 2, no
 `parity.json`) when any logit differs by more than --tolerance x max(1, largest |logit|), or
 a predicted class changes where the eager top-2 margin was clear of that bound. fp32 rounding
@@ -151,12 +154,16 @@ def contract(loaded, model_file: Path, formats: list[str]) -> dict:
                   "shape": ["batch", 3, pre.image_size, pre.image_size]},
         "output": {"name": "logits", "dtype": "float32", "shape": ["batch", len(loaded.class_names)],
                    "meaning": "unnormalised class scores in class_names order; softmax gives probabilities"},
+        "test_time_augmentation": loaded.tta,
         "steps": [
             "decode to 8-bit RGB, EXIF orientation applied, transparency composited on white",
             f"resize so the shorter side is resize_size ({pre.resize_size} px), {pre.interpolation}, antialiased",
             f"centre crop image_size x image_size ({pre.image_size} px)",
             "x = (pixel / 255 - mean) / std, per channel",
-        ],
+        ] + ([
+            "(inside the exported network, nothing for the caller to do) logits = mean of the "
+            "network's logits for x and for x mirrored left-right (test_time_augmentation: flip)"
+        ] if loaded.tta == "flip" else []),
     }
 
 

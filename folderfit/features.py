@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from folderfit import datasets as DS
-from folderfit.engine import infer, make_loader
+from folderfit.engine import infer_batches, make_loader
 from folderfit.fileio import save_torch
 from folderfit.runtime import Runtime
 
@@ -99,31 +99,43 @@ class _Decoded:
         return image
 
 
-class _ViewImages(torch.utils.data.Dataset):
-    """(uint8 image after the view's geometry, index) for a list of files."""
+class _Jobs(torch.utils.data.Dataset):
+    """(uint8 image after its view's geometry, job index) for a list of (file, key, view) jobs."""
 
-    def __init__(self, files: list[Path], keys: list[str], view: View, preprocess,
-                 decoded: _Decoded):
-        self.files, self.keys, self.view = files, keys, view
+    def __init__(self, jobs: list[tuple[Path, str, View]], preprocess, decoded: _Decoded):
+        self.jobs = jobs
         self.decoded = decoded
+        self.preprocess = preprocess
         self.eval_geometry = DS.eval_geometry(preprocess)
-        self.train_geometry = (DS.train_geometry(preprocess, view.hflip, view.min_scale)
-                               if view.kind == "augment" else None)
+        self.train_geometry = {}
 
     def __len__(self) -> int:
-        return len(self.files)
+        return len(self.jobs)
 
     def __getitem__(self, i: int):
-        image = self.decoded.get(self.keys[i], self.files[i])
-        if self.view.kind == "clean":
+        path, key, view = self.jobs[i]
+        image = self.decoded.get(key, path)
+        if view.kind == "clean":
             return self.eval_geometry(image), i
-        if self.view.kind == "flip":
+        if view.kind == "flip":
             return self.eval_geometry(image).flip(-1), i
-        seed = int(hashlib.sha256(f"{self.view.seed}:{self.view.index}:{self.keys[i]}".encode())
-                   .hexdigest()[:15], 16)
+        geometry = self.train_geometry.get((view.min_scale, view.hflip))
+        if geometry is None:
+            geometry = DS.train_geometry(self.preprocess, view.hflip, view.min_scale)
+            self.train_geometry[(view.min_scale, view.hflip)] = geometry
+        seed = int(hashlib.sha256(f"{view.seed}:{view.index}:{key}".encode()).hexdigest()[:15], 16)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return self.train_geometry(image), i
+            return geometry(image), i
+
+
+def decode_workers(rt: Runtime) -> int:
+    """One decoding process on CPU too: it prepares the next batches while the backbone runs
+    (decoding is ~5% of a backbone pass, so one process keeps up and leaves the cores to the
+    model). On a GPU, the loader's usual workers."""
+    from folderfit.engine import loader_workers
+
+    return loader_workers(rt) if rt.device.type == "cuda" else 1
 
 
 def _padded(loader, batch_size: int):
@@ -195,7 +207,9 @@ class FeatureExtractor:
         self.root = cache_root() / "features" if use_cache else None
         self._decoded = _Decoded()
         self._keys: dict[Path, str] = {}
-        self.computed = self.reused = 0
+        self._caches: dict[View, FeatureCache] = {}  # also memoises when the disk cache is off
+        self._served: set[tuple[str, View]] = set()  # (image key, view) pairs counted below
+        self.computed = self.reused = 0  # vectors computed / found in the cache, each pair once
 
     def spec_digest(self, view: View) -> str:
         spec = {**self.base_spec, "view": asdict(view)}
@@ -209,28 +223,63 @@ class FeatureExtractor:
 
     def features(self, files: list[Path], view: View = CLEAN, desc: str = "features") -> torch.Tensor:
         """[len(files), feature dim] float32, in file order."""
-        keys = self.keys(files)
-        cache = FeatureCache(self.root / self.spec_digest(view) if self.root else None)
-        missing = sorted({k: i for i, k in enumerate(keys) if k not in cache.vectors}.values())
-        self.reused += len(files) - len(missing)
-        for start in range(0, len(missing), PACK_EVERY):
-            chunk = missing[start:start + PACK_EVERY]
-            dataset = _ViewImages([files[i] for i in chunk], [keys[i] for i in chunk], view,
-                                  self.preprocess, self._decoded)
-            cache.add([keys[i] for i in chunk], self._compute(dataset, f"{desc} ({view.name})"))
-            self.computed += len(chunk)
-        if not files:
-            return torch.zeros(0, 0)
-        return torch.stack([cache.vectors[k] for k in keys])
+        return self.features_of([(files, view)], desc)[0]
 
-    def _compute(self, dataset, desc: str) -> torch.Tensor:
+    def features_of(self, requests: list[tuple[list[Path], View]],
+                    desc: str = "features") -> list[torch.Tensor]:
+        """The features of several (files, view) requests, each [len(files), dim] in file order.
+        Every missing (image, view) pair is computed in ONE stream of fixed-size batches (only
+        its very last batch is padded), in request order; an image decodes once for all its
+        views; a view's vectors are stored as soon as its last job is done (and every
+        PACK_EVERY jobs), so a killed run keeps what it finished."""
+        caches, jobs, queued = self._caches, [], set()
+        for files, view in requests:
+            if view not in caches:
+                folder = self.root / self.spec_digest(view) if self.root else None
+                caches[view] = FeatureCache(folder)
+            for path, key in zip(files, self.keys(files)):
+                if key in caches[view].vectors:
+                    if (key, view) not in self._served:  # counted once: found in the cache
+                        self._served.add((key, view))
+                        self.reused += 1
+                elif (key, view) not in queued:
+                    self._served.add((key, view))
+                    queued.add((key, view))
+                    jobs.append((path, key, view))
+        if jobs:
+            views = ", ".join(dict.fromkeys(view.name for _, _, view in jobs))
+            self._compute(jobs, caches, f"{desc} ({views})")
+            self.computed += len(jobs)
+        return [torch.stack([caches[view].vectors[k] for k in self.keys(files)]) if files
+                else torch.zeros(0, 0) for files, view in requests]
+
+    def _compute(self, jobs: list, caches: dict, desc: str) -> None:
         # its own generator: a DataLoader draws a seed when iterated, and drawing it from the
         # global stream would make later augmentation depend on whether the cache was warm
-        loader = make_loader(dataset, self.batch_size, self.rt, generator=torch.Generator())
-        outputs, metas = infer(self.backbone, _padded(loader, self.batch_size), self.normalizer,
-                               self.rt, desc)
-        keep = torch.cat([torch.arange(n) + i * self.batch_size for i, (_, n) in enumerate(metas)])
-        return outputs[keep].contiguous()
+        dataset = _Jobs(jobs, self.preprocess, self._decoded)
+        loader = make_loader(dataset, self.batch_size, self.rt, generator=torch.Generator(),
+                             workers=decode_workers(self.rt))
+        remaining = {}  # view -> jobs not computed yet
+        for _, _, view in jobs:
+            remaining[view] = remaining.get(view, 0) + 1
+        pending: dict[View, tuple[list, list]] = {}
+
+        def store(view):
+            keys, rows = pending.pop(view)
+            caches[view].add(keys, torch.stack(rows))
+
+        for outputs, (indices, n) in infer_batches(self.backbone, _padded(loader, self.batch_size),
+                                                   self.normalizer, self.rt, desc):
+            for row, i in zip(outputs[:n], indices[:n].tolist()):
+                _, key, view = jobs[i]
+                keys, rows = pending.setdefault(view, ([], []))
+                keys.append(key)
+                rows.append(row.clone())
+                remaining[view] -= 1
+                if remaining[view] == 0 or len(keys) >= PACK_EVERY:
+                    store(view)
+        for view in list(pending):
+            store(view)
 
 
 def backbone_only(model: nn.Module, head_name: str) -> tuple[nn.Module, nn.Module]:

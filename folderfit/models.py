@@ -311,8 +311,8 @@ def build_model(model_name: str, num_classes: int, weights_spec: str = "default"
         info = W.WeightsInfo(spec, "none", "random-init", None)
     elif W.is_local_file_spec(spec):
         info = W.load_state_dict_file(model, spec, head_name, spec)
-    elif family == "timm" and bare == W.BUNDLED_MODEL and spec == "default":
-        info = W.load_bundled_lite0(model, spec)
+    elif family == "timm" and bare in W.BUNDLED and spec == "default":
+        info = W.load_bundled(model, bare, spec)
     elif family == "torchvision":
         info = W.load_torchvision_pretrained(model, bare, spec)
     else:
@@ -322,11 +322,38 @@ def build_model(model_name: str, num_classes: int, weights_spec: str = "default"
     return BuiltModel(model, model_name, family, head_name, stages, preprocess, info)
 
 
+# ------------------------------------------------------------------ test-time augmentation
+TTA_CHOICES = ("none", "flip")
+
+
+class FlipTTA(nn.Module):
+    """Flip test-time augmentation inside the network: the logits of an image and of its
+    mirror image, averaged. Evaluate, predict, the Python API and the exported programs all
+    run the loaded model, so they all apply it alike; a caller of an export just feeds the
+    image (preprocess.json says the export averages the flip itself)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # two calls, not one on the concatenated batch: slicing that batch by len(x) would fix
+        # the batch size of an exported program (torch.export specialises it)
+        return (self.model(x) + self.model(x.flip(-1))) / 2
+
+
+def with_tta(model: nn.Module, tta: str) -> nn.Module:
+    if tta not in TTA_CHOICES:
+        raise PipelineError(f"test-time augmentation '{tta}' is unknown; one of {', '.join(TTA_CHOICES)}")
+    return FlipTTA(model) if tta == "flip" else model
+
+
 # ------------------------------------------------------------------ model file
 def save_model_file(path, built: BuiltModel, class_names: list, preprocess: W.Preprocess,
-                    extra: dict | None = None) -> None:
-    """One self-contained file: architecture name, classes, preprocessing, weights.
-    Plain types and tensors only, so it loads with torch.load(weights_only=True)."""
+                    extra: dict | None = None, tta: str = "none") -> None:
+    """One self-contained file: architecture name, classes, preprocessing, test-time
+    augmentation, weights. Plain types and tensors only, so it loads with
+    torch.load(weights_only=True)."""
     from folderfit.fileio import save_torch
 
     payload = {
@@ -335,6 +362,7 @@ def save_model_file(path, built: BuiltModel, class_names: list, preprocess: W.Pr
         "head_name": built.head_name,
         "class_names": list(class_names),
         "preprocess": preprocess.to_dict(),
+        "tta": tta,
         "weights": built.weights.to_dict(),
         "state_dict": {k: v.detach().cpu().contiguous() for k, v in built.model.state_dict().items()},
         "extra": extra or {},
@@ -344,10 +372,14 @@ def save_model_file(path, built: BuiltModel, class_names: list, preprocess: W.Pr
 
 @dataclass
 class LoadedModel:
-    model: nn.Module
+    model: nn.Module  # with the file's test-time augmentation applied inside (FlipTTA)
     class_names: list
     preprocess: W.Preprocess
     info: dict
+
+    @property
+    def tta(self) -> str:
+        return self.info.get("tta", "none")
 
 
 # The model file's schema: key -> type. Checked on every load, so a file of another version,
@@ -393,6 +425,8 @@ def check_model_file(payload, path) -> None:
     tensors = payload["state_dict"]
     if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in tensors.items()):
         raise bad("'state_dict' must map names to tensors")
+    if payload.get("tta", "none") not in TTA_CHOICES:  # absent: a file from before TTA existed
+        raise bad(f"'tta' is {payload['tta']!r}, not one of {', '.join(TTA_CHOICES)}")
 
 
 def _check_weights_fit(model: nn.Module, payload: dict, path) -> None:
@@ -447,8 +481,9 @@ def load_model_file(path) -> LoadedModel:
     replace_head(model, len(payload["class_names"]), seed=0)
     _check_weights_fit(model, payload, path)
     model.load_state_dict(payload["state_dict"])
-    model.eval()
     info = {k: v for k, v in payload.items() if k != "state_dict"}
+    info.setdefault("tta", "none")  # files written before test-time augmentation existed
+    model = with_tta(model, info["tta"]).eval()
     return LoadedModel(model, payload["class_names"], W.Preprocess.from_dict(payload["preprocess"]), info)
 
 

@@ -21,6 +21,7 @@ import dataclasses
 import difflib
 import math
 import re
+import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
 DEVICE_CHOICES = "auto, cpu, cuda, cuda:N, mps"
 ON_LEAK = ("warn", "fail")
+TTA = ("auto", "flip", "none")
 DEMO_MAX_PER_CLASS = 174  # scikit-learn's digits: the rarest digit (8) has 174 scans
 SEED_MAX = 2**32 - 1  # numpy's seed range, the narrowest of the seeded libraries
 COUNT_MAX = 1_000_000  # upper bound of epochs, patience, batch sizes: far beyond any real use
@@ -59,7 +61,7 @@ class DataParams:
 
 @dataclass(frozen=True)
 class AugmentParams:
-    hflip: bool
+    hflip: bool | str  # true | false | "auto"
     min_scale: float
     feature_views: int
 
@@ -68,6 +70,7 @@ class AugmentParams:
 class EvaluateParams:
     batch_size: int
     bootstrap: int
+    tta: str
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,7 @@ class Params:
     num_epochs: int
     patience: int
     warm_start_head: bool
+    refit_head: bool
     lr: float
     lr_decay: float
     weight_decay: float
@@ -110,7 +114,17 @@ def _suggest(key: str, choices: typing.Iterable[str]) -> str:
 
 
 def _coerce(value, kind, key: str):
-    """Check one scalar against its declared type; ints are accepted where floats are."""
+    """Check one scalar against its declared type; ints are accepted where floats are.
+    A union (bool | str) takes a value of any of its types."""
+    if isinstance(kind, types.UnionType):
+        for option in typing.get_args(kind):
+            try:
+                return _coerce(value, option, key)
+            except PipelineError:
+                pass
+        names = " or ".join(option.__name__ for option in typing.get_args(kind))
+        raise PipelineError(f"params.yaml: '{key}' must be {names}, got {value!r}; fix the value "
+                            f"in params.yaml")
     if kind is bool:
         if isinstance(value, bool):
             return value
@@ -197,6 +211,9 @@ def validate(p: Params) -> Params:
     _check_range(0 < p.lr_decay <= 1, "lr_decay", "in (0, 1]", p.lr_decay)
     _check_range(0 <= p.weight_decay <= 1, "weight_decay", "in [0, 1]", p.weight_decay)
     _check_range(0 <= p.label_smoothing < 1, "label_smoothing", "in [0, 1)", p.label_smoothing)
+    _check_range(p.augment.hflip in (True, False, "auto"), "augment.hflip", "true, false or auto",
+                 p.augment.hflip)
+    _check_choice(p.evaluate.tta, TTA, "evaluate.tta")
     _check_range(1 <= p.augment.feature_views <= 64, "augment.feature_views", "in 1..64",
                  p.augment.feature_views)
     _check_range(0 < p.augment.min_scale <= 1, "augment.min_scale", "in (0, 1]", p.augment.min_scale)

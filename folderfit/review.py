@@ -2,8 +2,9 @@
 each other, which do not belong; and `folderfit review`, which prints those lists.
 
 1. Features: the train stage's backbone, weights and preprocessing (train_feature_extractor),
-   one clean view of every image of every split, plus its mirror image when `augment.hflip`
-   says a flipped image keeps its class; all through the shared feature cache (keyed by
+   one clean view of every image of every split, plus its mirror image unless `augment.hflip`
+   is false (a mirrored image keeps its class; auto: train's mirror test may still turn
+   flips off for training, the review scores both views either way); all through the shared feature cache (keyed by
    weights, preprocessing, view and image content), so `train` (feature_extract) and
    `review` never compute a vector twice.
 2. Out-of-sample probabilities: K-fold cross-fitting of the head (folderfit.crossfit), no
@@ -76,13 +77,12 @@ def read_rows(prepared: Path = PREPARED) -> list[dict]:
 
 
 def review_views(params) -> list:
-    """The clean view, plus its mirror image when `augment.hflip` says a flipped image keeps
-    its class: the head is fitted on both and scores their mean. Only these two, not train's
+    """The clean view, plus its mirror image unless `augment.hflip` is false: the head is fitted on both and scores their mean. Only these two, not train's
     random crops: they measured as good for ranking (README, Label review) at a fraction of
     the cost, and the clean view is the one train computes too (shared through the cache)."""
     from folderfit import features as F
 
-    return [F.CLEAN, F.FLIP] if params.augment.hflip else [F.CLEAN]
+    return [F.CLEAN] if params.augment.hflip is False else [F.CLEAN, F.FLIP]  # true or auto
 
 
 def train_feature_extractor(params, n_classes: int, rt):
@@ -91,11 +91,15 @@ def train_feature_extractor(params, n_classes: int, rt):
     from folderfit import features as F
     from folderfit import models as M
     from folderfit.runtime import prepare_model
+    from folderfit.training import CPU_EXTRACTION_BATCH
 
     built = M.build_model(params.model_name, n_classes, params.weights, params.seed)
     pre = built.preprocess.with_image_size(params.data.image_size)
     backbone, _ = F.backbone_only(prepare_model(built.model, rt), built.head_name)
-    return F.FeatureExtractor(backbone, pre, rt, params.evaluate.batch_size)
+    batch = params.evaluate.batch_size  # train's batch rule: the same numbers in the cache
+    if rt.device.type == "cpu":
+        batch = min(batch, CPU_EXTRACTION_BATCH)
+    return F.FeatureExtractor(backbone, pre, rt, batch)
 
 
 # ------------------------------------------------------------------ the lists
@@ -229,7 +233,7 @@ def run(params) -> None:
     extractor = train_feature_extractor(params, len(classes), rt)
     views = review_views(params)
     files = [PREPARED / row["file"] for row in rows]
-    features = [extractor.features(files, view, "features review") for view in views]
+    features = extractor.features_of([(files, view) for view in views], "features review")
     print(f"review: {len(rows)} images, {len(views)} view(s) ({', '.join(v.name for v in views)}): "
           f"{extractor.computed} computed, {extractor.reused} from the cache {extractor.root}")
     z = S.normalise(torch.stack(features).mean(0).numpy())  # votes, outliers: all views

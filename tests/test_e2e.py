@@ -60,6 +60,12 @@ def test_repro_then_experiment(pipeline_repo):
     model = torch.load(repo / "models/model.pt", weights_only=True)
     assert model["class_names"] == [str(d) for d in range(10)]
     assert model["preprocess"]["image_size"] == 32
+    # the defaults: hflip auto decided by the mirror test on val, head refit on train + val,
+    # no test-time augmentation (stored in the model file)
+    assert train["mirror_test"]["hflip"] == train["hflip"]
+    assert train["head_views"][0] == "clean" and ("flip" in train["head_views"]) == train["hflip"]
+    assert train["head_refit_on_train_val"] is True
+    assert model["tta"] == train["tta"] == "none"
     review = read_json(repo / "metrics/review.json")
     with open(repo / "metrics/review/scores.csv") as fh:
         scored = list(csv.DictReader(fh))

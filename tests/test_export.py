@@ -27,7 +27,8 @@ def model_and_images(tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
     images = T.make_image_folder(root / "images", per_class=4, size=48, seed=3)
     model_file = root / "model.pt"
-    T.save_tiny_model(model_file, "tf_efficientnet_lite0", 40, "default")
+    # flip test-time augmentation: the exports must hold it, as evaluate and predict apply it
+    T.save_tiny_model(model_file, "tf_efficientnet_lite0", 40, "default", tta="flip")
     return model_file, images
 
 
@@ -47,6 +48,7 @@ def test_export_parity_and_contract(model_and_images, tmp_path, capsys):
     assert contract["class_names"] == list(T.CLASSES)
     assert (contract["image_size"], contract["resize_size"]) == (40, loaded.preprocess.resize_size)
     assert contract["mean"] == list(loaded.preprocess.mean) and contract["interpolation"] == loaded.preprocess.interpolation
+    assert contract["test_time_augmentation"] == "flip" and "mirrored" in contract["steps"][-1]
 
     # a consumer following the contract gets predict's probabilities, at another batch size
     files = sorted(images.rglob("*.png"))[:3]

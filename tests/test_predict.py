@@ -27,10 +27,11 @@ def predict(*argv: str) -> None:
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
-    """Prepared tiny data (PNG and JPEG sources) and an untrained model file."""
-    root = tmp_path_factory.mktemp("predict")
+@pytest.fixture(scope="module", params=["none", "flip"])
+def project(tmp_path_factory, request) -> Path:
+    """Prepared tiny data (PNG and JPEG sources) and an untrained model file, without and
+    with flip test-time augmentation."""
+    root = tmp_path_factory.mktemp(f"predict-tta-{request.param}")
     T.make_image_folder(root / "src", per_class=6, size=40, seed=1)
     T.make_image_folder(root / "src_jpg", per_class=3, size=44, seed=2, suffix=".jpg")
     for kind in T.CLASSES:  # JPEG sources stay JPEG in data/prepared: both decoders are exercised
@@ -39,7 +40,8 @@ def project(tmp_path_factory) -> Path:
     T.write_params(root, **{"data.source": "src", "data.image_size": 32, "data.test_fraction": 0.4,
                             "precision": "fp32", "evaluate.batch_size": 7})
     T.prepare(root)
-    T.save_tiny_model(root / "models" / "model.pt", "tf_efficientnet_lite0", 32, "default")
+    T.save_tiny_model(root / "models" / "model.pt", "tf_efficientnet_lite0", 32, "default",
+                      tta=request.param)
     return root
 
 

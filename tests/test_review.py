@@ -122,7 +122,7 @@ def test_rerun_is_identical_and_train_reuses_the_features(reviewed, capsys):
     assert after == before
     run_stage("train", work)
     out = capsys.readouterr().out
-    assert "(0 computed," in out, out  # train's views of its images: all from the review
+    assert "0 vectors computed" in out, out  # train's views of its images: all from the review
 
 
 def test_given_split_paths_and_folds(tmp_path):

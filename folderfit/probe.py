@@ -1,0 +1,113 @@
+"""The head of a frozen backbone, from its cached features: which views of each image it
+learns from, whether mirror images belong to the training set, and the final refit.
+
+Built on folderfit.features (vectors of an image under a view, cached) and folderfit.head
+(the exact L-BFGS solve with l2 chosen on val). Used by feature_extract training, by the warm
+start of fine_tune / full_tune, and by bench/defaults_study.py (which feeds it precomputed
+features), so the study measures exactly what the pipeline runs.
+
+* Views of a training image: the clean one (eval resize + centre crop), its mirror image when
+  flips are on, and `feature_views - 1` random-resized crops (mirrored at random when flips
+  are on), each computed once per image and cached.
+* `augment.hflip: auto` decides whether labels survive mirroring (mirror_test): a head solved
+  on the clean training views scores the val images and their mirror images. Photos of
+  objects score the same both ways; handwriting, text or arrows lose accuracy when mirrored
+  (a mirrored 3 is no digit). Flips are used unless mirroring costs more than
+  max(MIRROR_TOLERANCE, 2 / n_val) of val accuracy.
+* `evaluate.tta`: flip averages the logits of an image and of its mirror image (for a linear
+  head on pooled features that is the head applied to the mean of the two feature vectors,
+  which is how l2 is chosen on val here); auto = flip exactly when training used flips.
+* `refit_head`: once l2 and flips are chosen on val, the head is solved again at that l2 on
+  train + val (every view of both): 15% more images for the final head. The reported val
+  scores stay those of the selection (the refit head has seen val).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from folderfit import features as F
+from folderfit import head as H
+
+MIRROR_TOLERANCE = 0.05  # hflip auto: largest val-accuracy cost of mirroring that keeps flips
+
+# requests of (split name, view) -> one [images, dim] tensor per request, in request order
+FeatureSource = Callable[[list[tuple[str, F.View]]], list[torch.Tensor]]
+
+
+def training_views(flip: bool, n_views: int, min_scale: float, seed: int) -> list[F.View]:
+    """The views of each training image (see the module docstring)."""
+    views = [F.CLEAN] + ([F.FLIP] if flip else [])
+    return views + [F.View("augment", k, min_scale, flip, seed) for k in range(1, n_views)]
+
+
+def uses_tta(tta: str, flip: bool) -> bool:
+    """evaluate.tta: flip = always, none = never, auto = exactly when training used flips."""
+    return tta == "flip" or (tta == "auto" and flip)
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return float((logits.argmax(1) == labels).double().mean())
+
+
+def mirror_test(train_clean: torch.Tensor, train_y: torch.Tensor, val_clean: torch.Tensor,
+                val_mirrored: torch.Tensor, val_y: torch.Tensor, n_classes: int,
+                class_weights=None, label_smoothing: float = 0.0) -> dict:
+    """hflip auto: do the labels survive mirroring? (module docstring). Returns the facts and
+    the decision (`hflip`)."""
+    fit = H.fit_head(train_clean, train_y, val_clean, val_y, n_classes, class_weights,
+                     label_smoothing)
+    mirrored = accuracy(val_mirrored @ fit.weight.T + fit.bias, val_y)
+    tolerance = max(MIRROR_TOLERANCE, 2 / max(len(val_y), 1))
+    return {"val_accuracy": fit.val_accuracy, "val_accuracy_mirrored": mirrored,
+            "tolerance": tolerance, "hflip": fit.val_accuracy - mirrored <= tolerance}
+
+
+@dataclass
+class SolvedHead:
+    fit: H.HeadFit  # the head put into the model (refit on train + val when asked)
+    hflip: bool  # mirror images used in training (decided on val with hflip: auto)
+    tta: str  # "flip" | "none": what evaluate, predict and export apply
+    refit: bool
+    views: list  # names of the training views the head learned from
+    mirror_test: dict | None  # hflip auto only
+
+
+def solve(features: FeatureSource, train_y: torch.Tensor, val_y: torch.Tensor, n_classes: int,
+          hflip: bool | str, n_views: int, min_scale: float, seed: int, tta: str, refit: bool,
+          class_weights=None, label_smoothing: float = 0.0, log=None) -> SolvedHead:
+    """The head from features of the "train" and "val" images (module docstring)."""
+    test = None
+    if hflip == "auto":
+        train_clean, val_clean, val_flip = features([("train", F.CLEAN), ("val", F.CLEAN),
+                                                     ("val", F.FLIP)])
+        test = mirror_test(train_clean, train_y, val_clean, val_flip, val_y, n_classes,
+                           class_weights, label_smoothing)
+        flip = test["hflip"]
+    else:
+        flip = bool(hflip)
+    with_tta = uses_tta(tta, flip)
+    views = training_views(flip, n_views, min_scale, seed)
+    val_views = [F.CLEAN] + ([F.FLIP] if with_tta else [])
+    val_views += [v for v in views if refit and v not in val_views]
+    requests = [("train", v) for v in views] + [("val", v) for v in val_views]
+    got = dict(zip(requests, features(requests)))
+    val_x = got["val", F.CLEAN]
+    if with_tta:
+        val_x = (val_x + got["val", F.FLIP]) / 2
+    fit = H.fit_head(torch.cat([got["train", v] for v in views]), train_y.repeat(len(views)),
+                     val_x, val_y, n_classes, class_weights, label_smoothing, log=log)
+    if refit:
+        x = torch.cat([torch.cat([got["train", v], got["val", v]]) for v in views])
+        y = torch.cat([train_y, val_y]).repeat(len(views))
+        fit.weight, fit.bias = H.refit(x, y, n_classes, fit.l2, class_weights, label_smoothing)
+    return SolvedHead(fit, flip, "flip" if with_tta else "none", refit,
+                      [v.name for v in views], test)
+
+
+def tensor_source(vectors: dict[tuple[str, F.View], torch.Tensor]) -> FeatureSource:
+    """A FeatureSource over precomputed features (tests, bench/defaults_study.py)."""
+    return lambda requests: [vectors[r] for r in requests]

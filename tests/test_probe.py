@@ -1,0 +1,111 @@
+"""folderfit.probe: views, the hflip auto decision on val, flip TTA, the refit on train + val."""
+
+from __future__ import annotations
+
+import torch
+
+from folderfit import features as F
+from folderfit import head as H
+from folderfit import probe as P
+
+N_CLASSES, DIM = 3, 16
+
+
+def blobs(n_per_class: int, seed: int, centres: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(N_CLASSES).repeat_interleave(n_per_class)
+    return centres[y] + 0.3 * torch.randn(len(y), DIM, generator=g), y
+
+
+CENTRES = 2 * torch.eye(N_CLASSES, DIM)
+
+
+def source(mirror_keeps_labels: bool, seed: int = 0):
+    """Features of "train" and "val" under the clean and flip views (crops: clean + noise).
+    Mirroring keeps each class's features (photos) or swaps classes 0 and 1 (handwriting)."""
+    swapped = CENTRES[[1, 0, 2]]
+    vectors, labels = {}, {}
+    for i, split in enumerate(("train", "val")):
+        x, y = blobs(12 if split == "train" else 6, seed + i, CENTRES)
+        mirrored, _ = blobs(12 if split == "train" else 6, seed + 10 + i,
+                            CENTRES if mirror_keeps_labels else swapped)
+        vectors[split, F.CLEAN], vectors[split, F.FLIP], labels[split] = x, mirrored, y
+        for k in (1, 2):
+            for flip in (False, True):
+                view = F.View("augment", k, 0.6, flip, 42)
+                vectors[split, view] = x + 0.1 * torch.randn(x.shape, generator=torch.Generator().manual_seed(k))
+    asked = []
+
+    def features(requests):
+        asked.extend(requests)
+        return [vectors[r] for r in requests]
+
+    return features, labels, asked
+
+
+def solve(features, labels, **kw):
+    settings = {"hflip": "auto", "n_views": 1, "min_scale": 0.6, "seed": 42, "tta": "auto",
+                "refit": False, **kw}
+    return P.solve(features, labels["train"], labels["val"], N_CLASSES, **settings)
+
+
+def test_views_clean_then_mirror_then_crops():
+    assert P.training_views(False, 1, 0.6, 42) == [F.CLEAN]
+    views = P.training_views(True, 3, 0.6, 42)
+    assert views[:2] == [F.CLEAN, F.FLIP]
+    assert [(v.kind, v.index, v.hflip) for v in views[2:]] == [("augment", 1, True), ("augment", 2, True)]
+
+
+def test_hflip_auto_keeps_flips_when_mirroring_keeps_the_labels():
+    features, labels, _ = source(mirror_keeps_labels=True)
+    solved = solve(features, labels)
+    assert solved.mirror_test["hflip"] and solved.hflip
+    assert solved.views == ["clean", "flip"] and solved.tta == "flip"  # tta auto follows flips
+
+
+def test_hflip_auto_drops_flips_when_mirroring_changes_the_class():
+    features, labels, asked = source(mirror_keeps_labels=False)
+    solved = solve(features, labels)
+    test = solved.mirror_test
+    assert not test["hflip"] and not solved.hflip
+    assert test["val_accuracy"] - test["val_accuracy_mirrored"] > test["tolerance"]
+    assert solved.views == ["clean"] and solved.tta == "none"
+    assert ("train", F.FLIP) not in asked  # the mirror images of training images are never computed
+
+
+def test_fixed_hflip_skips_the_test_and_the_mirror_views():
+    features, labels, asked = source(mirror_keeps_labels=True)
+    solved = solve(features, labels, hflip=False, tta="none")
+    assert solved.mirror_test is None and not solved.hflip
+    assert all(view == F.CLEAN for _, view in asked)
+
+
+def test_flip_tta_scores_val_on_the_mean_of_both_views():
+    features, labels, _ = source(mirror_keeps_labels=True)
+    solved = solve(features, labels, hflip=True, tta="flip")
+    train_clean, train_flip, val_clean, val_flip = features(
+        [("train", F.CLEAN), ("train", F.FLIP), ("val", F.CLEAN), ("val", F.FLIP)])
+    expected = H.fit_head(torch.cat([train_clean, train_flip]), labels["train"].repeat(2),
+                          (val_clean + val_flip) / 2, labels["val"], N_CLASSES)
+    assert solved.tta == "flip"
+    assert solved.fit.l2 == expected.l2 and solved.fit.val_loss == expected.val_loss
+
+
+def test_refit_solves_again_on_train_and_val_at_the_chosen_l2():
+    features, labels, asked = source(mirror_keeps_labels=True)
+    kept = solve(features, labels, hflip=True, n_views=2, tta="none")
+    refit = solve(features, labels, hflip=True, n_views=2, tta="none", refit=True)
+    assert refit.fit.l2 == kept.fit.l2 and refit.refit
+    views = P.training_views(True, 2, 0.6, 42)
+    assert {("val", v) for v in views} <= set(asked)  # every training view of val too
+    x = torch.cat([torch.cat([features([("train", v)])[0], features([("val", v)])[0]]) for v in views])
+    y = torch.cat([labels["train"], labels["val"]]).repeat(len(views))
+    weight, bias = H.refit(x, y, N_CLASSES, kept.fit.l2)
+    assert torch.equal(refit.fit.weight, weight) and torch.equal(refit.fit.bias, bias)
+    assert not torch.equal(refit.fit.weight, kept.fit.weight)
+
+
+def test_the_solve_is_deterministic():
+    a = solve(*source(True)[:2], refit=True)
+    b = solve(*source(True)[:2], refit=True)
+    assert torch.equal(a.fit.weight, b.fit.weight) and a.mirror_test == b.mirror_test
