@@ -77,9 +77,9 @@ def read_rows(prepared: Path = PREPARED) -> list[dict]:
 
 
 def review_views(params) -> list:
-    """The clean view, plus its mirror image unless `augment.hflip` is false: the head is fitted on both and scores their mean. Only these two, not train's
-    random crops: they measured as good for ranking (README, Label review) at a fraction of
-    the cost, and the clean view is the one train computes too (shared through the cache)."""
+    """The clean view, plus its mirror image unless `augment.hflip` is false: the head is
+    fitted on both and scores their mean. Not train's random crops: they would multiply the
+    feature cost; clean and flip are the views train computes too (shared through the cache)."""
     from folderfit import features as F
 
     return [F.CLEAN] if params.augment.hflip is False else [F.CLEAN, F.FLIP]  # true or auto
