@@ -3,8 +3,8 @@ each other, which do not belong; and `folderfit review`, which prints those list
 
 1. Features: the train stage's backbone, weights and preprocessing (train_feature_extractor),
    one clean view of every image of every split, plus its mirror image unless `augment.hflip`
-   is false (a mirrored image keeps its class; auto: train's mirror test may still turn
-   flips off for training, the review scores both views either way); all through the shared feature cache (keyed by
+   is false (a mirrored image keeps its class); with `auto`, train's own mirror test on val
+   decides, as in train (digits: clean only); all through the shared feature cache (keyed by
    weights, preprocessing, view and image content), so `train` (feature_extract) and
    `review` never compute a vector twice.
 2. Out-of-sample probabilities: K-fold cross-fitting of the head (folderfit.crossfit), no
@@ -83,6 +83,30 @@ def review_views(params) -> list:
     from folderfit import features as F
 
     return [F.CLEAN] if params.augment.hflip is False else [F.CLEAN, F.FLIP]  # true or auto
+
+
+def follow_mirror_test(extractor, files: list, rows: list[dict], labels: np.ndarray,
+                       n_classes: int) -> tuple[list, dict | None]:
+    """hflip auto: the views train will use. Its mirror test (a head on train's clean vectors
+    scores val and val mirrored, folderfit.probe) keeps the mirror view only where labels
+    survive mirroring: a mirrored digit is another shape, so it would blur the review."""
+    import torch
+
+    from folderfit import features as F
+    from folderfit import probe
+
+    split = np.array([r["split"] for r in rows])
+    train, val = np.flatnonzero(split == "train"), np.flatnonzero(split == "val")
+    if len(train) == 0 or len(val) == 0:
+        return [F.CLEAN, F.FLIP], None
+    train_clean, val_clean, val_mirrored = extractor.features_of(
+        [([files[i] for i in train], F.CLEAN), ([files[i] for i in val], F.CLEAN),
+         ([files[i] for i in val], F.FLIP)], "features review (mirror test)")
+    y = torch.as_tensor(labels)
+    test = probe.mirror_test(train_clean, y[train], val_clean, val_mirrored, y[val], n_classes)
+    print(f"review: hflip auto: val accuracy {test['val_accuracy']:.4f}, mirrored "
+          f"{test['val_accuracy_mirrored']:.4f} -> {'clean + flip' if test['hflip'] else 'clean'} views")
+    return ([F.CLEAN, F.FLIP] if test["hflip"] else [F.CLEAN]), test
 
 
 def train_feature_extractor(params, n_classes: int, rt):
@@ -233,6 +257,9 @@ def run(params) -> None:
     extractor = train_feature_extractor(params, len(classes), rt)
     views = review_views(params)
     files = [PREPARED / row["file"] for row in rows]
+    mirror = None
+    if params.augment.hflip == "auto":  # train's own mirror test decides, on the same vectors
+        views, mirror = follow_mirror_test(extractor, files, rows, labels, len(classes))
     features = extractor.features_of([(files, view) for view in views], "features review")
     print(f"review: {len(rows)} images, {len(views)} view(s) ({', '.join(v.name for v in views)}): "
           f"{extractor.computed} computed, {extractor.reused} from the cache {extractor.root}")
@@ -253,6 +280,7 @@ def run(params) -> None:
     outliers, outlier_threshold = S.outlier_flags(distance, OUTLIER_IQR_FACTOR)
 
     details = {"folds": int(fit.fold.max()) + 1, "views": [v.name for v in views],
+               "mirror_test": mirror,
                "l2_per_fold": fit.l2, "neighbours": int(index.shape[1]),
                "head_accuracy_out_of_sample": round(float((fit.probs.argmax(1) == labels).mean()), 4),
                "accuracy_out_of_sample": round(float((probs.argmax(1) == labels).mean()), 4),

@@ -245,3 +245,34 @@ def test_review_command_prints_the_lists_and_writes_a_template(reviewed, tmp_pat
     with pytest.raises(SystemExit):
         main(["review", "--dir", str(work / "metrics/review"), "--template", str(template)])
     assert "exists" in capsys.readouterr().err
+
+
+class FakeExtractor:
+    """Vectors that separate two classes; their mirror images keep or swap the class."""
+
+    def __init__(self, mirror_keeps_class: bool):
+        self.keeps = mirror_keeps_class
+
+    def features_of(self, requests, desc=""):
+        from folderfit import features as F
+
+        out = []
+        for files, view in requests:
+            signs = torch.tensor([1.0 if "a/" in str(f) else -1.0 for f in files])
+            if view == F.FLIP and not self.keeps:
+                signs = -signs
+            out.append(torch.stack([signs, torch.ones_like(signs)], 1))
+        return out
+
+
+@pytest.mark.parametrize("keeps", [True, False])
+def test_hflip_auto_follows_trains_mirror_test(keeps):
+    from folderfit import features as F
+    from folderfit.review import follow_mirror_test
+
+    rows = [{"split": s, "class": c} for s in ("train", "val") for c in "ab" for _ in range(6)]
+    files = [Path(f"{r['class']}/{i}.png") for i, r in enumerate(rows)]
+    labels = np.array([0 if r["class"] == "a" else 1 for r in rows])
+    views, test = follow_mirror_test(FakeExtractor(keeps), files, rows, labels, 2)
+    assert views == ([F.CLEAN, F.FLIP] if keeps else [F.CLEAN])
+    assert test["hflip"] is keeps and test["val_accuracy"] == 1.0
