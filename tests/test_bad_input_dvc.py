@@ -103,13 +103,17 @@ def test_failing_prepare_keeps_every_previous_output(repo, baseline):
     assert "Data and pipelines are up to date" in dvc(repo, "status").stdout
 
 
-def test_failing_train_keeps_every_previous_output(repo, baseline):
+def test_failing_review_and_train_keep_every_previous_output(repo, baseline):
     edit_params(repo, weights="/nonexistent/weights.pt")
-    result = dvc(repo, "repro")
-    assert result.returncode != 0 and ran(result) == ["preflight", "train"]
-    assert error_lines(result) == [
-        "error: params.yaml: 'weights' file /nonexistent/weights.pt does not exist; give a "
-        "state-dict file path, default or none"]
+    missing = ("error: params.yaml: 'weights' file /nonexistent/weights.pt does not exist; give a "
+               "state-dict file path, default or none")
+    result = dvc(repo, "repro")  # review is the first stage that builds the backbone
+    assert result.returncode != 0 and ran(result) == ["preflight", "review"]
+    assert error_lines(result) == [missing]
+    assert_nothing_lost(repo, baseline)
+    result = dvc(repo, "repro", "train")  # train alone: its own failure
+    assert result.returncode != 0 and ran(result)[-1:] == ["train"]
+    assert error_lines(result) == [missing]
     assert_nothing_lost(repo, baseline)
 
 
