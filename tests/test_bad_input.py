@@ -756,6 +756,7 @@ def test_a_file_that_is_no_model_file_is_one_line(tmp_path):
                                f"(UnpicklingError); retrain with `dvc repro train` or pass the right --model")
 
 
+@pytest.mark.slow  # a python process per command and model file
 @pytest.mark.parametrize("command", ["predict", "export", "evaluate"])
 def test_every_command_reports_a_bad_model_file_in_one_line(model_payload, tmp_path, command):
     (tmp_path / "models").mkdir()

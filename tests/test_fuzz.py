@@ -107,6 +107,7 @@ def covered(rel: str, listed: set[str]) -> bool:
     return any("/".join(parts[:i]) in listed for i in range(1, len(parts) + 1))
 
 
+@pytest.mark.slow  # 25 random folders through prepare and predict
 @settings(max_examples=25, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                  HealthCheck.function_scoped_fixture])
