@@ -20,7 +20,7 @@ a predicted class changes where the eager top-2 margin was clear of that bound. 
 alone moves logits by ~1e-4..1e-3 (reported as `eager_fp32_vs_fp64`), hence the default 5e-3.
 Parity images: --images (files or folders), else data/prepared (test, then val, then train).
 
-ONNX needs the optional extra: pip install -e '.[export]' (onnx, onnxscript, onnxruntime);
+ONNX needs the optional extra: pip install -e '.[export]' (onnxscript; onnx and onnxruntime are core);
 without it use --formats torch_export. TorchScript is not offered: torch marks
 torch.jit.trace/save deprecated in favour of torch.export.
 """

@@ -6,7 +6,8 @@ A cached vector is found by two digests:
   digest of every tensor of the frozen backbone, so a model name, weights file, seed of a
   random init or timm version that changes a weight changes the key), the preprocessing
   (size, resize, mean/std, interpolation), the view (clean, flipped, or augmented crop k
-  with its settings and seed) and FEATURE_VERSION;
+  with its settings and seed), the engine that runs the backbone (torch, or ONNX Runtime
+  and its version on a CPU: folderfit.cpu_engine) and FEATURE_VERSION;
 * the image: sha256 of the prepared file's bytes.
 A hit therefore returns exactly the numbers a fresh computation would: the backbone runs in
 eval mode and every batch is padded to one shape, so an image's features do not depend on
@@ -31,8 +32,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from folderfit import cpu_engine as E
 from folderfit import datasets as DS
 from folderfit.engine import infer_batches, make_loader
+from folderfit.errors import PipelineError
 from folderfit.fileio import save_torch
 from folderfit.runtime import Runtime
 
@@ -191,25 +194,53 @@ class FeatureCache:
             self.folder = None
 
 
+class _EngineChanged(Exception):
+    """ONNX Runtime turned out unusable: the lookups start again under torch's keys."""
+
+
 class FeatureExtractor:
     """Pooled features of a frozen backbone (its head replaced by Identity) for image files,
-    one view at a time, through the cache."""
+    one view at a time, through the cache. `engine` is params.yaml's cpu_engine: which engine
+    runs the backbone (folderfit.cpu_engine); ONNX Runtime is prepared only when a vector
+    has to be computed, so a run served by the cache never exports the graph."""
 
     def __init__(self, backbone: nn.Module, preprocess, rt: Runtime, batch_size: int,
-                 use_cache: bool = True):
+                 use_cache: bool = True, engine: str = "auto"):
         self.backbone = backbone.eval()
         self.preprocess = preprocess
         self.rt = rt
         self.batch_size = batch_size
         self.normalizer = DS.Normalizer(preprocess.mean, preprocess.std).to(rt.device)
-        self.base_spec = {"version": FEATURE_VERSION, "weights": weights_digest(backbone),
-                          "preprocess": preprocess.to_dict()}
+        self.engine_choice = engine
+        self.engine = E.planned_engine(engine, rt)  # "onnxruntime" | "torch"
+        self._runner = None  # what runs the backbone, built on the first computation
+        self.weights = weights_digest(backbone)
         self.root = cache_root() / "features" if use_cache else None
         self._decoded = _Decoded()
         self._keys: dict[Path, str] = {}
+        self._reset()
+
+    def _reset(self) -> None:
+        engine = "torch"
+        if self.engine == "onnxruntime":
+            try:
+                engine = f"onnxruntime {E.version()}"
+            except ImportError as exc:
+                self._engine_unusable(f"onnxruntime is not installed ({exc.name})")
+        self.base_spec = {"version": FEATURE_VERSION, "weights": self.weights,
+                          "preprocess": self.preprocess.to_dict(), "engine": engine}
         self._caches: dict[View, FeatureCache] = {}  # also memoises when the disk cache is off
         self._served: set[tuple[str, View]] = set()  # (image key, view) pairs counted below
         self.computed = self.reused = 0  # vectors computed / found in the cache, each pair once
+
+    def _engine_unusable(self, reason: str) -> None:
+        """cpu_engine onnxruntime: an error; auto: a note, then torch for the whole run."""
+        if self.engine_choice == "onnxruntime":
+            raise PipelineError(f"params.yaml: 'cpu_engine' is 'onnxruntime', but ONNX Runtime "
+                                f"cannot run this backbone: {reason}; set cpu_engine: auto or torch")
+        print(f"note: features computed with torch, not ONNX Runtime: {reason}", file=sys.stderr)
+        self.engine = "torch"
+        self._reset()
 
     def spec_digest(self, view: View) -> str:
         spec = {**self.base_spec, "view": asdict(view)}
@@ -227,6 +258,13 @@ class FeatureExtractor:
 
     def features_of(self, requests: list[tuple[list[Path], View]],
                     desc: str = "features") -> list[torch.Tensor]:
+        try:
+            return self._features_of(requests, desc)
+        except _EngineChanged:
+            return self._features_of(requests, desc)
+
+    def _features_of(self, requests: list[tuple[list[Path], View]],
+                     desc: str) -> list[torch.Tensor]:
         """The features of several (files, view) requests, each [len(files), dim] in file order.
         Every missing (image, view) pair is computed in ONE stream of fixed-size batches (only
         its very last batch is padded), in request order; an image decodes once for all its
@@ -253,7 +291,20 @@ class FeatureExtractor:
         return [torch.stack([caches[view].vectors[k] for k in self.keys(files)]) if files
                 else torch.zeros(0, 0) for files, view in requests]
 
+    def _backbone_runner(self):
+        if self._runner is None:
+            self._runner = self.backbone
+            if self.engine == "onnxruntime":
+                try:
+                    self._runner = E.export_backbone(self.backbone, self.preprocess.image_size,
+                                                     self.batch_size)
+                except E.EngineUnavailable as exc:
+                    self._engine_unusable(str(exc))
+                    raise _EngineChanged from exc
+        return self._runner
+
     def _compute(self, jobs: list, caches: dict, desc: str) -> None:
+        runner = self._backbone_runner()
         # its own generator: a DataLoader draws a seed when iterated, and drawing it from the
         # global stream would make later augmentation depend on whether the cache was warm
         dataset = _Jobs(jobs, self.preprocess, self._decoded)
@@ -268,7 +319,7 @@ class FeatureExtractor:
             keys, rows = pending.pop(view)
             caches[view].add(keys, torch.stack(rows))
 
-        for outputs, (indices, n) in infer_batches(self.backbone, _padded(loader, self.batch_size),
+        for outputs, (indices, n) in infer_batches(runner, _padded(loader, self.batch_size),
                                                    self.normalizer, self.rt, desc):
             for row, i in zip(outputs[:n], indices[:n].tolist()):
                 _, key, view = jobs[i]

@@ -37,6 +37,7 @@ DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
 DEVICE_CHOICES = "auto, cpu, cuda, cuda:N, mps"
 ON_LEAK = ("warn", "fail")
 TTA = ("auto", "flip", "none")
+CPU_ENGINES = ("auto", "onnxruntime", "torch")  # folderfit.cpu_engine
 DEMO_MAX_PER_CLASS = 174  # scikit-learn's digits: the rarest digit (8) has 174 scans
 SEED_MAX = 2**32 - 1  # numpy's seed range, the narrowest of the seeded libraries
 COUNT_MAX = 1_000_000  # upper bound of epochs, patience, batch sizes: far beyond any real use
@@ -99,6 +100,7 @@ class Params:
     class_weighting: str
     precision: str
     device: str
+    cpu_engine: str
     compile: bool
     train_cmd: str
     augment: AugmentParams
@@ -198,6 +200,7 @@ def validate(p: Params) -> Params:
     _check_choice(p.class_weighting, CLASS_WEIGHTING, "class_weighting")
     _check_choice(p.precision, PRECISIONS, "precision")
     _check_device(p.device)
+    _check_choice(p.cpu_engine, CPU_ENGINES, "cpu_engine")
     _check_range("stages.train" in p.train_cmd, "train_cmd", "a command running stages.train "
                  "(python -m stages.train | torchrun --nproc_per_node=N -m stages.train)", p.train_cmd)
     _check_range(0 <= p.seed <= SEED_MAX, "seed", f"in 0..{SEED_MAX}", p.seed)

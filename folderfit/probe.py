@@ -74,6 +74,7 @@ class SolvedHead:
     refit: bool
     views: list  # names of the training views the head learned from
     mirror_test: dict | None  # hflip auto only
+    feature_engine: str = "torch"  # what ran the backbone: torch | onnxruntime (folderfit.cpu_engine)
 
 
 def solve(features: FeatureSource, train_y: torch.Tensor, val_y: torch.Tensor, n_classes: int,

@@ -123,7 +123,7 @@ def train_feature_extractor(params, n_classes: int, rt):
     batch = params.evaluate.batch_size  # train's batch rule: the same numbers in the cache
     if rt.device.type == "cpu":
         batch = min(batch, CPU_EXTRACTION_BATCH)
-    return F.FeatureExtractor(backbone, pre, rt, batch)
+    return F.FeatureExtractor(backbone, pre, rt, batch, engine=params.cpu_engine)
 
 
 # ------------------------------------------------------------------ the lists
@@ -262,7 +262,7 @@ def run(params) -> None:
         views, mirror = follow_mirror_test(extractor, files, rows, labels, len(classes))
     features = extractor.features_of([(files, view) for view in views], "features review")
     print(f"review: {len(rows)} images, {len(views)} view(s) ({', '.join(v.name for v in views)}): "
-          f"{extractor.computed} computed, {extractor.reused} from the cache {extractor.root}")
+          f"{extractor.computed} computed ({extractor.engine}), {extractor.reused} from the cache {extractor.root}")
     z = S.normalise(torch.stack(features).mean(0).numpy())  # votes, outliers: all views
     clean = S.normalise(features[0].numpy())  # copies: the clean view
 

@@ -17,6 +17,7 @@ identical reruns).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from pathlib import Path
 
@@ -97,7 +98,7 @@ def solve_head(built: M.BuiltModel, pre, params: Params, splits, rt, weights, lo
     batch = params.evaluate.batch_size
     if rt.device.type == "cpu":
         batch = min(batch, CPU_EXTRACTION_BATCH)
-    extractor = F.FeatureExtractor(model, pre, rt, batch)
+    extractor = F.FeatureExtractor(model, pre, rt, batch, engine=params.cpu_engine)
     files = {split: [path for path, _ in splits[split]] for split in ("train", "val")}
     labels = {split: torch.tensor([y for _, y in splits[split]]) for split in ("train", "val")}
 
@@ -110,8 +111,10 @@ def solve_head(built: M.BuiltModel, pre, params: Params, splits, rt, weights, lo
                      weights, params.label_smoothing, log)
     M.set_submodule(built.model, built.head_name, head)
     solved.fit.apply_to(head)
+    solved = dataclasses.replace(solved, feature_engine=extractor.engine)
     print(f"features: {len(files['train'])} train + {len(files['val'])} val images, "
-          f"{extractor.computed} vectors computed, {extractor.reused} from the cache {F.cache_root()}")
+          f"{extractor.computed} vectors computed ({extractor.engine}), {extractor.reused} from the cache "
+          f"{F.cache_root()}")
     if solved.mirror_test:
         t = solved.mirror_test
         print(f"hflip auto: val accuracy {t['val_accuracy']:.4f}, mirrored {t['val_accuracy_mirrored']:.4f} "
@@ -167,6 +170,7 @@ def _train(params: Params, ctx: DD.DistContext, curves: Path | None) -> None:
             outcome = {"best_val_accuracy": solved.fit.val_accuracy, "best_val_loss": solved.fit.val_loss}
             details = {"head_l2": solved.fit.l2, "head_views": solved.views,
                        "head_refit_on_train_val": solved.refit, "mirror_test": solved.mirror_test,
+                       "feature_engine": solved.feature_engine,
                        "head_path": solved.fit.path}
         else:
             flip, tta = _flips_for_epochs(params, built, pre, splits, rt, weights)

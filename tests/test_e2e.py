@@ -65,6 +65,12 @@ def test_repro_then_experiment(pipeline_repo):
     assert train["mirror_test"]["hflip"] == train["hflip"]
     assert train["head_views"][0] == "clean" and ("flip" in train["head_views"]) == train["hflip"]
     assert train["head_refit_on_train_val"] is True
+    # cpu_engine auto: ONNX Runtime on a CPU in fp32, torch on a GPU or in bf16
+    from folderfit import cpu_engine
+    from folderfit.runtime import pick_runtime
+
+    ort_applies = cpu_engine.applies(pick_runtime("auto", "auto"))
+    assert train["feature_engine"] == ("onnxruntime" if ort_applies else "torch")
     assert model["tta"] == train["tta"] == "none"
     review = read_json(repo / "metrics/review.json")
     with open(repo / "metrics/review/scores.csv") as fh:
