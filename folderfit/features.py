@@ -84,44 +84,51 @@ def file_digest(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-class _Decoded:
-    """Decoded uint8 images by content key, kept while they fit in the memory budget, so the
-    views of one image decode it once."""
+class _Memo:
+    """uint8 images by key, kept while they fit in the memory budget."""
 
-    def __init__(self, budget: int = DS.DECODE_CACHE_BYTES):
+    def __init__(self, budget: int):
         self.images: dict[str, torch.Tensor] = {}
         self.bytes, self.budget = 0, budget
 
-    def get(self, key: str, path: Path) -> torch.Tensor:
+    def put(self, key: str, image: torch.Tensor) -> None:
+        if key not in self.images and self.bytes + image.numel() <= self.budget:
+            self.images[key] = image
+            self.bytes += image.numel()
+
+    def get_or_make(self, key: str, make) -> torch.Tensor:
         image = self.images.get(key)
         if image is None:
-            image = DS.decode_file(path)
-            if self.bytes + image.numel() <= self.budget:
-                self.images[key] = image
-                self.bytes += image.numel()
+            image = make()
+            self.put(key, image)
         return image
 
 
 class _Jobs(torch.utils.data.Dataset):
-    """(uint8 image after its view's geometry, job index) for a list of (file, key, view) jobs."""
+    """(uint8 image after its view's geometry, job index) for a list of (file, key, view) jobs.
+    The clean and the mirrored view of an image share one decode and one resize: `pixels`
+    holds eval-geometry images already made (by an earlier stream, passed in by the main
+    process) and takes the ones made here; random crops share one decode per image."""
 
-    def __init__(self, jobs: list[tuple[Path, str, View]], preprocess, decoded: _Decoded):
+    def __init__(self, jobs: list[tuple[Path, str, View]], preprocess, pixels: dict):
         self.jobs = jobs
-        self.decoded = decoded
         self.preprocess = preprocess
         self.eval_geometry = DS.eval_geometry(preprocess)
         self.train_geometry = {}
+        self.pixels = _Memo(DS.DECODE_CACHE_BYTES // 2)
+        for key, image in pixels.items():
+            self.pixels.put(key, image)
+        self.decoded = _Memo(DS.DECODE_CACHE_BYTES // 2)
 
     def __len__(self) -> int:
         return len(self.jobs)
 
     def __getitem__(self, i: int):
         path, key, view = self.jobs[i]
-        image = self.decoded.get(key, path)
-        if view.kind == "clean":
-            return self.eval_geometry(image), i
-        if view.kind == "flip":
-            return self.eval_geometry(image).flip(-1), i
+        if view.kind in ("clean", "flip"):
+            image = self.pixels.get_or_make(key, lambda: self.eval_geometry(DS.decode_file(path)))
+            return (image if view.kind == "clean" else image.flip(-1)), i
+        image = self.decoded.get_or_make(key, lambda: DS.decode_file(path))
         geometry = self.train_geometry.get((view.min_scale, view.hflip))
         if geometry is None:
             geometry = DS.train_geometry(self.preprocess, view.hflip, view.min_scale)
@@ -216,7 +223,8 @@ class FeatureExtractor:
         self._runner = None  # what runs the backbone, built on the first computation
         self.weights = weights_digest(backbone)
         self.root = cache_root() / "features" if use_cache else None
-        self._decoded = _Decoded()
+        # clean views' pixels from the batches, for the mirrored views of a later stream
+        self._pixels = _Memo(DS.DECODE_CACHE_BYTES // 4)
         self._keys: dict[Path, str] = {}
         self._reset()
 
@@ -303,13 +311,24 @@ class FeatureExtractor:
                     raise _EngineChanged from exc
         return self._runner
 
+    def _remember(self, batches, jobs: list):
+        """Pass the batches on, keeping each clean view's pixels (a copy: not the batch)."""
+        for images, indices in batches:
+            for image, i in zip(images, indices.tolist()):
+                if jobs[i][2].kind == "clean":
+                    self._pixels.put(jobs[i][1], image.clone())
+            yield images, indices
+
     def _compute(self, jobs: list, caches: dict, desc: str) -> None:
-        runner = self._backbone_runner()
         # its own generator: a DataLoader draws a seed when iterated, and drawing it from the
         # global stream would make later augmentation depend on whether the cache was warm
-        dataset = _Jobs(jobs, self.preprocess, self._decoded)
+        have = self._pixels.images
+        dataset = _Jobs(jobs, self.preprocess,
+                        {key: have[key] for _, key, view in jobs if view.kind == "flip" and key in have})
         loader = make_loader(dataset, self.batch_size, self.rt, generator=torch.Generator(),
                              workers=decode_workers(self.rt))
+        batches = iter(loader)  # the decoding process starts now, while the graph is exported
+        runner = self._backbone_runner()
         remaining = {}  # view -> jobs not computed yet
         for _, _, view in jobs:
             remaining[view] = remaining.get(view, 0) + 1
@@ -319,7 +338,7 @@ class FeatureExtractor:
             keys, rows = pending.pop(view)
             caches[view].add(keys, torch.stack(rows))
 
-        for outputs, (indices, n) in infer_batches(runner, _padded(loader, self.batch_size),
+        for outputs, (indices, n) in infer_batches(runner, _padded(self._remember(batches, jobs), self.batch_size),
                                                    self.normalizer, self.rt, desc):
             for row, i in zip(outputs[:n], indices[:n].tolist()):
                 _, key, view = jobs[i]

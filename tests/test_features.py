@@ -110,3 +110,20 @@ def test_several_views_in_one_stream_each_pair_computed_once(tmp_path, monkeypat
     alone = extractor()
     alone.root = None
     assert torch.equal(alone.features(files, F.FLIP), flipped)  # same numbers, batched alone
+
+
+def test_mirrored_views_reuse_the_clean_pixels_and_give_the_same_numbers(tmp_path, monkeypatch):
+    """A later stream's mirrored views start from the clean views' pixels kept by the main
+    process (no second decode and resize), with exactly the numbers of a fresh decode."""
+    monkeypatch.setenv("FOLDERFIT_CACHE", str(tmp_path / "cache"))
+    files = image_files(tmp_path)
+    ex = extractor()
+    ex.root = None
+    ex.features(files, F.CLEAN)
+    assert set(ex._pixels.images) == set(ex.keys(files))
+    image = ex._pixels.images[ex.keys(files)[0]]
+    assert image.dtype == torch.uint8 and tuple(image.shape) == (3, 32, 32)
+    reused = ex.features(files, F.FLIP)
+    fresh = extractor()
+    fresh.root = None
+    assert torch.equal(reused, fresh.features(files, F.FLIP)) and not fresh._pixels.images
