@@ -42,6 +42,7 @@ VARIANTS = {
     "evaluate.tta none": ({"evaluate": {"tta": "none"}}, False),
     "evaluate.tta flip": ({"evaluate": {"tta": "flip"}}, False),
     "augment.feature_views 3": ({"augment": {"feature_views": 3}}, False),
+    "cpu_engine torch": ({"cpu_engine": "torch"}, True),  # cold: the engine is in the cache key
 }
 
 
