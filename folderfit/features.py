@@ -323,8 +323,8 @@ class FeatureExtractor:
         # its own generator: a DataLoader draws a seed when iterated, and drawing it from the
         # global stream would make later augmentation depend on whether the cache was warm
         have = self._pixels.images
-        dataset = _Jobs(jobs, self.preprocess,
-                        {key: have[key] for _, key, view in jobs if view.kind == "flip" and key in have})
+        ready = {key: have[key] for _, key, view in jobs if view.kind == "flip" and key in have}
+        dataset = _Jobs(jobs, self.preprocess, ready)
         loader = make_loader(dataset, self.batch_size, self.rt, generator=torch.Generator(),
                              workers=decode_workers(self.rt))
         batches = iter(loader)  # the decoding process starts now, while the graph is exported
@@ -338,8 +338,8 @@ class FeatureExtractor:
             keys, rows = pending.pop(view)
             caches[view].add(keys, torch.stack(rows))
 
-        for outputs, (indices, n) in infer_batches(runner, _padded(self._remember(batches, jobs), self.batch_size),
-                                                   self.normalizer, self.rt, desc):
+        stream = _padded(self._remember(batches, jobs), self.batch_size)
+        for outputs, (indices, n) in infer_batches(runner, stream, self.normalizer, self.rt, desc):
             for row, i in zip(outputs[:n], indices[:n].tolist()):
                 _, key, view = jobs[i]
                 keys, rows = pending.setdefault(view, ([], []))
