@@ -220,6 +220,12 @@ class FeatureExtractor:
         self.normalizer = DS.Normalizer(preprocess.mean, preprocess.std).to(rt.device)
         self.engine_choice = engine
         self.engine = E.planned_engine(engine, rt)  # "onnxruntime" | "torch"
+        self.engine_label = "torch"  # the engine as the cache key names it
+        if self.engine == "onnxruntime":
+            try:
+                self.engine_label = f"onnxruntime {E.version()}"
+            except ImportError as exc:
+                self._use_torch(f"onnxruntime is not installed ({exc.name})")
         self._runner = None  # what runs the backbone, built on the first computation
         self.weights = weights_digest(backbone)
         self.root = cache_root() / "features" if use_cache else None
@@ -229,26 +235,20 @@ class FeatureExtractor:
         self._reset()
 
     def _reset(self) -> None:
-        engine = "torch"
-        if self.engine == "onnxruntime":
-            try:
-                engine = f"onnxruntime {E.version()}"
-            except ImportError as exc:
-                self._engine_unusable(f"onnxruntime is not installed ({exc.name})")
         self.base_spec = {"version": FEATURE_VERSION, "weights": self.weights,
-                          "preprocess": self.preprocess.to_dict(), "engine": engine}
+                          "preprocess": self.preprocess.to_dict(), "engine": self.engine_label}
         self._caches: dict[View, FeatureCache] = {}  # also memoises when the disk cache is off
         self._served: set[tuple[str, View]] = set()  # (image key, view) pairs counted below
         self.computed = self.reused = 0  # vectors computed / found in the cache, each pair once
 
-    def _engine_unusable(self, reason: str) -> None:
-        """cpu_engine onnxruntime: an error; auto: a note, then torch for the whole run."""
+    def _use_torch(self, reason: str) -> None:
+        """ONNX Runtime cannot be used. cpu_engine onnxruntime: an error; auto: a note, then
+        torch for the whole run."""
         if self.engine_choice == "onnxruntime":
             raise PipelineError(f"params.yaml: 'cpu_engine' is 'onnxruntime', but ONNX Runtime "
                                 f"cannot run this backbone: {reason}; set cpu_engine: auto or torch")
         print(f"note: features computed with torch, not ONNX Runtime: {reason}", file=sys.stderr)
-        self.engine = "torch"
-        self._reset()
+        self.engine = self.engine_label = "torch"
 
     def spec_digest(self, view: View) -> str:
         spec = {**self.base_spec, "view": asdict(view)}
@@ -307,7 +307,8 @@ class FeatureExtractor:
                     self._runner = E.export_backbone(self.backbone, self.preprocess.image_size,
                                                      self.batch_size)
                 except E.EngineUnavailable as exc:
-                    self._engine_unusable(str(exc))
+                    self._use_torch(str(exc))
+                    self._reset()  # the lookups so far were under ONNX Runtime's keys
                     raise _EngineChanged from exc
         return self._runner
 

@@ -115,15 +115,12 @@ def train_feature_extractor(params, n_classes: int, rt):
     from folderfit import features as F
     from folderfit import models as M
     from folderfit.runtime import prepare_model
-    from folderfit.training import CPU_EXTRACTION_BATCH
+    from folderfit.training import feature_extractor
 
     built = M.build_model(params.model_name, n_classes, params.weights, params.seed)
     pre = built.preprocess.with_image_size(params.data.image_size)
     backbone, _ = F.backbone_only(prepare_model(built.model, rt), built.head_name)
-    batch = params.evaluate.batch_size  # train's batch rule: the same numbers in the cache
-    if rt.device.type == "cpu":
-        batch = min(batch, CPU_EXTRACTION_BATCH)
-    return F.FeatureExtractor(backbone, pre, rt, batch, engine=params.cpu_engine)
+    return feature_extractor(backbone, pre, params, rt)
 
 
 # ------------------------------------------------------------------ the lists
@@ -267,7 +264,9 @@ def run(params) -> None:
     clean = S.normalise(features[0].numpy())  # copies: the clean view
 
     index, similarity = S.nearest(z, r.neighbours)
-    threshold = S.duplicate_threshold(S.nearest(clean, 1)[1][:, 0], r.duplicate_similarity,
+    # with the clean view alone z is `clean`, so its nearest neighbour is already known
+    nearest_clean = similarity[:, 0] if len(views) == 1 else S.nearest(clean, 1)[1][:, 0]
+    threshold = S.duplicate_threshold(nearest_clean, r.duplicate_similarity,
                                       DUPLICATE_SHARE_OF_MEDIAN)
     thumbs = S.thumbnails(files)
     pairs = [(i, j, float(clean[i] @ clean[j]), float(thumbs[i] @ thumbs[j]))

@@ -90,15 +90,21 @@ def class_weights(params: Params, samples, n_classes: int) -> torch.Tensor | Non
 CPU_EXTRACTION_BATCH = 32  # feature batches on CPU: as fast per image as 64, half the padding
 
 
+def feature_extractor(backbone, pre, params: Params, rt) -> F.FeatureExtractor:
+    """The extractor of train's frozen-backbone features; the review stage uses it too, so the
+    two compute the same numbers (batch shape, engine) and share the cache entries."""
+    batch = params.evaluate.batch_size
+    if rt.device.type == "cpu":
+        batch = min(batch, CPU_EXTRACTION_BATCH)
+    return F.FeatureExtractor(backbone, pre, rt, batch, engine=params.cpu_engine)
+
+
 def solve_head(built: M.BuiltModel, pre, params: Params, splits, rt, weights, log=None,
                refit: bool = False) -> P.SolvedHead:
     """The head of the frozen backbone solved on its cached features (folderfit.probe) and
     put into the model."""
     model, head = F.backbone_only(built.model, built.head_name)
-    batch = params.evaluate.batch_size
-    if rt.device.type == "cpu":
-        batch = min(batch, CPU_EXTRACTION_BATCH)
-    extractor = F.FeatureExtractor(model, pre, rt, batch, engine=params.cpu_engine)
+    extractor = feature_extractor(model, pre, params, rt)
     files = {split: [path for path, _ in splits[split]] for split in ("train", "val")}
     labels = {split: torch.tensor([y for _, y in splits[split]]) for split in ("train", "val")}
 
