@@ -179,6 +179,22 @@ def test_valid_edit_reruns_only_the_stages_it_touches(repo, baseline):
     assert ran(result) == ["preflight", "evaluate"]  # preflight's output did not change
 
 
+def test_cpu_engine_through_dvc_exp_run(repo, baseline):
+    """A wrong engine stops at preflight; `torch` reruns the stages whose features it computes
+    (new cache keys) and is recorded with the model's details."""
+    wrong = dvc(repo, "exp", "run", "-S", "cpu_engine=onnx")
+    assert wrong.returncode != 0 and ran(wrong) == ["preflight"]
+    assert error_lines(wrong) == ["error: params.yaml: 'cpu_engine' is 'onnx'; choose one of: "
+                                  "auto, onnxruntime, torch"]
+    assert_nothing_lost(repo, baseline)
+    result = dvc(repo, "exp", "run", "-S", "cpu_engine=torch")
+    assert result.returncode == 0, result.stderr
+    assert {"review", "train"} <= set(ran(result)) and "prepare" not in ran(result)
+    assert "computed (torch)" in result.stdout
+    details = yaml.safe_load((repo / "metrics/train/details.json").read_text())
+    assert details["feature_engine"] == "torch"
+
+
 def test_scientific_notation_typed_by_hand_runs(repo, baseline):
     text = (repo / "params.yaml").read_text()
     (repo / "params.yaml").write_text(text.replace("lr: 0.003", "lr: 1e-3"))
