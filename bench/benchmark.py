@@ -150,7 +150,8 @@ def _fine_tune_setup(model_name: str, n_classes: int, freeze: int, rt):
     built = M.build_model(model_name, n_classes, "none", seed=0)
     frozen = M.apply_freezing(built.model, built.stages, freeze)
     model = prepare_model(built.model, rt)
-    optimizer = torch.optim.AdamW(M.parameter_groups(model, built.stages, built.head_name, 1e-3, 0.5, 0))
+    optimizer = torch.optim.AdamW(M.parameter_groups(model, built.stages, built.head_name, lr=1e-3, backbone_lr=1e-4,
+                                                         lr_decay=0.5, weight_decay=0))
     return built, model, optimizer, frozen
 
 
@@ -201,7 +202,7 @@ def epoch_rate(work: Path, model_name: str, image_size: int, batch: int, freeze:
     from folderfit import batches as B
     from folderfit import data as D
     from folderfit import datasets as DS
-    from folderfit import engine as E
+    from folderfit import engine
     from folderfit.augment import BatchAugment
 
     classes, splits = D.read_manifest(work / "data/prepared")
@@ -213,8 +214,8 @@ def epoch_rate(work: Path, model_name: str, image_size: int, batch: int, freeze:
                            BatchAugment(image_size, 0.6, True), gen)
     val = B.EvalBatches(splits["val"][:batch], DS.eval_geometry(pre), batch, rt.device)
     net = torch.compile(model, dynamic=False) if compile_model else model
-    result = E.fit(net, optimizer, train, val, DS.Normalizer(pre.mean, pre.std).to(rt.device),
-                   E.FitConfig(epochs, epochs), E.RunContext(rt, gen), frozen)
+    result = engine.fit(net, optimizer, train, val, DS.Normalizer(pre.mean, pre.std).to(rt.device),
+                   engine.FitConfig(epochs, epochs), engine.RunContext(rt, gen), frozen)
     return len(train) * train.batch_size / result.train_seconds[-1]
 
 

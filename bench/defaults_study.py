@@ -1,5 +1,5 @@
 """The defaults of params.yaml against the previous ones and against each new default
-reverted alone, end to end on one image folder: the study behind README's "Defaults for photos".
+reverted alone, end to end on one image folder: the study behind docs/studies.md.
 
     python -m bench.defaults_study --data ../shared/datasets/trashnet-mini
 

@@ -1,5 +1,5 @@
 """Head settings over many splits on precomputed features: the study behind the head rows of
-README's "Defaults for photos".
+docs/studies.md.
 
     python -m bench.head_study --features /work/research/features --splits 8
 

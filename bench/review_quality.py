@@ -90,13 +90,14 @@ def reference_ranking(work: Path, cache: Path) -> list[str]:
     try:
         from folderfit import features as F
         from folderfit import review as RV
+        from folderfit.extraction import train_feature_extractor
         from folderfit.params import load_params
         from folderfit.runtime import pick_runtime
 
         params = load_params()
         rows = RV.read_rows()
         classes = sorted({r["class"] for r in rows})
-        extractor = RV.train_feature_extractor(params, len(classes), pick_runtime(params.precision))
+        extractor, _ = train_feature_extractor(params, len(classes), pick_runtime(params.precision))
         x = extractor.features([RV.PREPARED / r["file"] for r in rows], F.CLEAN).numpy()
     finally:
         os.chdir(cwd)

@@ -28,7 +28,7 @@ import torch
 
 from folderfit import datasets as DS
 from folderfit.augment import BatchAugment
-from folderfit.engine import Padded
+from folderfit.inference import Padded
 
 GPU_SHARE = 0.25  # of the free GPU memory a store may take; the rest is for training
 

@@ -123,6 +123,7 @@ class Checkpointer:
         stopper.best_epoch = s["best_epoch"]
         stopper.best_state = s["best_state"]
         stopper.bad_epochs = s["bad_epochs"]
+        stopper.floor = s.get("floor")
         set_rng_state(payload["rng"], self.generator)
         print(f"resuming from {self.path}: epoch {payload['epoch']} finished", flush=True)
         return payload["epoch"], list(payload["history"]), bool(payload["stopped"])
@@ -141,7 +142,8 @@ class Checkpointer:
             "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict() if scaler is not None else {},
             "stopper": {"best_key": list(stopper.best_key), "best_epoch": stopper.best_epoch,
-                        "best_state": stopper.best_state, "bad_epochs": stopper.bad_epochs},
+                        "best_state": stopper.best_state, "bad_epochs": stopper.bad_epochs,
+                        "floor": stopper.floor},
             "history": history,
             "rng": rng_state(self.generator),
         }

@@ -16,11 +16,11 @@ from folderfit.errors import PipelineError
 
 # (metrics file, key, label) of the rows the report shows, in this order
 HEADLINE = [
-    ("metrics/eval.json", "accuracy", "test accuracy"),
+    ("metrics/eval.json", "accuracy", "accuracy (on the scored split)"),
     ("metrics/eval.json", "accuracy_ci95_low", "accuracy 95% CI low"),
     ("metrics/eval.json", "accuracy_ci95_high", "accuracy 95% CI high"),
     ("metrics/eval.json", "macro_f1", "macro F1"),
-    ("metrics/eval.json", "split", "scored split"),
+    ("metrics/eval.json", "split", "scored split: test | cv | val_holdout"),
     ("metrics/train.json", "strategy", "strategy"),
     ("metrics/train.json", "best_val_accuracy", "best val accuracy"),
     ("metrics/data.json", "n_images", "images"),

@@ -7,10 +7,11 @@ runs nothing; the chosen command's module (and torch) is imported only to run it
 from __future__ import annotations
 
 import argparse
+import os
 import importlib
 import sys
 
-from folderfit.errors import PipelineError, run_main
+from folderfit.errors import PipelineError
 
 # command -> (module with `command(args)`, one-line help)
 COMMANDS = {
@@ -23,7 +24,31 @@ COMMANDS = {
                                          "revision, as Markdown"),
     "review": ("folderfit.review", "print the label review's ranked lists (likely label errors, "
                                    "near-duplicates, outliers)"),
+    "init": ("folderfit.scaffold", "write the pipeline project (dvc.yaml, params.yaml, stages, CI "
+                                   "workflow) into your git repository"),
 }
+
+
+def run_main(main, argv=None) -> None:
+    """Run a stage's main(); a PipelineError becomes `error: ...` on stderr and exit code 2."""
+    try:
+        main(argv)
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except BrokenPipeError:  # e.g. `folderfit predict dir | head`: the reader left
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
+    except OSError as exc:  # an output written without folderfit.fileio (e.g. by a library)
+        from folderfit.fileio import is_write_error, output_error  # only on a failure
+
+        if not is_write_error(exc) or not exc.filename:
+            raise
+        print(f"error: {output_error(exc, exc.filename)}", file=sys.stderr)
+        sys.exit(2)
 
 
 def _positive(text: str) -> int:
@@ -37,7 +62,9 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files and/or folders (searched recursively)")
     p.add_argument("--model", default="models/model.pt", help="model file written by train (default: %(default)s)")
     p.add_argument("--top-k", type=_positive, default=3, help="classes listed per image (default: %(default)s)")
-    p.add_argument("--output", "-o", help="predictions file: .csv, .jsonl or .ndjson (default: CSV on stdout)")
+    p.add_argument("--output", "-o", help="predictions file: .csv, .jsonl or .ndjson, a new file unless "
+                                          "--force (default: CSV on stdout)")
+    p.add_argument("--force", action="store_true", help="replace an existing --output file")
     p.add_argument("--batch-size", type=_positive, default=64, help="images per batch (default: %(default)s)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
                    help="auto: bf16 where native, fp16 on older CUDA GPUs, else fp32 (default: %(default)s)")
@@ -78,10 +105,29 @@ def _review_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--template", metavar="FILE",
                    help="also write the top label issues as corrections rows (relabel:<suggested>) "
                         "to FILE, a new file, to check and copy into data/corrections.csv")
+    p.add_argument("--serve", action="store_true",
+                   help="serve the review page on 127.0.0.1 (a token is printed) and save each "
+                        "Keep/Drop/Relabel click into data/corrections.csv")
+    p.add_argument("--port", type=_port, default=8765, help="port for --serve (0: any free; default: %(default)s)")
+
+
+def _init_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dir", nargs="?", default=".", metavar="DIR",
+                   help="a folder of your git repository (default: the current one)")
+    p.add_argument("--force", action="store_true",
+                   help="replace project files that exist already (data/corrections.csv is always kept)")
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be 0..65535, got {value}")
+    return value
 
 
 ARGUMENTS = {"predict": _predict_args, "export": _export_args, "describe": _describe_args,
-             "repro-check": _repro_check_args, "ci-report": _ci_report_args, "review": _review_args}
+             "repro-check": _repro_check_args, "ci-report": _ci_report_args, "review": _review_args,
+             "init": _init_args}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,7 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> None:
     """The `folderfit` console script."""
     args = build_parser().parse_args(argv)
-    module = importlib.import_module(COMMANDS[args.command][0])
+    # `review --serve` is served by the pages package (the review module only prints lists)
+    serving = args.command == "review" and getattr(args, "serve", False)
+    module = importlib.import_module("folderfit.pages.serve" if serving else COMMANDS[args.command][0])
     run_main(lambda _argv: module.command(args))
 
 

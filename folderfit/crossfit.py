@@ -39,12 +39,27 @@ class CrossFit:
     l2: list  # l2 chosen for each fold
 
 
+def plan_folds(counts, wanted: int) -> tuple[int, str | None]:
+    """(K to use, a note or None). Stratified folds need every class in every fold, so K is at
+    most the smallest class's image count (classes with one image cannot be cross-fitted at
+    all: the caller leaves them out); at least 2."""
+    counts = [int(c) for c in counts if c >= 2]
+    if not counts:
+        return 2, None
+    k = max(2, min(wanted, min(counts)))
+    if k == wanted:
+        return k, None
+    return k, (f"review.folds is {wanted}, but the smallest class has {min(counts)} images: "
+               f"{k}-fold cross-fitting instead")
+
+
 def assign_folds(labels: np.ndarray, groups: np.ndarray, k: int, seed: int) -> np.ndarray:
     """Fold index per image: stratified by label, copies (same group) in one fold."""
     from sklearn.model_selection import StratifiedGroupKFold
 
     n_groups = len(np.unique(groups))
-    k = max(2, min(k, n_groups))
+    # never more folds than the smallest class has images (sklearn refuses: plan_folds)
+    k = max(2, min(k, n_groups, int(np.bincount(labels)[np.unique(labels)].min())))
     splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
     fold = np.zeros(len(labels), dtype=np.int64)
     with warnings.catch_warnings():  # a class smaller than k: sklearn warns, the folds are fine
@@ -78,7 +93,7 @@ def _choose_l2(views, labels, train: np.ndarray, held: np.ndarray, n_classes: in
     """The l2 of the grid whose head, fitted on `train`, gives `held` the lowest log loss."""
     x, y = _rows(views, train, labels)
     fit = H.fit_head(x, y, _mean_view(views, held), torch.from_numpy(labels[held]), n_classes,
-                     class_weights, grid=GRID)
+                     class_weights=class_weights, grid=GRID)
     return min(fit.path, key=lambda row: (row["val_loss"], -row["l2"]))["l2"]
 
 
@@ -95,6 +110,6 @@ def cross_fit(views: list[torch.Tensor], labels: np.ndarray, n_classes: int, gro
     for f in range(k):
         scored = fold == f
         x, y = _rows(views, ~scored, labels)
-        solution = H.refit(x, y, n_classes, l2, class_weights, start=solution)
+        solution = H.refit(x, y, n_classes, l2, class_weights=class_weights, start=solution)
         probs[scored] = _probs(*solution, _mean_view(views, scored))
     return CrossFit(probs, fold, [l2] * k)

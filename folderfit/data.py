@@ -1,6 +1,6 @@
 """Images: scan and validate an ImageFolder, decode, split, store small, and the manifest.
 
-Decisions (see README for the user-facing side):
+Decisions (the user-facing side: docs/data.md):
 * Hidden files (`.DS_Store`, `._x.jpg`, anything starting with '.') and non-image extensions
   are ignored; unreadable images are skipped and listed with the reason in the data report.
 * The scan reads what DVC hashes as prepare's dependency: files and links to files. Links to
@@ -10,9 +10,10 @@ Decisions (see README for the user-facing side):
 * Names: whatever bytes a name holds, reports carry its printable UTF-8 form (printable) and
   stored names fit the file system's 255 bytes (fit_name).
 * Every image is stored as RGB with its EXIF orientation applied; transparency is composited
-  on white; 16-bit images are scaled to 8 bit.
+  on white; 16-bit images are scaled to 8 bit by their bit depth (imageio.to_rgb).
 * Stored images are at most `STORE_MARGIN` x image_size on their shorter side (never
-  upscaled), so training decodes small files. JPEG sources stay JPEG (quality 95), others PNG.
+  upscaled), so training decodes small files, and always PNG (lossless): the stored copy is
+  exactly what predict computes from the original (folderfit.imageio, the one path).
 * The split is stratified per class and seeded. Identical images (same decoded pixels, so also
   a PNG and a BMP of one picture) are one group and always land in the same split, even when
   they sit under two classes (a label conflict): no leakage through duplicates.
@@ -26,18 +27,16 @@ from __future__ import annotations
 import csv
 import errno
 import hashlib
-import io
-import math
 import os
 import stat
-import warnings
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
+from folderfit import imageio as IO
 from folderfit.errors import PipelineError
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -48,8 +47,8 @@ NAME_MAX = 255  # bytes in one file name (Linux file systems)
 LINKED_FOLDER = ("link to a folder, not read: DVC does not track what a linked folder holds, so "
                  "a change there would not rerun prepare; copy the folder in instead")
 NOT_REGULAR = "not a regular file (a pipe, socket or device)"
-STORE_MARGIN = 1.25
-MANIFEST = "manifest.csv"
+STORE_MARGIN = IO.STORE_MARGIN
+from folderfit.paths import MANIFEST_NAME as MANIFEST  # noqa: E402  (inside data/prepared)
 
 
 @dataclass(frozen=True)
@@ -59,10 +58,6 @@ class Item:
     rel: str
     label: str
     sha256: str
-
-
-class BadImage(Exception):
-    """The file cannot be used as an image; the message says why (it is reported, not raised)."""
 
 
 # ------------------------------------------------------------------ names
@@ -278,75 +273,26 @@ def check_source(source: str) -> Path:
 
 
 # ------------------------------------------------------------------ decoding
+# The decoding itself is folderfit.imageio (the one path shared with predict and export);
+# these names stay for the callers and tests that use them.
+BadImage = IO.BadImage
+to_rgb = IO.to_rgb
+
+
 def load_rgb(path: Path) -> Image.Image:
-    """Open an image as 8-bit RGB with EXIF orientation applied, or raise BadImage(reason)."""
-    try:
-        handle = open(path, "rb")
-    except OSError as exc:
-        raise BadImage(f"cannot read ({exc.strerror or exc})") from None
-    with handle:
-        try:
-            if os.fstat(handle.fileno()).st_size == 0:
-                raise BadImage("empty file (0 bytes)")
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                with Image.open(handle) as img:
-                    img.load()
-                    return upright_rgb(img)
-        except BadImage:
-            raise
-        except Image.DecompressionBombError as exc:
-            raise BadImage(f"too many pixels, refused as a possible decompression bomb ({exc})") from None
-        except Image.DecompressionBombWarning:
-            raise BadImage("too many pixels, refused as a possible decompression bomb") from None
-        except UnidentifiedImageError:
-            raise BadImage("not an image file (unrecognised content)") from None
-        except (OSError, SyntaxError, ValueError, EOFError) as exc:
-            first = (str(exc).splitlines() or [type(exc).__name__])[0]
-            raise BadImage(f"cannot decode ({first[:100]})") from None
+    """Open an image as 8-bit RGB with EXIF orientation applied (full resolution: no JPEG
+    draft), or raise BadImage(reason)."""
+    return IO.decode_upright(path, None)[0]
 
 
 def upright_rgb(img: Image.Image) -> Image.Image:
-    """8-bit RGB as a viewer shows it: EXIF orientation applied, see to_rgb for the modes."""
+    """8-bit RGB as a viewer shows it: EXIF orientation applied, see imageio.to_rgb for the modes."""
     return to_rgb(ImageOps.exif_transpose(img))
 
 
-def to_rgb(img: Image.Image) -> Image.Image:
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if arr.max() > 255 else 255.0
-        img = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
-    elif img.mode == "F":
-        arr = np.asarray(img, dtype=np.float64)
-        lo, hi = float(arr.min()), float(arr.max())
-        img = Image.fromarray(((arr - lo) / max(hi - lo, 1e-12) * 255).astype(np.uint8), "L")
-    if img.mode == "P":
-        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = img.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(white, rgba)
-    return img.convert("RGB")
-
-
 def bounded(img: Image.Image, image_size: int) -> Image.Image:
-    """Shrink so the shorter side is at most STORE_MARGIN x image_size (never enlarge)."""
-    limit = math.ceil(image_size * STORE_MARGIN)
-    short = min(img.size)
-    if short <= limit:
-        return img
-    scale = limit / short
-    size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
-    return img.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
-
-
-def encode(img: Image.Image, source_suffix: str) -> tuple[bytes, str]:
-    buf = io.BytesIO()
-    if source_suffix.lower() in (".jpg", ".jpeg"):
-        img.save(buf, format="JPEG", quality=95)
-        return buf.getvalue(), ".jpg"
-    img.save(buf, format="PNG", optimize=False)
-    return buf.getvalue(), ".png"
+    """The stored copy's size rule (imageio.shrink)."""
+    return IO.shrink(img, image_size)
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -379,6 +325,12 @@ def stratified_split(items: list[Item], val_fraction: float, test_fraction: floa
         want = dict(zip(SPLITS, split_counts(len(hashes), val_fraction, test_fraction)))
         if want["train"] < 1:
             needed = 1 + (1 if val_fraction > 0 else 0) + (1 if test_fraction > 0 else 0)
+            if len(hashes) >= needed:  # enough images: the fractions leave none for training
+                raise PipelineError(
+                    f"params.yaml: data.val_fraction {val_fraction:g} and data.test_fraction "
+                    f"{test_fraction:g} leave no training image for class '{label}' "
+                    f"({len(hashes)} distinct images: {want['val']} to val, {want['test']} to "
+                    f"test); lower the fractions (e.g. 0.15 each)")
             raise PipelineError(
                 f"data.source: class '{label}' has {len(hashes)} distinct image(s), at least "
                 f"{needed} are needed to give it a place in every split; add images or remove the class")
@@ -418,14 +370,20 @@ def _empty_split_error(label: str, split: str, hashes: list, by_class: dict, pla
 
 
 # ------------------------------------------------------------------ manifest
-def read_manifest(prepared: str | Path) -> tuple[list[str], dict[str, list[tuple[Path, int]]]]:
-    """(class names, {split: [(file, class index)]}) from prepare's manifest."""
-    prepared = Path(prepared)
-    path = prepared / MANIFEST
+def read_manifest_rows(prepared: str | Path) -> list[dict]:
+    """prepare's manifest rows (file, source, class, split, sha256, ...), in manifest order:
+    the one reader of the file prepare writes."""
+    path = Path(prepared) / MANIFEST
     if not path.is_file():
         raise PipelineError(f"{path}: not found; run `dvc repro prepare` first")
     with open(path, newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
+        return list(csv.DictReader(fh))
+
+
+def read_manifest(prepared: str | Path) -> tuple[list[str], dict[str, list[tuple[Path, int]]]]:
+    """(class names, {split: [(file, class index)]}) from prepare's manifest."""
+    prepared = Path(prepared)
+    rows = read_manifest_rows(prepared)
     classes = sorted({r["class"] for r in rows})
     index = {c: i for i, c in enumerate(classes)}
     splits: dict[str, list] = {s: [] for s in SPLITS}

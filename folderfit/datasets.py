@@ -56,7 +56,8 @@ class Normalizer(torch.nn.Module):
 
 
 def decode_file(path: Path) -> torch.Tensor:
-    """A prepared (RGB, small) image file as a uint8 CHW tensor."""
+    """A prepared (RGB, small, lossless PNG) image file as a uint8 CHW tensor: the pixels
+    folderfit.imageio computed from the original, so evaluate sees what predict sees."""
     from torchvision.io import ImageReadMode, decode_image
 
     data = torch.frombuffer(bytearray(Path(path).read_bytes()), dtype=torch.uint8)

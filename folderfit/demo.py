@@ -16,7 +16,7 @@ from PIL import Image
 
 from folderfit.fileio import staged_dir
 
-OUT_DIR = Path("data/demo")
+from folderfit.paths import DEMO_DIR as OUT_DIR
 
 
 def write_digits(out_dir: Path, per_class: int, size: int) -> int:

@@ -1,8 +1,13 @@
-"""Evaluation (stage `evaluate`): score the held-out split with the trained model file.
+"""Evaluation (stage `evaluate`): score images the delivered model never learned from.
 
-The scored split is `test` when prepare made one (it took no part in training or in choosing
-the best epoch); otherwise `val`, and eval.json and the console then say
-`selection_split_scored: true` because that number is optimistic.
+What is scored (eval.json `split` and `estimate`; folderfit.estimate explains the choice):
+  test         the test split, with the model file (when prepare made one or it was given)
+  cv           no test split, feature_extract: out-of-fold predictions of a K-fold
+               cross-validation of the whole head procedure over train + val, made by train
+  val_holdout  no test split, fine_tune / full_tune: the half of val that took no part in
+               training or in choosing the best epoch, with the model file
+Every scored image is checked against train's record of what the model learned from
+(metrics/train/learned_from.csv): an overlap stops the stage.
 
 Outputs: metrics/eval.json (the headline numbers DVC tables show, and per-class P/R/F1 as a
 list, which `dvc exp show` leaves out of its columns), metrics/classification_report.txt
@@ -19,7 +24,6 @@ The directory is built beside its place and swapped in whole, then eval.json is 
 
 from __future__ import annotations
 
-import csv
 import time
 from pathlib import Path
 
@@ -28,37 +32,66 @@ import torch
 
 from folderfit import data as D
 from folderfit import datasets as DS
+from folderfit import estimate as EST
+from folderfit.pages import results_page
 from folderfit import metrics as S
-from folderfit import reports as R
-from folderfit.engine import infer_labelled, make_loader
+from folderfit import reports
+from folderfit.inference import infer_labelled, make_loader
 from folderfit.errors import PipelineError
 from folderfit.fileio import staged_dir, write_json, write_text
 from folderfit.models import load_model_file
 from folderfit.params import Params
 from folderfit.runtime import pick_runtime, prepare_model, seed_everything
 
-PREPARED = Path("data/prepared")
-MODEL_FILE = Path("models/model.pt")
-EVAL_JSON = Path("metrics/eval.json")
-EVAL_DIR = Path("metrics/eval")
-REPORT_TXT = Path("metrics/classification_report.txt")
-HEADLINE = ("split", "n_images", "accuracy", "accuracy_ci95_low", "accuracy_ci95_high", "macro_f1",
+from folderfit.paths import EVAL_DIR, EVAL_JSON, MODEL_FILE, PREPARED, REPORT_TXT
+HEADLINE = ("split", "estimate", "n_images", "accuracy", "accuracy_ci95_low", "accuracy_ci95_high", "macro_f1",
             "balanced_accuracy", "roc_auc_ovr_macro", "ece")
 
 
-def scored_split(splits: dict) -> str:
+ESTIMATES = {
+    "test": "the test split, scored with the model file",
+    "cv": "{folds}-fold cross-validation of the whole head procedure (flip choice, l2 choice, "
+          "refit) over train + val; the model file is fitted on all of them",
+    "val_holdout": "the half of val held out from training and epoch selection, scored with "
+                   "the model file",
+}
+
+
+def scored_images(splits: dict, loaded, params: Params, rt) -> tuple[str, list, np.ndarray, np.ndarray, dict]:
+    """(estimate name, samples, probabilities, labels, facts) of the images to score, none of
+    which the delivered model learned from (module docstring)."""
+    # the record is required wherever the choice of images depends on it
+    learned = EST.read_learned_from(required="test" not in splits) or set()
     if "test" in splits:
-        return "test"
-    if "val" in splits:
-        return "val"
-    raise PipelineError(f"{PREPARED}: no test or val images to score; rerun `dvc repro prepare` "
-                        f"with data.test_fraction > 0")
+        estimate, samples = "test", splits["test"]
+    else:
+        cv = EST.read_cv()
+        if cv is not None:
+            files, probs, labels, folds = cv
+            samples = [(Path(f), int(y)) for f, y in zip(files, labels)]
+            return "cv", samples, probs, labels, {"folds": int(folds.max()) + 1}
+        samples = [s for s in splits.get("val", []) if s[0].as_posix() not in learned]
+        estimate = "val_holdout"
+        if not samples:
+            raise PipelineError(
+                f"{PREPARED}: no test split and every val image shaped the model, so nothing is "
+                f"left to score honestly; set data.test_fraction > 0 or evaluate.cv_folds > 0 "
+                f"(feature_extract) and rerun `dvc repro`")
+    seen = sorted({path.as_posix() for path, _ in samples} & learned)
+    if seen:  # by construction this cannot happen: a broken invariant must not become a score
+        raise PipelineError(f"{seen[0]}: scored by evaluate but the model learned from it "
+                            f"({len(seen)} such images); rerun `dvc repro` from prepare")
+    probs, labels = score(loaded, samples, params.evaluate.batch_size, rt)
+    bad = np.flatnonzero(~np.isfinite(probs).all(1))
+    if len(bad):  # NaN weights (or an fp16 overflow) would otherwise score as class 0
+        raise PipelineError(f"{MODEL_FILE}: the model gave NaN/Inf for {len(bad)} of {len(probs)} "
+                            f"images (first: {samples[bad[0]][0]}); retrain it, or try precision: fp32")
+    return estimate, samples, probs, labels, {}
 
 
 def source_paths(prepared: Path) -> dict[str, str]:
     """Prepared file -> its path relative to data.source, from prepare's manifest."""
-    with open(prepared / D.MANIFEST, newline="", encoding="utf-8") as fh:
-        return {(prepared / r["file"]).as_posix(): r["source"] for r in csv.DictReader(fh)}
+    return {(prepared / r["file"]).as_posix(): r["source"] for r in D.read_manifest_rows(prepared)}
 
 
 def score(loaded, samples, batch_size: int, rt) -> tuple[np.ndarray, np.ndarray]:
@@ -69,6 +102,21 @@ def score(loaded, samples, batch_size: int, rt) -> tuple[np.ndarray, np.ndarray]
     normalizer = DS.Normalizer(loaded.preprocess.mean, loaded.preprocess.std).to(rt.device)
     logits, labels = infer_labelled(model, loader, normalizer, rt, desc="evaluate")
     return torch.softmax(logits, 1).numpy().astype(np.float64), labels.numpy()
+
+
+def run_facts(loaded, params: Params, split: str) -> dict:
+    """What the results page shows about the run: model, strategy, data version, settings."""
+    from folderfit.fileio import sha256_file
+
+    extra = loaded.info.get("extra", {}) if isinstance(loaded.info, dict) else {}
+    return {"backbone": extra.get("model_name", "?"), "strategy": extra.get("strategy", "?"),
+            "weights": (extra.get("weights") or {}).get("source", "?"),
+            "feature engine": extra.get("feature_engine", "-"),
+            "image size": loaded.preprocess.image_size, "test-time augmentation": loaded.tta,
+            "train / val images": f"{extra.get('n_train', '?')} / {extra.get('n_val', '?')}",
+            "scored": ESTIMATES[split].split(";")[0].format(folds=params.evaluate.cv_folds),
+            "data version (manifest sha256)": sha256_file(PREPARED / D.MANIFEST)[:12],
+            "seed": params.seed}
 
 
 def write_eval_dir(out: Path, probs, y, classes: list, samples, summary: dict) -> dict:
@@ -82,24 +130,24 @@ def write_eval_dir(out: Path, probs, y, classes: list, samples, summary: dict) -
     files = [path.as_posix() for path, _ in samples]
     sources = source_paths(PREPARED)
     top = S.top_k_indices(probs, summary["top_k"])
-    R.write_csv(out / "predictions.csv",
+    reports.write_csv(out / "predictions.csv",
                 ["path", "prepared_file", "true", "predicted", "confidence", "correct", "top_k"],
                 [[sources.get(f, f), f, classes[y[i]], classes[preds[i]], f"{confidence[i]:.6f}",
                   int(y[i] == preds[i]), ";".join(f"{classes[c]}={probs[i, c]:.4f}" for c in top[i])]
                  for i, f in enumerate(files)])
-    R.write_csv(out / "confusion.csv", ["actual", "predicted"],
+    reports.write_csv(out / "confusion.csv", ["actual", "predicted"],
                 [[classes[a], classes[b]] for a, b in zip(y, preds)])
     matrix = S.confusion(y, preds, len(classes))
-    R.confusion_png(out / "confusion.png", matrix, classes, f"{split}: {n} images\ncounts")
-    R.confusion_png(out / "confusion_normalized.png", S.row_normalized(matrix), classes,
+    reports.confusion_png(out / "confusion.png", matrix, classes, f"{split}: {n} images\ncounts")
+    reports.confusion_png(out / "confusion_normalized.png", S.row_normalized(matrix), classes,
                     f"{split}: {n} images\nrow-normalised (recall on the diagonal)", normalized=True)
     roc, pr = S.class_curves(probs, y, classes)
-    R.write_rows_json(out / "roc.json", roc)
-    R.write_rows_json(out / "pr.json", pr)
-    R.reliability_png(out / "reliability.png", S.reliability_bins(confidence, preds == y),
+    reports.write_rows_json(out / "roc.json", roc)
+    reports.write_rows_json(out / "pr.json", pr)
+    reports.reliability_png(out / "reliability.png", S.reliability_bins(confidence, preds == y),
                       summary["ece"], f"{split}: {n} images")
     wrong = sorted((i for i in range(n) if preds[i] != y[i]), key=lambda i: (-confidence[i], i))
-    R.mistakes_gallery(out / "mistakes.png",
+    reports.mistakes_gallery(out / "mistakes.png",
                        [(files[i], classes[y[i]], classes[preds[i]], confidence[i]) for i in wrong],
                        f"{split}")
     return per_class
@@ -114,19 +162,16 @@ def run(params: Params) -> None:
     if classes != loaded.class_names:
         raise PipelineError(f"{MODEL_FILE}: trained on classes {loaded.class_names}, the prepared "
                             f"data has {classes}; rerun `dvc repro`")
-    split = scored_split(splits)
-    samples = splits[split]
-    if split == "val":
-        print("note: no test split, so the scored split (val) is the one that chose the best "
-              "epoch; these numbers are optimistic (eval.json: selection_split_scored: true)")
-    probs, y = score(loaded, samples, params.evaluate.batch_size, rt)
-    summary = {"split": split, "selection_split_scored": split == "val", "n_images": len(y),
-               "n_classes": len(classes),
+    split, samples, probs, y, facts = scored_images(splits, loaded, params, rt)
+    estimate = ESTIMATES[split].format(**facts)
+    summary = {"split": split, "estimate": estimate, "n_images": len(y), "n_classes": len(classes),
                **S.summary(probs, y, params.seed, params.evaluate.bootstrap)}
 
     with staged_dir(EVAL_DIR) as staging:  # swapped in whole; a failure leaves the old one
         per_class = write_eval_dir(staging, probs, y, classes, samples, summary)
-    write_text(REPORT_TXT, R.per_class_table(split, len(y), per_class, summary))
+        results_page.write(staging, PREPARED, staging / "index.html",
+                           facts=run_facts(loaded, params, split))
+    write_text(REPORT_TXT, reports.per_class_table(split, len(y), per_class, summary))
     headline = {key: summary[key] for key in HEADLINE if key in summary}
     write_json(EVAL_JSON, {**headline, "per_class": [
         {"class": name, **{k: row[k] for k in ("precision", "recall", "f1", "support")}}
@@ -138,7 +183,7 @@ def run(params: Params) -> None:
         return f"{name} {summary[name]:.4f}{ci}"
 
     auc = summary["roc_auc_ovr_macro"]
-    print(f"evaluate: {split}, {len(y)} images: {with_ci('accuracy')}, {with_ci('macro_f1')}, "
+    print(f"evaluate: {split} ({estimate}), {len(y)} images: {with_ci('accuracy')}, {with_ci('macro_f1')}, "
           f"balanced accuracy {summary['balanced_accuracy']:.4f}, top-{summary['top_k']} "
           f"{summary['top_k_accuracy']:.4f}, ROC-AUC {'n/a' if auc is None else f'{auc:.4f}'} "
           f"({summary['roc_auc_classes']}/{len(classes)} classes), ECE {summary['ece']:.4f} "

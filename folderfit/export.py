@@ -20,6 +20,12 @@ a predicted class changes where the eager top-2 margin was clear of that bound. 
 alone moves logits by ~1e-4..1e-3 (reported as `eager_fp32_vs_fp64`), hence the default 5e-3.
 Parity images: --images (files or folders), else data/prepared (test, then val, then train).
 
+Atomic as a whole: the files are built in a temp folder beside --out-dir (made first, so an
+unwritable place fails before the model is traced) that replaces --out-dir in one swap once
+the parity check passed. Killed midway or failing the check, the previous export stays
+complete and untouched. An --out-dir holding other files than an export's is refused (it is
+replaced whole). A negative --tolerance is refused.
+
 ONNX needs the optional extra: pip install -e '.[export]' (onnxscript; onnx and onnxruntime are core);
 without it use --formats torch_export. TorchScript is not offered: torch marks
 torch.jit.trace/save deprecated in favour of torch.export.
@@ -30,6 +36,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import math
+import os
+import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -38,12 +47,13 @@ import torch
 
 from folderfit import data as D
 from folderfit import datasets as DS
-from folderfit import predict as P
+from folderfit import imageio as IO
+from folderfit import predict as PD
 from folderfit.errors import PipelineError
-from folderfit.fileio import atomic_path, write_json
+from folderfit.fileio import atomic_path, replace_dir, write_json
 from folderfit.models import load_model_file
 
-PREPARED = Path("data/prepared")
+from folderfit.paths import PREPARED
 FORMATS = ("torch_export", "onnx")
 FILES = {"torch_export": "model.pt2", "onnx": "model.onnx"}
 CONTRACT_FORMAT = 2
@@ -55,7 +65,7 @@ MAX_BATCH = 4096  # the exported programs accept any batch size from 1 to this
 def parity_images(paths: list[str] | None, limit: int) -> list[Path]:
     """Up to `limit` image files, spread evenly over what is found (sorted, deterministic)."""
     if paths:
-        files, missing = P.collect_images(paths)
+        files, missing = PD.collect_images(paths)
         if missing:
             raise PipelineError(f"--images {missing[0][0]}: {missing[0][1]}")
     elif (PREPARED / D.MANIFEST).is_file():
@@ -74,7 +84,7 @@ def parity_images(paths: list[str] | None, limit: int) -> list[Path]:
 def preprocessed_batch(loaded, files: list[Path]) -> torch.Tensor:
     """Float32 NCHW batch exactly as predict/evaluate feed the network (decode, geometry,
     normalise); unreadable files are an error here (they would make the check vacuous)."""
-    dataset = P.ImageFiles(files, loaded.preprocess)
+    dataset = PD.ImageFiles(files, loaded.preprocess)
     tensors = []
     for i in range(len(dataset)):
         tensor, _, error = dataset[i]
@@ -155,9 +165,20 @@ def contract(loaded, model_file: Path, formats: list[str]) -> dict:
         "output": {"name": "logits", "dtype": "float32", "shape": ["batch", len(loaded.class_names)],
                    "meaning": "unnormalised class scores in class_names order; softmax gives probabilities"},
         "test_time_augmentation": loaded.tta,
+        "reference_implementation": "folderfit.imageio.network_image (bit-exact with predict and evaluate)",
+        "max_aspect_ratio": IO.MAX_ASPECT,
         "steps": [
-            "decode to 8-bit RGB, EXIF orientation applied, transparency composited on white",
-            f"resize so the shorter side is resize_size ({pre.resize_size} px), {pre.interpolation}, antialiased",
+            f"JPEG files only: decode at 1/2, 1/4 or 1/8 scale (libjpeg DCT scaling, PIL "
+            f"Image.draft) by the largest factor keeping the shorter side >= {IO.DRAFT_GAP:g} x "
+            f"{IO.store_side(pre.image_size)} px",
+            "decode to 8-bit RGB, EXIF orientation applied, transparency composited on white "
+            "(16-bit grey scaled by its bit depth: folderfit.imageio.to_rgb)",
+            f"refuse images whose longer side is over {IO.MAX_ASPECT:g} x the shorter",
+            f"if the shorter side is over {IO.store_side(pre.image_size)} px: resize it to "
+            f"{IO.store_side(pre.image_size)} px, PIL bicubic, reducing_gap 3 (the copy prepare "
+            f"stores, losslessly)",
+            f"resize so the shorter side is resize_size ({pre.resize_size} px), {pre.interpolation}, "
+            f"antialiased (torchvision on the uint8 tensor)",
             f"centre crop image_size x image_size ({pre.image_size} px)",
             "x = (pixel / 255 - mean) / std, per channel",
         ] + ([
@@ -167,12 +188,92 @@ def contract(loaded, model_file: Path, formats: list[str]) -> dict:
     }
 
 
+# ------------------------------------------------------------------ the output folder
+EXPORT_NAMES = {*FILES.values(), "preprocess.json", "parity.json"}
+
+
+def _aside(out_dir: Path) -> Path:
+    return out_dir.parent / f".{out_dir.name}.export-{os.getpid()}.tmp"
+
+
+def begin_output(out_dir: Path) -> Path:
+    """The empty temp folder beside `out_dir` that the export is built in (made before any
+    tracing, so an unwritable place fails at once). Folders left by killed exports are
+    removed; an existing `out_dir` holding anything but an export's files is refused, since
+    it is replaced whole."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise PipelineError(f"--out-dir {out_dir}: is a file; give a folder for the export")
+    if out_dir.is_dir():
+        foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in EXPORT_NAMES)
+        if foreign:
+            raise PipelineError(
+                f"--out-dir {out_dir}: holds files that are not an export's ({', '.join(foreign[:3])}"
+                f"{', ...' if len(foreign) > 3 else ''}); the export replaces that folder whole, "
+                f"so give a new or empty folder (or one holding only an earlier export)")
+    parent = out_dir.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        for old in parent.glob(f".{glob_escape(out_dir.name)}.export-*.tmp"):
+            pid = old.name.rsplit("-", 1)[-1].removesuffix(".tmp")
+            if pid.isdigit() and not _pid_alive(int(pid)):
+                shutil.rmtree(old, ignore_errors=True)
+        tmp = _aside(out_dir)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        probe = tmp / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise PipelineError(f"--out-dir {out_dir}: cannot write there ({exc.strerror or exc}); "
+                            f"choose a folder you can write to, before anything is exported") from None
+    return tmp
+
+
+def glob_escape(name: str) -> str:
+    import glob
+
+    return glob.escape(name)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 # ------------------------------------------------------------------ main
+def check_tolerance(tolerance: float) -> None:
+    if not (tolerance >= 0 and math.isfinite(tolerance)):  # also refuses NaN
+        raise PipelineError(f"--tolerance {tolerance}: must be a finite number >= 0 (the allowed "
+                            f"|logit difference| is tolerance x max(1, largest |logit|); "
+                            f"default 5e-3)")
+
+
 def export(model_file: Path, out_dir: Path, formats: list[str], images: list[str] | None,
            n_images: int, tolerance: float) -> dict:
-    """Write the exports and the contract; returns the parity report (raises above tolerance)."""
+    """Write the exports and the contract; returns the parity report (raises above tolerance).
+    Atomic as a whole: every file is built in a temp folder beside `out_dir` and the folder
+    replaces `out_dir` in one swap after the parity check passed; a failure, a failed check
+    or a kill leaves the previous export complete and untouched."""
+    check_tolerance(tolerance)
     if "onnx" in formats:
         check_onnx_available()
+    out_dir = Path(out_dir)
+    tmp = begin_output(out_dir)
+    try:
+        report = _export_into(tmp, model_file, out_dir, formats, images, n_images, tolerance)
+        replace_dir(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return report
+
+
+def _export_into(tmp: Path, model_file: Path, out_dir: Path, formats: list[str],
+                 images: list[str] | None, n_images: int, tolerance: float) -> dict:
     loaded = load_model_file(model_file)
     model = loaded.model.float().eval()
     files = parity_images(images, n_images)
@@ -194,7 +295,7 @@ def export(model_file: Path, out_dir: Path, formats: list[str], images: list[str
     failures = []
     program = export_program(model, example)
     for fmt in formats:
-        path = out_dir / FILES[fmt]
+        path = tmp / FILES[fmt]
         if fmt == "torch_export":
             save_program(program, path)
             out = run_program(path, batch)
@@ -208,17 +309,18 @@ def export(model_file: Path, out_dir: Path, formats: list[str], images: list[str
         report["formats"][fmt] = {"file": FILES[fmt], "max_abs_diff_logits": diff,
                                   "max_abs_diff_probs": prob_diff,
                                   "same_predicted_class": f"{int(same.sum())}/{len(files)}"}
-        print(f"export: {fmt:<11} {path}  max |logit diff| {diff:.3g}, max |prob diff| "
+        print(f"export: {fmt:<11} {out_dir / FILES[fmt]}  max |logit diff| {diff:.3g}, max |prob diff| "
               f"{prob_diff:.3g}, same class {int(same.sum())}/{len(files)}")
         if not diff <= bound or flipped:  # `not <=` also catches NaN
             failures.append(f"{fmt}: max abs logit difference {diff:.3g} (allowed {bound:.3g}), "
                             f"{flipped} clear prediction(s) changed")
     if failures:
-        (out_dir / "parity.json").unlink(missing_ok=True)
+        kept = "the previous export there is kept" if out_dir.exists() else "nothing was written"
         raise PipelineError(f"parity check FAILED on {len(files)} images: {'; '.join(failures)}; "
-                            f"the exported files in {out_dir} do not reproduce {model_file}")
-    write_json(out_dir / "preprocess.json", contract(loaded, model_file, formats))
-    write_json(out_dir / "parity.json", report)
+                            f"the exports do not reproduce {model_file}, so {out_dir} is not "
+                            f"replaced ({kept})")
+    write_json(tmp / "preprocess.json", contract(loaded, model_file, formats))
+    write_json(tmp / "parity.json", report)
     return report
 
 
@@ -229,6 +331,7 @@ def command(args) -> None:
     if unknown or not formats:
         raise PipelineError(f"--formats: unknown {', '.join(unknown) or '(none given)'}; "
                             f"choose from {', '.join(FORMATS)}")
+    check_tolerance(args.tolerance)
     torch.manual_seed(0)
     export(Path(args.model), Path(args.out_dir), formats, args.images, args.n_images, args.tolerance)
     print(f"export: parity OK -> {args.out_dir}/preprocess.json, parity.json", file=sys.stderr)

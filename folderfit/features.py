@@ -5,10 +5,18 @@ A cached vector is found by two digests:
 * the spec: everything about the computation that changes it: the backbone's weights (a
   digest of every tensor of the frozen backbone, so a model name, weights file, seed of a
   random init or timm version that changes a weight changes the key), the preprocessing
-  (size, resize, mean/std, interpolation), the view (clean, flipped, or augmented crop k
-  with its settings and seed), the engine that runs the backbone (torch, or ONNX Runtime
-  and its version on a CPU: folderfit.cpu_engine) and FEATURE_VERSION;
+  (size, resize, mean/std, interpolation, crop rule, and the torchvision version that
+  resizes), the view (clean, flipped, or augmented crop k with its settings and seed), the
+  engine that runs the backbone and its version (torch, or ONNX Runtime on a CPU:
+  folderfit.cpu_engine), the precision (fp32 / bf16 / fp16: a bf16 vector differs from an
+  fp32 one), the device kind (cpu / cuda / mps: other kernels), the batch shape (kernels are
+  chosen by shape) and FEATURE_VERSION;
 * the image: sha256 of the prepared file's bytes.
+Loaded vectors are checked: a pack whose checksum (sha256 of its keys and numbers, stored in
+it) does not match, whose width is not the backbone's, or that holds NaN/Inf is discarded
+with a one-line note, deleted, and its vectors recomputed. (The checksum catches a damaged or
+edited pack; it cannot catch a pack forged with a fresh checksum: the cache is a local memo,
+not a trust boundary.) A computation that yields NaN/Inf is an error, never cached.
 A hit therefore returns exactly the numbers a fresh computation would: the backbone runs in
 eval mode and every batch is padded to one shape, so an image's features do not depend on
 which other images share its batch (kernels are chosen by shape: a batch of 3 and one of 64
@@ -24,7 +32,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,14 +39,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from folderfit import cpu_engine as E
+from folderfit import cpu_engine as CE
+from folderfit.paths import cache_root
 from folderfit import datasets as DS
-from folderfit.engine import infer_batches, make_loader
+from folderfit.inference import infer_batches, make_loader
 from folderfit.errors import PipelineError
 from folderfit.fileio import save_torch
 from folderfit.runtime import Runtime
 
-FEATURE_VERSION = 1
+FEATURE_VERSION = 2  # 2: packs carry a checksum; precision, device, batch in the key
+CROP_RULE = "resize shorter side to resize_size (antialiased), centre crop image_size"
 PACK_EVERY = 1024  # images per pack while computing: a killed run loses at most this many
 COMPACT_ABOVE = 8  # packs in one spec folder before they are merged into one
 
@@ -66,9 +75,6 @@ CLEAN = View("clean")
 FLIP = View("flip")
 
 
-def cache_root() -> Path:
-    base = os.environ.get("FOLDERFIT_CACHE")
-    return Path(base).expanduser() if base else Path.home() / ".cache" / "folderfit"
 
 
 def weights_digest(backbone: nn.Module) -> str:
@@ -77,6 +83,15 @@ def weights_digest(backbone: nn.Module) -> str:
         data = tensor.detach().cpu().contiguous()
         digest.update(f"{name}:{tuple(data.shape)}:{data.dtype}".encode())
         digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+    return digest.hexdigest()
+
+
+def pack_checksum(keys: list[str], matrix: torch.Tensor) -> str:
+    """sha256 of a pack's keys and float32 numbers, stored in the pack and checked on load."""
+    digest = hashlib.sha256("\n".join(keys).encode())
+    data = matrix.detach().cpu().to(torch.float32).contiguous()
+    digest.update(f"{tuple(data.shape)}".encode())
+    digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes() if data.numel() else b"")
     return digest.hexdigest()
 
 
@@ -143,7 +158,7 @@ def decode_workers(rt: Runtime) -> int:
     """One decoding process on CPU too: it prepares the next batches while the backbone runs
     (decoding is ~5% of a backbone pass, so one process keeps up and leaves the cores to the
     model). On a GPU, the loader's usual workers."""
-    from folderfit.engine import loader_workers
+    from folderfit.inference import loader_workers
 
     return loader_workers(rt) if rt.device.type == "cuda" else 1
 
@@ -160,24 +175,45 @@ def _padded(loader, batch_size: int):
 class FeatureCache:
     """Packs of feature vectors for one spec (see the module docstring)."""
 
-    def __init__(self, folder: Path | None):
+    def __init__(self, folder: Path | None, width=None):
+        """width: a callable giving the backbone's feature width (called only when there are
+        packs to check)."""
         self.folder = folder
         self.vectors: dict[str, torch.Tensor] = {}
         if folder is not None and folder.is_dir():
             for pack in sorted(folder.glob("*.pt")):
-                self._read(pack)
+                self._read(pack, width)
 
-    def _read(self, pack: Path) -> None:
+    @staticmethod
+    def _problem(payload, width) -> str | None:
+        """Why a loaded pack cannot be used, or None."""
+        if not isinstance(payload, dict) or not {"keys", "features", "sha256"} <= set(payload):
+            return "not a feature pack of this version"
+        keys, matrix = payload["keys"], payload["features"]
+        if not isinstance(matrix, torch.Tensor) or matrix.dim() != 2 or \
+                matrix.dtype != torch.float32 or not isinstance(keys, list) or \
+                len(keys) != len(matrix):
+            return "keys and rows differ"
+        if width is not None and matrix.shape[1] != width():
+            return f"vectors of width {matrix.shape[1]}, the backbone gives {width()}"
+        if not torch.isfinite(matrix).all():
+            return "NaN or Inf in its vectors"
+        if payload["sha256"] != pack_checksum(keys, matrix):
+            return "checksum mismatch (the file was changed after it was written)"
+        return None
+
+    def _read(self, pack: Path, width=None) -> None:
         try:
             payload = torch.load(pack, map_location="cpu", weights_only=True)
-            keys, matrix = payload["keys"], payload["features"]
-            if len(keys) != len(matrix):
-                raise ValueError("keys and rows differ")
+            problem = self._problem(payload, width)
         except Exception as exc:  # a damaged pack only costs its recomputation
-            print(f"note: feature cache {pack}: unreadable ({type(exc).__name__}), ignored",
-                  file=sys.stderr)
+            problem = f"unreadable ({type(exc).__name__})"
+        if problem:
+            print(f"note: feature cache {pack}: {problem}; discarded, its vectors are "
+                  f"recomputed", file=sys.stderr)
+            pack.unlink(missing_ok=True)  # a memo of ours: a bad one would be met every run
             return
-        self.vectors.update(zip(keys, matrix))
+        self.vectors.update(zip(payload["keys"], payload["features"]))
 
     def add(self, keys: list[str], matrix: torch.Tensor) -> None:
         self.vectors.update(zip(keys, matrix))
@@ -189,8 +225,9 @@ class FeatureCache:
             if len(packs) >= COMPACT_ABOVE:  # merge everything known into one pack
                 keys, matrix = list(self.vectors), torch.stack(list(self.vectors.values()))
             name = hashlib.sha256("\n".join(keys).encode()).hexdigest()[:20]
-            save_torch({"keys": list(keys), "features": matrix.contiguous()},
-                       self.folder / f"{name}.pt")
+            matrix = matrix.to(torch.float32).contiguous()
+            save_torch({"keys": list(keys), "features": matrix,
+                        "sha256": pack_checksum(list(keys), matrix)}, self.folder / f"{name}.pt")
             if len(packs) >= COMPACT_ABOVE:
                 for old in packs:
                     if old.name != f"{name}.pt":
@@ -219,15 +256,16 @@ class FeatureExtractor:
         self.batch_size = batch_size
         self.normalizer = DS.Normalizer(preprocess.mean, preprocess.std).to(rt.device)
         self.engine_choice = engine
-        self.engine = E.planned_engine(engine, rt)  # "onnxruntime" | "torch"
-        self.engine_label = "torch"  # the engine as the cache key names it
+        self.engine = CE.planned_engine(engine, rt)  # "onnxruntime" | "torch"
+        self.engine_label = f"torch {torch.__version__}"  # the engine as the cache key names it
         if self.engine == "onnxruntime":
             try:
-                self.engine_label = f"onnxruntime {E.version()}"
+                self.engine_label = f"onnxruntime {CE.version()}"
             except ImportError as exc:
                 self._use_torch(f"onnxruntime is not installed ({exc.name})")
         self._runner = None  # what runs the backbone, built on the first computation
         self.weights = weights_digest(backbone)
+        self._width: int | None = None
         self.root = cache_root() / "features" if use_cache else None
         # clean views' pixels from the batches, for the mirrored views of a later stream
         self._pixels = _Memo(DS.DECODE_CACHE_BYTES // 4)
@@ -235,8 +273,13 @@ class FeatureExtractor:
         self._reset()
 
     def _reset(self) -> None:
+        import torchvision
+
         self.base_spec = {"version": FEATURE_VERSION, "weights": self.weights,
-                          "preprocess": self.preprocess.to_dict(), "engine": self.engine_label}
+                          "preprocess": {**self.preprocess.to_dict(), "crop": CROP_RULE,
+                                         "torchvision": torchvision.__version__},
+                          "engine": self.engine_label, "precision": self.rt.precision,
+                          "device": self.rt.device.type, "batch_size": self.batch_size}
         self._caches: dict[View, FeatureCache] = {}  # also memoises when the disk cache is off
         self._served: set[tuple[str, View]] = set()  # (image key, view) pairs counted below
         self.computed = self.reused = 0  # vectors computed / found in the cache, each pair once
@@ -248,7 +291,18 @@ class FeatureExtractor:
             raise PipelineError(f"params.yaml: 'cpu_engine' is 'onnxruntime', but ONNX Runtime "
                                 f"cannot run this backbone: {reason}; set cpu_engine: auto or torch")
         print(f"note: features computed with torch, not ONNX Runtime: {reason}", file=sys.stderr)
-        self.engine = self.engine_label = "torch"
+        self.engine, self.engine_label = "torch", f"torch {torch.__version__}"
+
+    def feature_width(self) -> int:
+        """The backbone's vector width (one forward pass of a blank image, done once)."""
+        if self._width is None:
+            param = next(self.backbone.parameters(), None)
+            device = param.device if param is not None else self.rt.device
+            size = self.preprocess.image_size
+            with torch.no_grad(), self.rt.autocast():
+                out = self.backbone(torch.zeros(1, 3, size, size, device=device))
+            self._width = int(out.reshape(1, -1).shape[1])
+        return self._width
 
     def spec_digest(self, view: View) -> str:
         spec = {**self.base_spec, "view": asdict(view)}
@@ -282,7 +336,7 @@ class FeatureExtractor:
         for files, view in requests:
             if view not in caches:
                 folder = self.root / self.spec_digest(view) if self.root else None
-                caches[view] = FeatureCache(folder)
+                caches[view] = FeatureCache(folder, self.feature_width)
             for path, key in zip(files, self.keys(files)):
                 if key in caches[view].vectors:
                     if (key, view) not in self._served:  # counted once: found in the cache
@@ -304,9 +358,9 @@ class FeatureExtractor:
             self._runner = self.backbone
             if self.engine == "onnxruntime":
                 try:
-                    self._runner = E.export_backbone(self.backbone, self.preprocess.image_size,
+                    self._runner = CE.export_backbone(self.backbone, self.preprocess.image_size,
                                                      self.batch_size)
-                except E.EngineUnavailable as exc:
+                except CE.EngineUnavailable as exc:
                     self._use_torch(str(exc))
                     self._reset()  # the lookups so far were under ONNX Runtime's keys
                     raise _EngineChanged from exc
@@ -337,10 +391,20 @@ class FeatureExtractor:
 
         def store(view):
             keys, rows = pending.pop(view)
-            caches[view].add(keys, torch.stack(rows))
+            matrix = torch.stack(rows)
+            bad = (~torch.isfinite(matrix).all(1)).nonzero().flatten().tolist()
+            if bad:  # never cached, never used: NaN weights or an fp16 overflow
+                where = next(str(path) for path, key, v in jobs if v == view and key == keys[bad[0]])
+                hint = ("check the model weights (params.yaml: weights)" if self.rt.dtype is None
+                        else "a precision overflow or damaged weights: try precision: fp32 in "
+                             "params.yaml")
+                raise PipelineError(
+                    f"features: the backbone gave NaN/Inf for {len(bad)} image(s) (first: {where}, "
+                    f"precision {self.rt.precision}); {hint}")
+            caches[view].add(keys, matrix)
 
         stream = _padded(self._remember(batches, jobs), self.batch_size)
-        for outputs, (indices, n) in infer_batches(runner, stream, self.normalizer, self.rt, desc):
+        for outputs, (indices, n) in infer_batches(runner, stream, self.normalizer, self.rt, desc=desc):
             for row, i in zip(outputs[:n], indices[:n].tolist()):
                 _, key, view = jobs[i]
                 keys, rows = pending.setdefault(view, ([], []))

@@ -120,18 +120,18 @@ def _threads(x: torch.Tensor) -> _Threads:
 
 
 def fit_head(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor,
-             val_y: torch.Tensor, n_classes: int, class_weights: torch.Tensor | None = None,
+             val_y: torch.Tensor, n_classes: int, *, class_weights: torch.Tensor | None = None,
              label_smoothing: float = 0.0, grid=L2_GRID, log=None) -> HeadFit:
     """Solve the head for every l2 in `grid` (warm-started) and keep the best on val.
 
     train_x: [rows, features] (every view of every training image is a row), train_y: [rows];
     val_x/val_y: the validation images (one row each). `log(step, row)` gets the path."""
     with _threads(train_x):
-        return _fit_head(train_x, train_y, val_x, val_y, n_classes, class_weights,
-                         label_smoothing, grid, log)
+        return _fit_head(train_x, train_y, val_x, val_y, n_classes, class_weights=class_weights,
+                         label_smoothing=label_smoothing, grid=grid, log=log)
 
 
-def _fit_head(train_x, train_y, val_x, val_y, n_classes, class_weights, label_smoothing,
+def _fit_head(train_x, train_y, val_x, val_y, n_classes, *, class_weights, label_smoothing,
               grid, log) -> HeadFit:
     problem = _Problem(train_x, train_y, n_classes, class_weights, label_smoothing)
     w = torch.zeros(n_classes, train_x.shape[1], dtype=DTYPE)
@@ -153,7 +153,7 @@ def _fit_head(train_x, train_y, val_x, val_y, n_classes, class_weights, label_sm
     return HeadFit(weight, bias, l2, val_acc, val_loss, path)
 
 
-def refit(x: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float,
+def refit(x: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float, *,
           class_weights: torch.Tensor | None = None, label_smoothing: float = 0.0,
           start: tuple | None = None) -> tuple:
     """One solve at a fixed l2 (e.g. on train + val once l2 is chosen): (weight, bias).

@@ -1,6 +1,6 @@
 """Scores computed from predicted probabilities and true labels (pure functions, no I/O).
 
-Conventions (also in README.md, section Evaluation):
+Conventions (also in docs/outputs.md):
 * `probs` is [N, classes] softmax output, `labels` the true class indices; the prediction is
   the arg-max and its probability the confidence.
 * Per-class and macro scores count every class the model knows, also one absent from the
@@ -9,8 +9,12 @@ Conventions (also in README.md, section Evaluation):
   positives and negatives in the scored split; `roc_auc_classes` says how many that was.
 * Expected calibration error: top-1 confidence in ECE_BINS equal-width bins ((0, 1/15],
   (1/15, 2/15], ...); ECE = sum over bins of (bin share of images) x |accuracy - mean confidence|.
-* Confidence intervals: percentile bootstrap over images (resampled with replacement),
-  seeded, 95%.
+* Confidence intervals, 95%: accuracy's is the Wilson score interval (closed form,
+  `accuracy_interval`): honest at 0% and 100% (all 20 right: 0.839-1.0, where a percentile
+  bootstrap says 1.0-1.0) and needs no resampling. Macro-F1's is a seeded percentile
+  bootstrap over images with at least MIN_RESAMPLES resamples (params: evaluate.bootstrap is
+  0 = off or >= MIN_RESAMPLES); a bootstrap interval of zero width (every resample scored the
+  same, e.g. all images right) is no interval and is not reported.
 """
 
 from __future__ import annotations
@@ -18,8 +22,12 @@ from __future__ import annotations
 import numpy as np
 from sklearn import metrics as skm
 
+from folderfit.params import BOOTSTRAP_MIN
+
 ECE_BINS = 15
 CI_LEVEL = 0.95
+# fewer resamples give percentile tails that move with the seed (params validates the key)
+MIN_RESAMPLES = BOOTSTRAP_MIN
 CURVE_POINTS = 100  # at most this many points per class curve: keeps the DVC plot files small
 
 
@@ -131,6 +139,26 @@ def bootstrap_ci(labels: np.ndarray, preds: np.ndarray, n_classes: int, resample
             for name, values in (("accuracy", accuracy), ("macro_f1", macro_f1))}
 
 
+def accuracy_interval(correct: int, n: int, confidence: float = CI_LEVEL) -> tuple[float, float]:
+    """Wilson score interval of a proportion `correct`/`n`: (low, high) within [0, 1], never of
+    zero width for n > 0 (at 0 or n right it still says how far the truth may lie); (0, 1)
+    for n = 0 (nothing measured). Closed form, so the same for any seed."""
+    from statistics import NormalDist
+
+    if not 0 <= correct <= n:
+        raise ValueError(f"accuracy_interval: correct={correct} must be in 0..n={n}")
+    if n == 0:
+        return 0.0, 1.0
+    z = NormalDist().inv_cdf(0.5 + confidence / 2)
+    p, z2 = correct / n, z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z * np.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    # at the ends the exact bound is 0 or 1: no rounding leaves it a hair inside
+    low = 0.0 if correct == 0 else max(0.0, centre - half)
+    high = 1.0 if correct == n else min(1.0, centre + half)
+    return float(low), float(high)
+
+
 def _thin(n: int, limit: int = CURVE_POINTS) -> np.ndarray:
     """Indices of at most `limit` points spread over a curve of n, first and last kept."""
     return np.arange(n) if n <= limit else np.unique(np.linspace(0, n - 1, limit).round().astype(int))
@@ -182,10 +210,15 @@ def summary(probs: np.ndarray, labels: np.ndarray, seed: int, resamples: int) ->
         "ece": _r(expected_calibration_error(confidence, preds == labels)),
         "ece_bins": ECE_BINS,
     }
+    low, high = accuracy_interval(int((preds == labels).sum()), len(labels))
+    out["accuracy_ci95_low"], out["accuracy_ci95_high"] = _r(low), _r(high)
+    out["accuracy_ci_method"] = "wilson"
     if resamples > 0:
-        ci = bootstrap_ci(labels, preds, n_classes, resamples, seed)
-        for name, (low, high) in ci.items():
-            out[f"{name}_ci95_low"] = _r(low)
-            out[f"{name}_ci95_high"] = _r(high)
+        if resamples < MIN_RESAMPLES:  # params.validate stops this earlier; a library caller too
+            raise ValueError(f"bootstrap: {resamples} resamples are too few for a 95% interval "
+                             f"(at least {MIN_RESAMPLES}, or 0 = off)")
+        low, high = bootstrap_ci(labels, preds, n_classes, resamples, seed)["macro_f1"]
+        if high > low:  # zero width: every resample agreed; that is no interval
+            out["macro_f1_ci95_low"], out["macro_f1_ci95_high"] = _r(low), _r(high)
         out["bootstrap_resamples"] = resamples
     return out

@@ -41,6 +41,7 @@ CPU_ENGINES = ("auto", "onnxruntime", "torch")  # folderfit.cpu_engine
 DEMO_MAX_PER_CLASS = 174  # scikit-learn's digits: the rarest digit (8) has 174 scans
 SEED_MAX = 2**32 - 1  # numpy's seed range, the narrowest of the seeded libraries
 COUNT_MAX = 1_000_000  # upper bound of epochs, patience, batch sizes: far beyond any real use
+BOOTSTRAP_MIN = 200  # evaluate.bootstrap: 0 (off) or at least this many resamples (metrics)
 # a number with an exponent, which YAML 1.2 reads as a float and PyYAML as text
 EXPONENT_FLOAT = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)[eE][-+]?[0-9]+")
 
@@ -72,6 +73,7 @@ class EvaluateParams:
     batch_size: int
     bootstrap: int
     tta: str
+    cv_folds: int
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,7 @@ class Params:
     warm_start_head: bool
     refit_head: bool
     lr: float
+    backbone_lr: float
     lr_decay: float
     weight_decay: float
     batch_size: int
@@ -211,6 +214,7 @@ def validate(p: Params) -> Params:
     _check_range(p.freeze_layers <= 1000, "freeze_layers", "<= 1000 (a backbone's stage count)",
                  p.freeze_layers)
     _check_range(0 < p.lr <= 1, "lr", "in (0, 1]", p.lr)
+    _check_range(0 < p.backbone_lr <= 1, "backbone_lr", "in (0, 1]", p.backbone_lr)
     _check_range(0 < p.lr_decay <= 1, "lr_decay", "in (0, 1]", p.lr_decay)
     _check_range(0 <= p.weight_decay <= 1, "weight_decay", "in [0, 1]", p.weight_decay)
     _check_range(0 <= p.label_smoothing < 1, "label_smoothing", "in [0, 1)", p.label_smoothing)
@@ -236,8 +240,12 @@ def validate(p: Params) -> Params:
     _check_range(8 <= p.demo.size <= 1024, "demo.size", "in 8..1024", p.demo.size)
     _check_range(0 < p.evaluate.batch_size <= COUNT_MAX, "evaluate.batch_size",
                  f"in 1..{COUNT_MAX}", p.evaluate.batch_size)
-    _check_range(0 <= p.evaluate.bootstrap <= 100_000, "evaluate.bootstrap", "in 0..100000",
+    # fewer resamples than MIN_RESAMPLES make the percentile tails a matter of the seed
+    _check_range(p.evaluate.bootstrap == 0 or BOOTSTRAP_MIN <= p.evaluate.bootstrap <= 100_000,
+                 "evaluate.bootstrap", f"0 (off) or in {BOOTSTRAP_MIN}..100000",
                  p.evaluate.bootstrap)
+    _check_range(p.evaluate.cv_folds == 0 or 2 <= p.evaluate.cv_folds <= 20, "evaluate.cv_folds",
+                 "0 (off) or in 2..20", p.evaluate.cv_folds)
     _check_range(2 <= p.review.folds <= 100, "review.folds", "in 2..100", p.review.folds)
     _check_range(1 <= p.review.neighbours <= 1000, "review.neighbours", "in 1..1000",
                  p.review.neighbours)

@@ -1,9 +1,11 @@
 """Classify new images with a trained model file: `folderfit predict PATH...`.
 
 Only the model file is needed (architecture, classes and preprocessing are stored in it; no
-params.yaml). Each image goes through exactly what `evaluate` does: decoded to RGB with its
-EXIF orientation applied (folderfit.data.load_rgb), the model file's eval geometry (resize of
-the shorter side + centre crop), normalised on the compute device, then the model.
+params.yaml). Each image goes through exactly what `evaluate` does (folderfit.imageio, the one
+path): decoded to RGB with its EXIF orientation applied, shrunk as prepare stores it, the model
+file's eval geometry (resize of the shorter side + centre crop), normalised on the compute
+device, then the model. Images over the size limits (imageio: aspect ratio, pixel count) are
+reported and left out like unreadable ones.
 
 Folders are searched recursively, links to files and folders followed (each folder once, so
 link loops end); hidden files and folders (names starting with '.') and non-image extensions
@@ -11,6 +13,10 @@ are skipped. A file that cannot be read or decoded (a broken link, a truncated J
 reported on stderr and left out; the exit code is then 1 (the predictions of all other files
 are still written). Any file name works: the path column holds its printable UTF-8 form
 (folderfit.data.printable), so the CSV and JSON lines stay valid UTF-8.
+
+An existing --output file is refused unless --force (it could be data/corrections.csv); it is
+written atomically. Probabilities that are not finite (a model file with NaN weights) are a
+one-line error, not output.
 
 Output: CSV (default, stdout when no --output) with columns path, predicted, confidence,
 top1_class, top1_prob, ... topK_class, topK_prob; or JSON lines when --output ends in
@@ -30,7 +36,8 @@ import torch
 
 from folderfit import data as D
 from folderfit import datasets as DS
-from folderfit.engine import infer, make_loader
+from folderfit import imageio as IO
+from folderfit.inference import infer, make_loader
 from folderfit.errors import PipelineError
 from folderfit.fileio import write_text
 from folderfit.models import load_model_file
@@ -73,23 +80,22 @@ def collect_images(paths: list[str]) -> tuple[list[Path], list[tuple[str, str]]]
 
 
 class ImageFiles(torch.utils.data.Dataset):
-    """Item i: (uint8 CHW tensor after the eval geometry, or None, index, error or None)."""
+    """Item i: (uint8 CHW tensor after the eval geometry, or None, index, error or None).
+    The tensor comes from folderfit.imageio.network_image: the path prepare's stored copy
+    takes, so evaluate's input for a prepared copy equals predict's for its original."""
 
     def __init__(self, files: list[Path], preprocess):
         self.files = files
-        self.geometry = DS.eval_geometry(preprocess)
+        self.preprocess = preprocess
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, i: int):
-        from torchvision.transforms.v2.functional import pil_to_tensor
-
         try:
-            img = D.load_rgb(self.files[i])
-        except D.BadImage as exc:
+            return IO.network_image(self.files[i], self.preprocess), i, None
+        except IO.BadImage as exc:
             return None, i, str(exc)
-        return self.geometry(pil_to_tensor(img)), i, None
 
 
 def collate(items):
@@ -111,7 +117,7 @@ def predict_files(loaded, files: list[Path], batch_size: int, precision: str = "
     model = prepare_model(loaded.model, rt)
     normalizer = DS.Normalizer(loaded.preprocess.mean, loaded.preprocess.std).to(rt.device)
     loader = make_loader(ImageFiles(files, loaded.preprocess), batch_size, rt, collate_fn=collate)
-    logits, metas = infer(model, loader, normalizer, rt, desc="predict", progress=progress)
+    logits, metas = infer(model, loader, normalizer, rt, desc="predict", show_progress=progress)
     order = [i for indices, _ in metas for i in indices]
     failed = [bad for _, bads in metas for bad in bads]
     n_classes = len(loaded.class_names)
@@ -128,7 +134,6 @@ class Classifier:
         self.loaded = loaded
         self.rt = pick_runtime(precision, device, Setting("api"))
         self.model = prepare_model(loaded.model, self.rt).eval()
-        self.geometry = DS.eval_geometry(loaded.preprocess)
         self.normalizer = DS.Normalizer(loaded.preprocess.mean, loaded.preprocess.std).to(self.rt.device)
 
     @classmethod
@@ -141,11 +146,16 @@ class Classifier:
 
     def probabilities(self, images) -> torch.Tensor:
         """[len(images), classes] float32 softmax probabilities for a list of PIL images."""
-        from torchvision.transforms.v2.functional import pil_to_tensor
-
-        batch = torch.stack([self.geometry(pil_to_tensor(D.upright_rgb(img))) for img in images])
-        logits, _ = infer(self.model, [(batch, None)], self.normalizer, self.rt, progress=False)
-        return torch.softmax(logits, 1)
+        try:  # an opened, not yet loaded JPEG is drafted exactly as predict drafts its file
+            batch = torch.stack([IO.network_image(img, self.loaded.preprocess) for img in images])
+        except IO.BadImage as exc:
+            raise PipelineError(f"image refused: {exc}") from None
+        logits, _ = infer(self.model, [(batch, None)], self.normalizer, self.rt, show_progress=False)
+        probs = torch.softmax(logits, 1)
+        if not bool(torch.isfinite(probs).all()):
+            raise PipelineError("the model gives non-finite probabilities (NaN/inf); the model "
+                                "file is broken (NaN weights?): retrain it or use another one")
+        return probs
 
     def classify(self, image, top_k: int = 3) -> list[tuple[str, float]]:
         """[(class, probability)] for one PIL image, most probable first."""
@@ -190,10 +200,33 @@ def format_jsonl(records: list[dict]) -> str:
 
 
 # ------------------------------------------------------------------ command
+def check_output(output: str | None, force: bool) -> None:
+    """An existing --output is never overwritten silently (it may be data/corrections.csv)."""
+    if not output:
+        return
+    path = Path(output)
+    if path.is_dir():
+        raise PipelineError(f"--output {output}: is a folder; give a file name (.csv, .jsonl, .ndjson)")
+    if (path.exists() or path.is_symlink()) and not force:
+        raise PipelineError(f"--output {output}: the file exists; choose a new name, or add "
+                            f"--force to replace it")
+
+
+def check_finite(probs: torch.Tensor, order: list[int], files: list[Path], model: str) -> None:
+    """NaN or infinite probabilities (a model file with NaN weights) are an error, not output."""
+    bad = ~torch.isfinite(probs).all(1) if len(probs) else torch.zeros(0, dtype=torch.bool)
+    if bool(bad.any()):
+        first = D.printable(str(files[order[int(bad.nonzero()[0, 0])]]))
+        raise PipelineError(f"{model}: the model gives non-finite probabilities (NaN/inf) for "
+                            f"{int(bad.sum())} of {len(probs)} image(s), e.g. {first}; the model "
+                            f"file is broken (NaN weights?): retrain it or use another one")
+
+
 def command(args) -> None:
     """`folderfit predict` (arguments: folderfit.cli)."""
     if args.output and not args.output.lower().endswith((".csv",) + JSONL_SUFFIXES):
         raise PipelineError(f"--output {args.output}: use a .csv, .jsonl or .ndjson file name")
+    check_output(args.output, getattr(args, "force", False))
     loaded = load_model_file(args.model)
     files, missing = collect_images(args.paths)
     for path, reason in missing:
@@ -205,6 +238,7 @@ def command(args) -> None:
                                          device=args.device, setting=Setting("cli"))
     for index, reason in failed:
         print(f"skipped {D.printable(str(files[index]))}: {reason}", file=sys.stderr)
+    check_finite(probs, order, files, args.model)
     records = rows(files, probs, order, loaded.class_names, args.top_k)
     k = min(args.top_k, len(loaded.class_names))
     jsonl = bool(args.output) and args.output.lower().endswith(JSONL_SUFFIXES)

@@ -6,23 +6,44 @@ data.source, a name that is not UTF-8 or a broken link in it stop DVC itself wit
 while it hashes prepare's dependencies. This stage depends on the whole params.yaml
 (dvc.yaml: `params: [params.yaml: ]`), so any edit reruns it first, and it runs the one
 validation every stage runs (folderfit.params.load_params, via folderfit.cli.stage_main).
-Every other stage depends on its output, whose content never changes: a valid edit reruns
-only the stages whose own params or data changed.
+
+It is also how a project made by `folderfit init` follows the INSTALLED library: the stage is
+`always_changed` (dvc.yaml), and its output holds the folderfit version and a digest of the
+package's .py files. Every other stage depends on that output, not on a source folder, so
+DVC reruns them exactly when the library they import changed (an upgrade, or an edit in an
+editable install); a valid params edit reruns only the stages whose own params or data changed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
+import folderfit
 from folderfit import data as D
-from folderfit.demo import OUT_DIR as DEMO_DIR
+from folderfit.paths import DEMO_DIR
 from folderfit.errors import PipelineError
 from folderfit.fileio import write_text
 
-OUT = Path("data/preflight.ok")
-TEXT = ("params.yaml and data.source passed folderfit's preflight checks. This file never "
-        "changes, so a valid edit reruns only the stages whose inputs changed.\n")
+from folderfit.paths import PREFLIGHT_OK as OUT
+from folderfit.provenance import LIBRARY, library_files
+# project templates `folderfit init` copies: not code any stage runs
+TEXT = ("params.yaml and data.source passed folderfit's preflight checks. Every other stage "
+        "depends on this file; it changes only when the folderfit library above does.\n")
+
+
+def library_digest(library: Path = LIBRARY) -> str:
+    """sha256 over the names and contents of provenance.library_files (~50 small files: cheap)."""
+    digest = hashlib.sha256()
+    for path in library_files(library):
+        digest.update(path.relative_to(library).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def stamp(library: Path = LIBRARY, version: str = folderfit.__version__) -> str:
+    """The content of data/preflight.ok: what the downstream stages' dependency records."""
+    return f"folderfit {version}\nlibrary sha256 {library_digest(library)}\n{TEXT}"
 
 
 def check_source_names(source: str) -> None:
@@ -46,5 +67,5 @@ def check_source_names(source: str) -> None:
 
 def run(params) -> None:
     check_source_names(params.data.source)
-    write_text(OUT, TEXT)
+    write_text(OUT, stamp())
     print(f"preflight: params.yaml and data.source {D.printable(params.data.source)} OK")

@@ -15,31 +15,42 @@ two of the user's train/val/test folders are leakage: listed as a warning, or wi
 Names: any name the file system allows is read; reports and the manifest hold its printable
 form (folderfit.data.printable), stored names are cut to the file system's limit (fit_name).
 
+Images are decoded by a pool of processes (one per core, results taken in input order, so the
+output does not depend on the core count) through folderfit.imageio, the path predict takes
+too: the stored copy (PNG, lossless) holds exactly the pixels predict computes from the
+original, so what evaluate scores is what predict answers. Progress: folderfit.progress.
 Each image is encoded into a staging folder as soon as it is decoded, so memory does not grow
-with the data set; the finished folder replaces data/prepared in one rename (fileio.staged_dir),
+with the data set; two prepares at once in one project: the second stops (exclusive); the finished folder replaces data/prepared in one rename (fileio.staged_dir),
 after metrics/data.json is written. Any failure, a full disk included, leaves both as they were.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
 import io
 import itertools
 import os
 import shutil
 import sys
-from collections import defaultdict
+from collections import defaultdict, deque
 from pathlib import Path
 
 from folderfit import corrections as C
 from folderfit import data as D
+from folderfit import imageio as IO
 from folderfit.errors import PipelineError
 from folderfit.fileio import staged_dir, write_json
+from folderfit.progress import progress
 
-OUT_DIR = Path("data/prepared")
-REPORT = Path("metrics/data.json")
+from folderfit.paths import DATA_REPORT as REPORT
+from folderfit.paths import PREPARED as OUT_DIR
 STAGING = ".staging"  # inside the temp output dir: encoded images before their split is known
 MAX_LISTED = 10  # leak pairs named in the error message (all are printed as warnings)
+MIN_POOL_JOBS = 16  # fewer images are decoded in this process
+MAX_WORKERS = 32
+WINDOW_PER_WORKER = 8  # decoded images waiting per worker (bounds memory, keeps workers busy)
 
 
 class Stager:
@@ -65,23 +76,64 @@ class Stager:
         return round(self.written * max(self.expected, self.count) / max(1, self.count))
 
 
-def _stage(found: D.Found, label: str, depth: int, image_size: int, stager: Stager,
-           skipped: list) -> dict | None:
-    """Decode one image and stage its stored copy: its record, or None (skipped, reason kept).
-    `depth`: leading parts of found.rel (split folder, class folder) not part of its name."""
+def decode_one(path: Path, image_size: int):
+    """Worker: (pixel hash, stored copy as PNG bytes, full upright size), or (None, reason, None).
+    The stored copy comes from folderfit.imageio, the path predict also takes."""
     try:
-        img = D.load_rgb(found.path)
-    except D.BadImage as exc:
-        skipped.append({"file": found.rel, "reason": str(exc)})
-        return None
+        img, stored, size = IO.stored_image(path, image_size)
+    except IO.BadImage as exc:
+        return None, str(exc), None
     pixel_hash = D.sha256_bytes(f"{img.size}".encode() + img.tobytes())
-    stored = D.bounded(img, image_size)
-    *folders, name = found.rel.split("/")[depth:]
-    stem, suffix = os.path.splitext(name)
-    blob, ext = D.encode(stored, suffix)
-    return {"rel": found.rel, "label": label, "sha256": pixel_hash,
-            "stem": "__".join([*folders, stem]), "staged": stager.put(blob, ext), "ext": ext,
-            "size": img.size}
+    return pixel_hash, IO.encode_stored(stored), size
+
+
+def workers(n_jobs: int) -> int:
+    """Decoding processes: one per usable core (1 for small jobs: a pool costs ~0.1 s)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return 1 if n_jobs < MIN_POOL_JOBS else max(1, min(cores, MAX_WORKERS))
+
+
+def decode_all(paths: list[Path], image_size: int):
+    """decode_one of every path, in order (so the output is the same for any worker count),
+    decoded by a process pool; at most WINDOW results wait in memory."""
+    n = workers(len(paths))
+    if n == 1:
+        yield from (decode_one(p, image_size) for p in paths)
+        return
+    from concurrent.futures import ProcessPoolExecutor
+
+    window = WINDOW_PER_WORKER * n
+    with ProcessPoolExecutor(max_workers=n) as pool:
+        pending = deque()
+        for path in paths:
+            pending.append(pool.submit(decode_one, path, image_size))
+            if len(pending) >= window:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def stage_all(jobs: list, image_size: int, stager: Stager, skipped: list) -> list:
+    """[record or None] for jobs [(Found, label, depth)]: each image decoded (in parallel) and
+    its stored copy staged; an unusable one is None with its reason added to `skipped`.
+    `depth`: leading parts of found.rel (split folder, class folder) not part of its name."""
+    out = []
+    results = decode_all([found.path for found, _, _ in jobs], image_size)
+    for (found, label, depth), (pixel_hash, blob, size) in zip(
+            jobs, progress(results, total=len(jobs), desc="prepare", unit="images")):
+        if pixel_hash is None:
+            skipped.append({"file": found.rel, "reason": blob})
+            out.append(None)
+            continue
+        *folders, name = found.rel.split("/")[depth:]
+        stem, _ = os.path.splitext(name)
+        out.append({"rel": found.rel, "label": label, "sha256": pixel_hash,
+                    "stem": "__".join([*folders, stem]), "ext": IO.STORED_FORMAT,
+                    "staged": stager.put(blob, IO.STORED_FORMAT), "size": size})
+    return out
 
 
 def _empty_reason(files: list) -> str:
@@ -100,7 +152,7 @@ def collect(source: Path, val_fraction: float, test_fraction: float, seed: int, 
             stager: Stager, fixes: dict | None = None):
     """({split: [record]}, classes, report extras); the stored images go to `stager`;
     `fixes` (data/corrections.csv) relabel or drop images before anything else sees them."""
-    fixes, applied = fixes or {}, set()
+    fixes, applied = fixes or {}, C.Applied()
     layout = D.detect_layout(source)
     skipped = [{"file": f, "reason": r} for f, r in layout.skipped]
     roots = ({None: (source, "")} if layout.splits is None else
@@ -111,12 +163,14 @@ def collect(source: Path, val_fraction: float, test_fraction: float, seed: int, 
         scanned[split] = classes
         skipped += [{"file": f, "reason": r} for f, r in left_out]
     stager.expected = sum(len(files) for classes in scanned.values() for files in classes.values())
-    records = {split: {label: [r for f in files
-                               if (r := _stage(f, label, 2 if roots[split][1] else 1, image_size,
-                                               stager, skipped))]
+    jobs = [(f, label, 2 if roots[split][1] else 1)
+            for split, classes in scanned.items() for label, files in classes.items() for f in files]
+    staged = iter(stage_all(jobs, image_size, stager, skipped))
+    records = {split: {label: [r for _ in files if (r := next(staged))]
                        for label, files in classes.items()}
                for split, classes in scanned.items()}
-    records = {split: C.apply(by_class, fixes, applied) for split, by_class in records.items()}
+    # splits are made from the ORIGINAL labels and paths, the fixes applied after them: a
+    # relabel or a drop never moves another image between splits (corrections.apply_to_splits)
     labels = sorted({label for classes in scanned.values() for label in classes})
     usable = [c for c in labels if any(records[s].get(c) for s in records)]
     empty = [{"folder": f"{roots[s][1]}{c}", "reason": _empty_reason(scanned[s][c])}
@@ -130,7 +184,8 @@ def collect(source: Path, val_fraction: float, test_fraction: float, seed: int, 
         per_split, classes, extras = _split_here(
             records[None], usable, val_fraction, test_fraction, seed, skipped, empty,
             made=[s for s in D.SPLITS if s != "test" or test_fraction > 0])
-        return per_split, classes, {**extras, **C.report(fixes, applied)}
+        per_split = C.apply_to_splits(per_split, fixes, applied)
+        return per_split, C.classes_of(per_split, classes), {**extras, **C.report(fixes, applied)}
     _check_given_classes(source, roots, scanned, records, usable)
     per_split = {split: [r for c in usable for r in records[split].get(c, [])] for split in records}
     made = []
@@ -139,7 +194,8 @@ def collect(source: Path, val_fraction: float, test_fraction: float, seed: int, 
         carved, _, _ = _split_here({c: records["train"][c] for c in usable}, usable, val_fraction,
                                    test_fraction if "test" in made else 0.0, seed, [], [], made)
         per_split.update(carved)
-    return per_split, usable, {"split_given": True, "made_splits": made, "skipped": skipped,
+    per_split = C.apply_to_splits(per_split, fixes, applied)
+    return per_split, C.classes_of(per_split, usable), {"split_given": True, "made_splits": made, "skipped": skipped,
                                "empty_classes": empty, **C.report(fixes, applied)}
 
 
@@ -263,13 +319,39 @@ def build_report(rows: list[dict], classes: list, extras: dict, dups: dict) -> d
                        "cross_split_duplicates": dups["cross_split_duplicates"]},
         "empty_classes": extras["empty_classes"],
         "skipped": extras["skipped"],
-        **{k: extras[k] for k in ("n_relabelled", "n_dropped", "corrections") if k in extras},
+        **{k: extras[k] for k in C.REPORT_KEYS if k in extras},
     }
+
+
+@contextlib.contextmanager
+def exclusive(folder: Path):
+    """Hold an exclusive lock on `folder` (data/) while prepare writes there: two prepares at
+    once outside DVC would clear each other's staging folder. The second one stops with a
+    clear message instead. File systems without flock (some network mounts) run unlocked."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise PipelineError(
+                f"another prepare is writing {OUT_DIR} in this project right now; wait until it "
+                f"has finished (or stop it), then run this one again") from None
+        except OSError:
+            pass  # no locking here: run as before
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def run(params) -> None:
     source = D.check_source(params.data.source)
     fixes = C.read(source)  # checked before any image is decoded
+    with exclusive(OUT_DIR.parent):
+        _run(params, source, fixes)
+
+
+def _run(params, source: Path, fixes) -> None:
     stager = None
     with staged_dir(OUT_DIR, expected_size=lambda: stager.estimate() if stager else 0) as tmp:
         stager = Stager(tmp / STAGING)
@@ -290,7 +372,8 @@ def run(params) -> None:
           f"{report['n_skipped']} skipped, {dups['duplicate_files']} duplicate file(s)")
     if fixes:
         print(f"corrections ({C.CORRECTIONS}): {report['n_relabelled']} relabelled, "
-              f"{report['n_dropped']} dropped")
+              f"{report['n_dropped']} dropped, {report['n_unchanged']} unchanged; "
+              f"{report['n_test_corrections']} test image(s) corrected (kept apart)")
     if extras["split_given"] and extras["made_splits"]:
         print(f"prepare: {' and '.join(extras['made_splits'])} drawn from your train/ folder "
               f"(stratified, seed {params.seed})")

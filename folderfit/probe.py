@@ -20,6 +20,10 @@ features), so the study measures exactly what the pipeline runs.
 * `refit_head`: once l2 and flips are chosen on val, the head is solved again at that l2 on
   train + val (every view of both): 15% more images for the final head. The reported val
   scores stay those of the selection (the refit head has seen val).
+* `cross_validate`: without a test split, nothing is left that the delivered head has not
+  learned from, so the honest estimate is a K-fold cross-validation of this whole procedure
+  (mirror test, l2 choice on val, refit) over train + val: each fold runs `solve` on the
+  images outside it (their own train/val roles kept) and scores the images inside it.
 """
 
 from __future__ import annotations
@@ -54,12 +58,12 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 def mirror_test(train_clean: torch.Tensor, train_y: torch.Tensor, val_clean: torch.Tensor,
-                val_mirrored: torch.Tensor, val_y: torch.Tensor, n_classes: int,
+                val_mirrored: torch.Tensor, val_y: torch.Tensor, n_classes: int, *,
                 class_weights=None, label_smoothing: float = 0.0) -> dict:
     """hflip auto: do the labels survive mirroring? (module docstring). Returns the facts and
     the decision (`hflip`)."""
-    fit = H.fit_head(train_clean, train_y, val_clean, val_y, n_classes, class_weights,
-                     label_smoothing)
+    fit = H.fit_head(train_clean, train_y, val_clean, val_y, n_classes,
+                     class_weights=class_weights, label_smoothing=label_smoothing)
     mirrored = accuracy(val_mirrored @ fit.weight.T + fit.bias, val_y)
     tolerance = max(MIRROR_TOLERANCE, 2 / max(len(val_y), 1))
     return {"val_accuracy": fit.val_accuracy, "val_accuracy_mirrored": mirrored,
@@ -74,10 +78,10 @@ class SolvedHead:
     refit: bool
     views: list  # names of the training views the head learned from
     mirror_test: dict | None  # hflip auto only
-    feature_engine: str = "torch"  # what ran the backbone: torch | onnxruntime (folderfit.cpu_engine)
+    feature_engine: str = "torch-fp32"  # what ran the backbone, with its precision (folderfit.extraction)
 
 
-def solve(features: FeatureSource, train_y: torch.Tensor, val_y: torch.Tensor, n_classes: int,
+def solve(features: FeatureSource, train_y: torch.Tensor, val_y: torch.Tensor, n_classes: int, *,
           hflip: bool | str, n_views: int, min_scale: float, seed: int, tta: str, refit: bool,
           class_weights=None, label_smoothing: float = 0.0, log=None) -> SolvedHead:
     """The head from features of the "train" and "val" images (module docstring)."""
@@ -86,7 +90,7 @@ def solve(features: FeatureSource, train_y: torch.Tensor, val_y: torch.Tensor, n
         train_clean, val_clean, val_flip = features([("train", F.CLEAN), ("val", F.CLEAN),
                                                      ("val", F.FLIP)])
         test = mirror_test(train_clean, train_y, val_clean, val_flip, val_y, n_classes,
-                           class_weights, label_smoothing)
+                           class_weights=class_weights, label_smoothing=label_smoothing)
         flip = test["hflip"]
     else:
         flip = bool(hflip)
@@ -100,13 +104,77 @@ def solve(features: FeatureSource, train_y: torch.Tensor, val_y: torch.Tensor, n
     if with_tta:
         val_x = (val_x + got["val", F.FLIP]) / 2
     fit = H.fit_head(torch.cat([got["train", v] for v in views]), train_y.repeat(len(views)),
-                     val_x, val_y, n_classes, class_weights, label_smoothing, log=log)
+                     val_x, val_y, n_classes, class_weights=class_weights,
+                     label_smoothing=label_smoothing, log=log)
     if refit:
         x = torch.cat([torch.cat([got["train", v], got["val", v]]) for v in views])
         y = torch.cat([train_y, val_y]).repeat(len(views))
-        fit.weight, fit.bias = H.refit(x, y, n_classes, fit.l2, class_weights, label_smoothing)
+        fit.weight, fit.bias = H.refit(x, y, n_classes, fit.l2, class_weights=class_weights,
+                                       label_smoothing=label_smoothing)
     return SolvedHead(fit, flip, "flip" if with_tta else "none", refit,
                       [v.name for v in views], test)
+
+
+@dataclass
+class CrossValidation:
+    probs: torch.Tensor  # [train + val images, classes] out-of-fold softmax, float64
+    labels: torch.Tensor  # [train + val images]
+    fold: torch.Tensor  # [train + val images] fold that scored each image
+    folds: int
+    l2: list  # l2 chosen in each fold
+    hflip: list  # flip decision of each fold
+
+
+def _subset(source: FeatureSource, keep: dict[str, torch.Tensor]) -> FeatureSource:
+    """The rows of `keep[split]` (boolean masks) of every request to `source`."""
+    def features(requests):
+        return [x[keep[split]] for (split, _), x in zip(requests, source(requests))]
+    return features
+
+
+def held_out_logits(features: FeatureSource, split: str, rows: torch.Tensor, fit: H.HeadFit,
+                    tta: str) -> torch.Tensor:
+    """Logits of the images `rows` of `split` the way evaluate scores them (flip TTA: the head
+    on the mean of the clean and mirrored vectors)."""
+    views = [F.CLEAN] + ([F.FLIP] if tta == "flip" else [])
+    x = sum(v[rows] for v in features([(split, view) for view in views])) / len(views)
+    return x @ fit.weight.T + fit.bias
+
+
+def cross_validate(features: FeatureSource, train_y: torch.Tensor, val_y: torch.Tensor,
+                   n_classes: int, *, folds: int, groups, seed: int, **solve_args) -> CrossValidation:
+    """K-fold cross-validation of `solve` (same keyword arguments) over train + val; `groups`:
+    one id per image (train then val) of which copies share one, so that copies stay in one
+    fold. See the module docstring."""
+    from folderfit.crossfit import assign_folds
+
+    n_train = len(train_y)
+    labels = torch.cat([train_y, val_y])
+    fold = torch.from_numpy(assign_folds(labels.numpy(), groups, folds, seed))
+    cache: dict = {}
+
+    def memo(requests):  # every fold asks for the same full matrices
+        missing = [r for r in requests if r not in cache]
+        if missing:
+            cache.update(zip(missing, features(missing)))
+        return [cache[r] for r in requests]
+
+    probs = torch.zeros(len(labels), n_classes, dtype=torch.float64)
+    chosen_l2, flips = [], []
+    k_total = int(fold.max()) + 1
+    for k in range(k_total):
+        inside = {"train": fold[:n_train] == k, "val": fold[n_train:] == k}
+        outside = {split: ~mask for split, mask in inside.items()}
+        solved = solve(_subset(memo, outside), train_y[outside["train"]], val_y[outside["val"]],
+                       n_classes, seed=seed, **solve_args)
+        for split, offset in (("train", 0), ("val", n_train)):
+            rows = torch.nonzero(inside[split]).flatten()
+            if len(rows):
+                logits = held_out_logits(memo, split, rows, solved.fit, solved.tta)
+                probs[rows + offset] = torch.softmax(logits.double(), 1)
+        chosen_l2.append(solved.fit.l2)
+        flips.append(solved.hflip)
+    return CrossValidation(probs, labels, fold, k_total, chosen_l2, flips)
 
 
 def tensor_source(vectors: dict[tuple[str, F.View], torch.Tensor]) -> FeatureSource:

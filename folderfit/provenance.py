@@ -1,7 +1,8 @@
-"""What counts as "the code" of a stage: its entry script in stages/ plus every file of this
-library package. dvc.yaml declares exactly these as each stage's code deps (a test checks
-it), and the train checkpoint's fingerprint hashes the same files, so a code change can never
-leave a result that `dvc repro` or a resumed run calls up to date.
+"""What counts as "the code" of a stage: its entry script in stages/ plus the library's .py
+files. dvc.yaml declares the entry script as a dep and the library through data/preflight.ok
+(preflight records a digest of library_files there, folderfit.preflight), and the train
+checkpoint's fingerprint hashes the same files, so a code change can never leave a result
+that `dvc repro` or a resumed run calls up to date.
 """
 
 from __future__ import annotations
@@ -10,12 +11,15 @@ import hashlib
 from pathlib import Path
 
 LIBRARY = Path(__file__).resolve().parent
-IGNORED = ("__pycache__",)  # also in .dvcignore: compiled files must not count as changes
+NOT_CODE = ("project/files/",)  # templates `folderfit init` copies: no stage runs them
 
 
-def library_files() -> list[Path]:
-    return sorted(p for p in LIBRARY.rglob("*")
-                  if p.is_file() and not any(part in IGNORED for part in p.relative_to(LIBRARY).parts))
+def library_files(library: Path = LIBRARY) -> list[Path]:
+    """The library's .py files: the code the stages import (compiled files and the project
+    templates excluded), sorted."""
+    return sorted(p for p in library.rglob("*.py")
+                  if "__pycache__" not in p.relative_to(library).parts
+                  and not p.relative_to(library).as_posix().startswith(NOT_CODE))
 
 
 def stage_code_files(stage: str, repo: Path | None = None) -> list[Path]:

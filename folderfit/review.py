@@ -8,12 +8,14 @@ each other, which do not belong; and `folderfit review`, which prints those list
    weights, preprocessing, view and image content), so `train` (feature_extract) and
    `review` never compute a vector twice.
 2. Out-of-sample probabilities: K-fold cross-fitting of the head (folderfit.crossfit), no
-   image scored by a head that saw its label or a copy of it.
+   image scored by a head that saw its label or a copy of it. K is review.folds, lowered to
+   the smallest class's image count (>= 2) with a note in review.json; a class with a single
+   image cannot be cross-fitted: its images are listed as `not_reviewable`, not scored.
 3. Neighbour votes: the labels of each image's `review.neighbours` nearest other images
    (cosine similarity of the L2-normalised features, views averaged). The probabilities used
    for the ranking are 0.75 x the head's + 0.25 x the votes (two different views of the
    evidence: a linear boundary and the local neighbourhood; together they ranked moved labels
-   better than either alone, README "Label review").
+   better than either alone, docs/review.md).
 4. Label issues (cleanlab): every image's label quality is cleanlab's self-confidence score
    (the probability of its given label); the flagged images are those cleanlab's
    `find_label_issues` (confident learning) flags plus those whose most probable class is
@@ -36,6 +38,10 @@ gets no per-class columns) and metrics/review/ (built aside, swapped in whole):
   noise_per_class.json   estimated label-noise rate per class (a DVC bar plot)
   details.json           settings and facts of the run (folds, views, l2 per fold, ...)
 Every `path` is relative to data.source, exactly as the file sits there.
+
+`folderfit review --template` never suggests a relabel for a test image (following the model's
+guess there would raise the test score by construction): test images are listed as comments
+for a human look only (folderfit.corrections: test fixes are applied but reported apart).
 """
 
 from __future__ import annotations
@@ -48,12 +54,12 @@ from pathlib import Path
 import numpy as np
 
 from folderfit import data as D
+from folderfit.extraction import engine_name, train_feature_extractor
+from folderfit.pages import review_page
 from folderfit.errors import PipelineError
 from folderfit.fileio import staged_dir, write_json
 
-PREPARED = Path("data/prepared")
-REVIEW_JSON = Path("metrics/review.json")
-REVIEW_DIR = Path("metrics/review")
+from folderfit.paths import PREPARED, REVIEW_DIR, REVIEW_JSON
 OUTLIER_IQR_FACTOR = 1 / 0.37037 - 1  # cleanlab Datalab's default outlier threshold, as a factor
 # near-duplicates: distance at most this share of the median nearest-neighbour distance too
 # (trashnet-mini: median 0.34, so review.duplicate_similarity 0.9 decides there)
@@ -61,7 +67,7 @@ DUPLICATE_SHARE_OF_MEDIAN = 0.3
 GALLERY_MAX = 16
 # share of the neighbours' votes in the probabilities that rank labels (the head's: the rest);
 # 0.25 ranked moved labels best on three noisy copies of trashnet-mini (0.5 and 0: one or two
-# files fewer in the top k; README, Label review)
+# files fewer in the top k; docs/review.md)
 VOTE_WEIGHT = 0.25
 PAIR_ISSUES = ("different classes and splits", "different classes", "different splits", "")
 
@@ -69,11 +75,7 @@ PAIR_ISSUES = ("different classes and splits", "different classes", "different s
 # ------------------------------------------------------------------ inputs
 def read_rows(prepared: Path = PREPARED) -> list[dict]:
     """prepare's manifest rows (file, source, class, split, sha256, ...), in manifest order."""
-    path = prepared / D.MANIFEST
-    if not path.is_file():
-        raise PipelineError(f"{path}: not found; run `dvc repro prepare` first")
-    with open(path, newline="", encoding="utf-8") as fh:
-        return list(csv.DictReader(fh))
+    return D.read_manifest_rows(prepared)
 
 
 def review_views(params) -> list:
@@ -109,28 +111,14 @@ def follow_mirror_test(extractor, files: list, rows: list[dict], labels: np.ndar
     return ([F.CLEAN, F.FLIP] if test["hflip"] else [F.CLEAN]), test
 
 
-def train_feature_extractor(params, n_classes: int, rt):
-    """The frozen backbone exactly as `train` builds it (model, weights, seed, preprocessing at
-    data.image_size, device layout), so both stages hit the same cache entries."""
-    from folderfit import features as F
-    from folderfit import models as M
-    from folderfit.runtime import prepare_model
-    from folderfit.training import feature_extractor
-
-    built = M.build_model(params.model_name, n_classes, params.weights, params.seed)
-    pre = built.preprocess.with_image_size(params.data.image_size)
-    backbone, _ = F.backbone_only(prepare_model(built.model, rt), built.head_name)
-    return feature_extractor(backbone, pre, params, rt)
-
-
 # ------------------------------------------------------------------ the lists
 def copy_groups(rows: list[dict], pairs) -> np.ndarray:
     """Group id per image: identical pixels (same sha256) or a chain of near-duplicate pairs."""
-    from folderfit import similarity as S
+    from folderfit import similarity as SIM
 
     first = {}
     same = [(first.setdefault(r["sha256"], i), i) for i, r in enumerate(rows)]
-    return S.groups(len(rows), [(i, j) for i, j in same if i != j] + list(pairs))
+    return SIM.groups(len(rows), [(i, j) for i, j in same if i != j] + list(pairs))
 
 
 def neighbour_votes(index: np.ndarray, labels: np.ndarray, n_classes: int) -> np.ndarray:
@@ -166,9 +154,88 @@ def pair_issue(a: dict, b: dict) -> str:
     return PAIR_ISSUES[0 if classes and splits else 1 if classes else 2 if splits else 3]
 
 
+# ------------------------------------------------------------------ which images, how many folds
+def plan_review(rows: list[dict], classes: list, labels: np.ndarray, wanted_folds: int) -> dict:
+    """Which images can be cross-fitted and with how many folds. A class with one image cannot
+    be scored out of sample (no head could have seen its class without its label): its images
+    are 'not reviewable' (listed, not failed). The folds shrink to what the smallest
+    reviewable class allows (>= 2), with a note."""
+    from folderfit import crossfit as CF
+
+    counts = np.bincount(labels, minlength=len(classes))
+    reviewable = counts[labels] >= 2
+    if (counts >= 2).sum() < 2:  # one class left: no classifier to cross-fit
+        reviewable[:] = False
+    folds, note = CF.plan_folds(counts[counts >= 2], wanted_folds)
+    skipped = [{"path": rows[i]["source"], "class": rows[i]["class"],
+                "reason": f"class '{rows[i]['class']}' has {counts[labels[i]]} image(s); "
+                          f"cross-fitting needs at least 2 per class and 2 such classes"}
+               for i in np.flatnonzero(~reviewable)]
+    notes = [note] if note else []
+    if skipped:
+        notes.append(f"{len(skipped)} image(s) not reviewable (too few images in their class): "
+                     f"their labels are not scored; see not_reviewable in {REVIEW_JSON}")
+    return {"reviewable": np.flatnonzero(reviewable), "folds": folds,
+            "folds_requested": wanted_folds, "notes": notes, "skipped": skipped}
+
+
+def plan_summary(plan: dict, folds_used: int) -> dict:
+    """review.json's record of the plan: folds used (and the note when fewer than asked)."""
+    return {"folds": folds_used, "folds_requested": plan["folds_requested"],
+            "n_not_reviewable": len(plan["skipped"]), "notes": plan["notes"],
+            "not_reviewable": plan["skipped"]}
+
+
+def _share(hits: np.ndarray) -> float | None:
+    return round(float(hits.mean()), 4) if len(hits) else None
+
+
+def review_labels(features: list, labels: np.ndarray, n_classes: int, groups: np.ndarray,
+                  index: np.ndarray, plan: dict, seed: int):
+    """(cross-fit or None, probs [N, classes], issues) over the reviewable images; the rows of
+    the others are NaN (probs, quality), suggested -1, never flagged."""
+    from folderfit import crossfit as CF
+
+    n = len(labels)
+    probs = np.full((n, n_classes), np.nan)
+    issues = {"quality": np.full(n, np.nan), "suggested": np.full(n, -1), "order": [],
+              "n_confident": 0, "noise_rate": 0.0, "per_class_noise": np.full(n_classes, np.nan)}
+    sub = plan["reviewable"]
+    if len(sub) == 0:
+        return None, probs, issues
+    kept = np.unique(labels[sub])  # the reviewable classes, remapped to 0..len(kept)-1
+    local = np.searchsorted(kept, labels[sub])
+    fit = CF.cross_fit([v[torch_index(sub)] for v in features], local, len(kept), groups[sub],
+                       plan["folds"], seed)
+    votes = neighbour_votes(index, labels, n_classes)[sub][:, kept]
+    # votes for a class left out are dropped: the rest renormalised (uniform if none is left)
+    total = votes.sum(1, keepdims=True)
+    votes = np.where(total > 0, votes / np.maximum(total, 1e-12), 1.0 / len(kept))
+    mixed = (1 - VOTE_WEIGHT) * fit.probs + VOTE_WEIGHT * votes
+    found = label_issues(local, mixed)
+    probs[np.ix_(sub, kept)] = mixed
+    probs[sub] = np.nan_to_num(probs[sub], nan=0.0)  # classes not reviewable: probability 0
+    issues["quality"][sub] = found["quality"]
+    issues["suggested"][sub] = kept[found["suggested"]]
+    issues["order"] = [int(sub[i]) for i in found["order"]]
+    issues["per_class_noise"][kept] = found["per_class_noise"]
+    issues.update(n_confident=found["n_confident"], noise_rate=found["noise_rate"])
+    return fit, probs, issues
+
+
+def torch_index(rows: np.ndarray):
+    import torch
+
+    return torch.from_numpy(np.asarray(rows, dtype=np.int64))
+
+
 # ------------------------------------------------------------------ outputs
 def _r(value: float) -> str:
-    return f"{value:.6f}"
+    return "" if np.isnan(value) else f"{value:.6f}"  # empty: not reviewable
+
+
+def _rate(value: float) -> float | None:
+    return None if np.isnan(value) else round(float(value), 4)
 
 
 def _shorten(text: str, width: int) -> str:
@@ -178,34 +245,36 @@ def _shorten(text: str, width: int) -> str:
 def write_review_dir(out: Path, rows, classes, probs, issues, pairs, distance, outliers,
                      details: dict) -> dict:
     """Every file of metrics/review/ into `out`; returns review.json's content."""
-    from folderfit import reports as R
+    from folderfit import reports
 
     labels = np.array([classes.index(r["class"]) for r in rows])
     quality, suggested = issues["quality"], issues["suggested"]
-    R.write_csv(out / "label_issues.csv", ["path", "given", "suggested", "score"],
+    reports.write_csv(out / "label_issues.csv", ["path", "given", "suggested", "score"],
                 [[rows[i]["source"], rows[i]["class"], classes[suggested[i]], _r(quality[i])]
                  for i in issues["order"]])
     ranked_pairs = sorted(pairs, key=lambda p: (PAIR_ISSUES.index(pair_issue(rows[p[0]], rows[p[1]])),
                                                 -round(max(p[2], p[3]), 6), rows[p[0]]["source"],
                                                 rows[p[1]]["source"]))
-    R.write_csv(out / "near_duplicates.csv",
+    reports.write_csv(out / "near_duplicates.csv",
                 ["path", "other", "similarity", "issue", "class", "other_class", "split",
                  "other_split", "pixel_correlation"],
                 [[rows[i]["source"], rows[j]["source"], _r(sim), pair_issue(rows[i], rows[j]),
                   rows[i]["class"], rows[j]["class"], rows[i]["split"], rows[j]["split"], _r(pix)]
                  for i, j, sim, pix in ranked_pairs])
     outlier_order = sorted(np.flatnonzero(outliers), key=lambda i: (-round(distance[i], 6), i))
-    R.write_csv(out / "outliers.csv", ["path", "class", "split", "score"],
+    reports.write_csv(out / "outliers.csv", ["path", "class", "split", "score"],
                 [[rows[i]["source"], rows[i]["class"], rows[i]["split"], _r(distance[i])]
                  for i in outlier_order])
     flagged = set(issues["order"])
-    R.write_csv(out / "scores.csv",
+    reports.write_csv(out / "scores.csv",
                 ["path", "split", "given", "suggested", "label_quality", "label_issue",
                  "outlier_score", "outlier", *[f"p_{c}" for c in classes]],
-                [[r["source"], r["split"], r["class"], classes[suggested[i]], _r(quality[i]),
-                  int(i in flagged), _r(distance[i]), int(outliers[i]), *map(_r, probs[i])]
+                [[r["source"], r["split"], r["class"],
+                  classes[suggested[i]] if suggested[i] >= 0 else "", _r(quality[i]),
+                  int(i in flagged) if suggested[i] >= 0 else "", _r(distance[i]),
+                  int(outliers[i]), *map(_r, probs[i])]
                  for i, r in enumerate(rows)])
-    R.gallery(out / "label_issues.png",
+    reports.gallery(out / "label_issues.png",
               [(PREPARED / rows[i]["file"],
                 f"{rows[i]['class']} -> {classes[suggested[i]]}\nscore {quality[i]:.3f}",
                 _shorten(rows[i]["source"], 36)) for i in issues["order"][:GALLERY_MAX]],
@@ -216,8 +285,8 @@ def write_review_dir(out: Path, rows, classes, probs, issues, pairs, distance, o
         members = labels == c
         per_class.append({"class": name, "n_images": int(members.sum()),
                           "n_label_issues": int(sum(labels[i] == c for i in flagged)),
-                          "label_noise_rate": round(float(issues["per_class_noise"][c]), 4)})
-    R.write_rows_json(out / "noise_per_class.json",
+                          "label_noise_rate": _rate(issues["per_class_noise"][c])})
+    reports.write_rows_json(out / "noise_per_class.json",
                       [{"class": p["class"], "label_noise_rate": p["label_noise_rate"]} for p in per_class])
     issues_of = [pair_issue(rows[i], rows[j]) for i, j, *_ in pairs]
     summary = {
@@ -237,8 +306,7 @@ def write_review_dir(out: Path, rows, classes, probs, issues, pairs, distance, o
 def run(params) -> None:
     import torch
 
-    from folderfit import crossfit as CF
-    from folderfit import similarity as S
+    from folderfit import similarity as SIM
     from folderfit.runtime import pick_runtime, seed_everything
 
     started = time.perf_counter()
@@ -248,10 +316,10 @@ def run(params) -> None:
     classes = sorted({r["class"] for r in rows})
     labels = np.array([classes.index(r["class"]) for r in rows])
     r = params.review
-    if len(rows) < 2 * r.folds:
-        raise PipelineError(f"review: {len(rows)} images are too few for {r.folds}-fold "
-                            f"cross-fitting; lower review.folds or add images")
-    extractor = train_feature_extractor(params, len(classes), rt)
+    plan = plan_review(rows, classes, labels, r.folds)
+    for line in plan["notes"]:
+        print(f"note: review: {line}", file=sys.stderr)
+    extractor, engine_choice = train_feature_extractor(params, len(classes), rt)
     views = review_views(params)
     files = [PREPARED / row["file"] for row in rows]
     mirror = None
@@ -259,45 +327,55 @@ def run(params) -> None:
         views, mirror = follow_mirror_test(extractor, files, rows, labels, len(classes))
     features = extractor.features_of([(files, view) for view in views], "features review")
     print(f"review: {len(rows)} images, {len(views)} view(s) ({', '.join(v.name for v in views)}): "
-          f"{extractor.computed} computed ({extractor.engine}), {extractor.reused} from the cache {extractor.root}")
-    z = S.normalise(torch.stack(features).mean(0).numpy())  # votes, outliers: all views
-    clean = S.normalise(features[0].numpy())  # copies: the clean view
+          f"{extractor.computed} computed ({engine_name(extractor)}), {extractor.reused} from the cache {extractor.root}")
+    print(f"review: engine {engine_choice.describe()}")
+    z = SIM.normalise(torch.stack(features).mean(0).numpy())  # votes, outliers: all views
+    clean = SIM.normalise(features[0].numpy())  # copies: the clean view
 
-    index, similarity = S.nearest(z, r.neighbours)
+    index, similarity = SIM.nearest(z, r.neighbours)
     # with the clean view alone z is `clean`, so its nearest neighbour is already known
-    nearest_clean = similarity[:, 0] if len(views) == 1 else S.nearest(clean, 1)[1][:, 0]
-    threshold = S.duplicate_threshold(nearest_clean, r.duplicate_similarity,
+    nearest_clean = similarity[:, 0] if len(views) == 1 else SIM.nearest(clean, 1)[1][:, 0]
+    threshold = SIM.duplicate_threshold(nearest_clean, r.duplicate_similarity,
                                       DUPLICATE_SHARE_OF_MEDIAN)
-    thumbs = S.thumbnails(files)
+    thumbs = SIM.thumbnails(files)
     pairs = [(i, j, float(clean[i] @ clean[j]), float(thumbs[i] @ thumbs[j]))
-             for i, j in sorted({(i, j) for i, j, _ in S.similar_pairs(clean, threshold)} |
-                                {(i, j) for i, j, _ in S.pairs_above(thumbs, S.THUMBNAIL_CORRELATION)})]
-    fit = CF.cross_fit(features, labels, len(classes), copy_groups(rows, pairs), r.folds, params.seed)
-    probs = (1 - VOTE_WEIGHT) * fit.probs + VOTE_WEIGHT * neighbour_votes(index, labels, len(classes))
-    issues = label_issues(labels, probs)
+             for i, j in sorted({(i, j) for i, j, _ in SIM.similar_pairs(clean, threshold)} |
+                                {(i, j) for i, j, _ in SIM.pairs_above(thumbs, SIM.THUMBNAIL_CORRELATION)})]
+    fit, probs, issues = review_labels(features, labels, len(classes), copy_groups(rows, pairs),
+                                       index, plan, params.seed)
     distance = 1.0 - similarity.mean(1)
-    outliers, outlier_threshold = S.outlier_flags(distance, OUTLIER_IQR_FACTOR)
+    outliers, outlier_threshold = SIM.outlier_flags(distance, OUTLIER_IQR_FACTOR)
 
-    details = {"folds": int(fit.fold.max()) + 1, "views": [v.name for v in views],
+    scored = plan["reviewable"]
+    details = {"folds": int(fit.fold.max()) + 1 if fit else 0, "views": [v.name for v in views],
                "mirror_test": mirror,
-               "l2_per_fold": fit.l2, "neighbours": int(index.shape[1]),
-               "head_accuracy_out_of_sample": round(float((fit.probs.argmax(1) == labels).mean()), 4),
-               "accuracy_out_of_sample": round(float((probs.argmax(1) == labels).mean()), 4),
+               "l2_per_fold": fit.l2 if fit else [], "neighbours": int(index.shape[1]),
+               "head_accuracy_out_of_sample": _share(np.unique(labels[scored])[fit.probs.argmax(1)] ==
+                                                     labels[scored]) if fit else None,
+               "accuracy_out_of_sample": _share(probs[scored].argmax(1) == labels[scored]),
                "n_flagged_by_cleanlab": issues["n_confident"],
                "duplicate_similarity": round(threshold, 6),
                "outlier_threshold": round(outlier_threshold, 6)}
     with staged_dir(REVIEW_DIR) as staging:  # built aside, swapped in whole when done
         summary = write_review_dir(staging, rows, classes, probs, issues, pairs, distance,
                                    outliers, details)
+        summary = {**summary, **plan_summary(plan, details["folds"])}
+        summary["feature_engine"] = engine_name(extractor)
+        page_started = time.perf_counter()
+        review_page.write(staging, PREPARED, staging / "index.html")  # the page of the lists
+        page_seconds = time.perf_counter() - page_started
         write_json(REVIEW_JSON, summary)
-    print(f"review: out-of-sample accuracy {details['accuracy_out_of_sample']:.4f} "
-          f"({details['folds']}-fold); {summary['n_label_issues']} label issues (estimated "
-          f"label noise {summary['label_noise_rate']:.1%}), {summary['n_near_duplicates']} "
+    accuracy = details["accuracy_out_of_sample"]
+    print(f"review: out-of-sample accuracy "
+          f"{'-' if accuracy is None else f'{accuracy:.4f}'} ({details['folds']}-fold); "
+          f"{summary['n_label_issues']} label issues (estimated label noise "
+          f"{summary['label_noise_rate']:.1%}), {summary['n_near_duplicates']} "
           f"near-duplicate pairs ({summary['n_near_duplicates_across_classes']} across classes, "
           f"{summary['n_near_duplicates_across_splits']} across splits), {summary['n_outliers']} "
           f"outliers -> {REVIEW_DIR}/ [{time.perf_counter() - started:.1f} s]")
     print_lists(REVIEW_DIR, top=5, out=sys.stdout)
-    print("see them all: folderfit review; fix labels in data/corrections.csv (README, Label review)")
+    print(f"see them all: open {REVIEW_DIR}/index.html ({page_seconds:.1f} s to write), or "
+          f"`folderfit review --serve` to save decisions into data/corrections.csv (docs: review)")
 
 
 # ------------------------------------------------------------------ `folderfit review`
@@ -337,9 +415,16 @@ def print_lists(folder: Path, top: int, out) -> None:
                [[f"{float(o['score']):.3f}", o["class"], o["path"]] for o in outliers[:top]], out)
 
 
-def write_template(folder: Path, path: Path, top: int) -> int:
+def write_template(folder: Path, path: Path, top: int) -> tuple[int, int]:
     """A corrections file of the `top` label issues as `relabel:<suggested>` rows, for a person
-    to check (delete the rows that are right, change drop/relabel where needed)."""
+    to check (delete the rows that are right, change drop/relabel where needed). Returns
+    (rows written, test images listed).
+
+    Test images never get a row: relabelling the yardstick to the model's own guess would
+    raise the test score by construction. They are listed as comments ('needs a human look',
+    no suggestion); a fix a person writes for one is applied but reported apart
+    (corrections.report: test_corrections). Cells are CSV-quoted: a class 'cats, dogs'
+    survives the round trip."""
     from folderfit import corrections as C
     from folderfit.fileio import write_text
 
@@ -347,21 +432,20 @@ def write_template(folder: Path, path: Path, top: int) -> int:
         raise PipelineError(f"{path}: exists; give a new file name (the template never "
                             f"overwrites, and {C.CORRECTIONS} is yours to edit)")
     issues = _read_csv(folder / "label_issues.csv")[:top]
+    split_of = {r["path"]: r["split"] for r in _read_csv(folder / "scores.csv")}
+    rows = [r for r in issues if split_of.get(r["path"]) != C.TEST]
+    tests = [r for r in issues if split_of.get(r["path"]) == C.TEST]
     lines = ["path,action",
              "# label issues from metrics/review/label_issues.csv, most suspect first: keep the",
              "# rows you agree with (or change them to drop), then copy them into data/corrections.csv"]
-    for r in issues:
-        lines.append(f"{_csv_cell(r['path'])},relabel:{r['suggested']}")
+    lines += [C.format_row(r["path"], f"relabel:{r['suggested']}") for r in rows]
+    if tests:
+        lines += ["# test images among them, for a human look only (no suggestion: a test label",
+                  "# follows what the photo shows, never the model; a fix you write for one is",
+                  "# applied and reported apart as test_corrections in metrics/data.json):"]
+        lines += [f"#   {r['path']!r} (given: {r['given']})" for r in tests]
     write_text(path, "\n".join(lines) + "\n")
-    return len(issues)
-
-
-def _csv_cell(text: str) -> str:
-    import io
-
-    buf = io.StringIO()
-    csv.writer(buf, lineterminator="").writerow([text])
-    return buf.getvalue()
+    return len(rows), len(tests)
 
 
 def command(args) -> None:
@@ -369,6 +453,8 @@ def command(args) -> None:
     folder = Path(args.dir)
     print_lists(folder, args.top, sys.stdout)
     if args.template:
-        n = write_template(folder, Path(args.template), args.top)
-        print(f"wrote {n} row(s) to {args.template}: check each image, then copy the rows you "
-              f"agree with into data/corrections.csv and run dvc repro")
+        n, tests = write_template(folder, Path(args.template), args.top)
+        also = (f" ({tests} test image(s) listed as comments for a human look, without a "
+                f"suggestion)" if tests else "")
+        print(f"wrote {n} row(s) to {args.template}{also}: check each image, then copy the rows "
+              f"you agree with into data/corrections.csv and run dvc repro")

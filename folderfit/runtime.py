@@ -11,6 +11,12 @@ resolved here for train, evaluate and predict alike. What `auto` picks, and what
 | CPU without                    | fp32                    | refused   | refused               |
 | Apple GPU (mps; asked for)     | fp32                    | bf16      | fp16 + grad scaler    |
 
+That table is the runtime of training (fine_tune / full_tune: bf16 autocast where it is
+native). Inference of a frozen network on a CPU (features for review and feature_extract,
+scoring) runs on the engine folderfit.cpu_engine.choose_engine measures for `precision: auto`
+(ONNX Runtime fp32, torch fp32 or torch bf16, whichever is fastest here: bf16 is native but
+not the fastest on every such CPU); its EngineChoice carries the Runtime to run it under.
+
 Refused = a one-line error naming the setting and the fix, instead of running something
 that is much slower (emulated bf16: ~15x slower than fp32 on such a CPU) or pointless (fp16
 on a CPU). `device: auto` is the current CUDA GPU if there is one, else the CPU; the Apple
@@ -22,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,14 +51,15 @@ def seed_everything(seed: int) -> torch.Generator:
 
 
 def deterministic_algorithms() -> None:
-    """torch.use_deterministic_algorithms(True, warn_only=True) without the import of
-    torch._inductor's config it makes to set the same flag for torch.compile, which nothing
-    here uses: that import doubled the CPU time of `import torch` (+4 s per stage process on
-    the 2-core CPU, measured). Once inductor is loaded anyway, the public call."""
-    if "torch._inductor.config" in sys.modules:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    else:
-        torch._C._set_deterministic_algorithms(True, warn_only=True)
+    """Deterministic kernels in eager mode and under torch.compile, through public switches only:
+    * eager kernels: torch.set_deterministic_debug_mode("warn"), the public call that sets what
+      torch.use_deterministic_algorithms(True, warn_only=True) sets, without that function's
+      import of torch._inductor (+1.8 s of CPU per stage process on the 2-core CPU, measured);
+    * Inductor: TORCHINDUCTOR_DETERMINISTIC=1, its documented switch, read when it is imported,
+      so `compile: true` (or anything else that loads it later) starts deterministic.
+    tests/test_runtime.py reads both back through torch's public getters."""
+    os.environ.setdefault("TORCHINDUCTOR_DETERMINISTIC", "1")
+    torch.set_deterministic_debug_mode("warn")
 
 
 @contextlib.contextmanager

@@ -3,7 +3,7 @@ outlier scores, all by cosine similarity of L2-normalised backbone features.
 
 Why cosine on these features: a resized, re-encoded, slightly blurred or cropped copy of a
 photo keeps most of its pooled features, while two different photos of one class rarely
-do. Measured on trashnet-mini with tf_efficientnet_lite0 (see README, "Label review"), so
+do. Measured on trashnet-mini with tf_efficientnet_lite0 (see docs/review.md), so
 the thresholds are documented, not guessed.
 
 A second, backbone-free test finds resized and re-encoded copies: the Pearson correlation of

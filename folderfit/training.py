@@ -27,11 +27,12 @@ from folderfit import batches as B
 from folderfit import data as D
 from folderfit import datasets as DS
 from folderfit import distributed as DD
-from folderfit import engine as E
+from folderfit import engine
+from folderfit import estimate as EST
+from folderfit import extraction
 from folderfit import features as F
-from folderfit import head as H
 from folderfit import models as M
-from folderfit import probe as P
+from folderfit import probe
 from folderfit.augment import BatchAugment
 from folderfit.checkpoint import CHECKPOINT, Checkpointer, fingerprint
 from folderfit.errors import PipelineError
@@ -39,11 +40,7 @@ from folderfit.fileio import staged_dir, write_json
 from folderfit.params import Params
 from folderfit.runtime import gpu_memory_guard, pick_runtime, prepare_model, seed_everything
 
-PREPARED = Path("data/prepared")
-MODEL_FILE = Path("models/model.pt")
-TRAIN_METRICS = Path("metrics/train.json")
-TRAIN_DIR = Path("metrics/train")
-TIMING = Path("metrics/timing.json")
+from folderfit.paths import MODEL_FILE, PREPARED, TIMING, TRAIN_DIR, TRAIN_METRICS
 
 
 class EpochLog:
@@ -62,6 +59,8 @@ class EpochLog:
 
     def __call__(self, step: int, row: dict) -> None:
         for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
+            if key not in row:  # epoch 0 (the starting weights) has no training pass
+                continue
             split, _, metric = key.partition("_")
             self.live.log_metric(f"{split}/{metric}", round(row[key], 6))
         for key in ("lr", "l2"):
@@ -87,24 +86,13 @@ def class_weights(params: Params, samples, n_classes: int) -> torch.Tensor | Non
     return torch.tensor(weights, dtype=torch.float32)
 
 
-CPU_EXTRACTION_BATCH = 32  # feature batches on CPU: as fast per image as 64, half the padding
-
-
-def feature_extractor(backbone, pre, params: Params, rt) -> F.FeatureExtractor:
-    """The extractor of train's frozen-backbone features; the review stage uses it too, so the
-    two compute the same numbers (batch shape, engine) and share the cache entries."""
-    batch = params.evaluate.batch_size
-    if rt.device.type == "cpu":
-        batch = min(batch, CPU_EXTRACTION_BATCH)
-    return F.FeatureExtractor(backbone, pre, rt, batch, engine=params.cpu_engine)
-
-
-def solve_head(built: M.BuiltModel, pre, params: Params, splits, rt, weights, log=None,
-               refit: bool = False) -> P.SolvedHead:
+def solve_head(built: M.BuiltModel, pre, params: Params, splits, rt, weights, *, log=None,
+               refit: bool = False, cv_folds: int = 0) -> tuple[probe.SolvedHead, probe.CrossValidation | None]:
     """The head of the frozen backbone solved on its cached features (folderfit.probe) and
-    put into the model."""
+    put into the model; with `cv_folds`, also the cross-validation of that whole procedure
+    over train + val (the honest estimate when there is no test split)."""
     model, head = F.backbone_only(built.model, built.head_name)
-    extractor = feature_extractor(model, pre, params, rt)
+    extractor, engine_choice = extraction.feature_extractor(model, pre, params, rt)
     files = {split: [path for path, _ in splits[split]] for split in ("train", "val")}
     labels = {split: torch.tensor([y for _, y in splits[split]]) for split in ("train", "val")}
 
@@ -112,14 +100,29 @@ def solve_head(built: M.BuiltModel, pre, params: Params, splits, rt, weights, lo
         return extractor.features_of([(files[split], view) for split, view in requests], "features")
 
     a = params.augment
-    solved = P.solve(features, labels["train"], labels["val"], head.out_features, a.hflip,
-                     a.feature_views, a.min_scale, params.seed, params.evaluate.tta, refit,
-                     weights, params.label_smoothing, log)
+    procedure = dict(hflip=a.hflip, n_views=a.feature_views, min_scale=a.min_scale,
+                     tta=params.evaluate.tta, refit=refit, class_weights=weights,
+                     label_smoothing=params.label_smoothing)
+    solved = probe.solve(features, labels["train"], labels["val"], head.out_features,
+                     seed=params.seed, log=log, **procedure)
+    cv = None
+    if cv_folds:
+        started = time.perf_counter()
+        copies = [F.file_digest(path) for path in files["train"] + files["val"]]  # copies: one fold
+        cv = probe.cross_validate(features, labels["train"], labels["val"], head.out_features,
+                              folds=cv_folds, groups=copies, seed=params.seed, **procedure)
+        correct = int((cv.probs.argmax(1) == cv.labels).sum())
+        print(f"cross-validation ({cv.folds} folds, the whole head procedure nested in each): "
+              f"{correct}/{len(cv.labels)} right out of fold [{time.perf_counter() - started:.1f} s]")
     M.set_submodule(built.model, built.head_name, head)
     solved.fit.apply_to(head)
-    solved = dataclasses.replace(solved, feature_engine=extractor.engine)
+    solved = dataclasses.replace(solved, feature_engine=extraction.engine_name(extractor),
+)
+    # how the engine was chosen goes to the log only: its trial times must not make two
+    # identical runs' outputs differ
+    print(f"engine: {engine_choice.describe()}")
     print(f"features: {len(files['train'])} train + {len(files['val'])} val images, "
-          f"{extractor.computed} vectors computed ({extractor.engine}), {extractor.reused} from the cache "
+          f"{extractor.computed} vectors computed ({extraction.engine_name(extractor)}), {extractor.reused} from the cache "
           f"{F.cache_root()}")
     if solved.mirror_test:
         t = solved.mirror_test
@@ -128,7 +131,7 @@ def solve_head(built: M.BuiltModel, pre, params: Params, splits, rt, weights, lo
     print(f"head: views {', '.join(solved.views)}; l2 {solved.fit.l2:.3g} chosen on val (accuracy "
           f"{solved.fit.val_accuracy:.4f}, loss {solved.fit.val_loss:.4f}); flip TTA {solved.tta}"
           + ("; then solved again on train + val" if refit else ""))
-    return solved
+    return solved, cv
 
 
 def run(params: Params) -> None:
@@ -150,9 +153,25 @@ def _train(params: Params, ctx: DD.DistContext, curves: Path | None) -> None:
     if "val" not in splits:
         raise PipelineError(f"{PREPARED}: no validation images; rerun prepare with data.val_fraction > 0")
     n_train = len(splits["train"])
-    strategy = M.auto_strategy(n_train) if params.strategy == "auto" else params.strategy
+    strategy = (M.auto_strategy(n_train, rt.device.type) if params.strategy == "auto"
+                else params.strategy)
     if params.strategy == "auto":
-        print(f"strategy auto: {n_train} training images -> {strategy}")
+        print(f"strategy auto: {n_train} training images on {rt.device.type} -> {strategy}")
+    # What the model learns from; evaluate scores only what is left (folderfit.estimate).
+    learned = {"train": splits["train"], "val_selection": splits["val"]}
+    cv_folds = 0
+    if "test" not in splits and strategy == "feature_extract":
+        cv_folds = params.evaluate.cv_folds
+    elif "test" not in splits:
+        selection, holdout = EST.holdout_split(splits["val"], params.seed)
+        if holdout:
+            splits = {**splits, "val": selection}
+            learned["val_selection"] = selection
+            print(f"no test split: {len(holdout)} of the val images are held out for evaluate "
+                  f"(split val_holdout); {len(selection)} choose the best epoch")
+        else:  # evaluate will say that nothing is left to score honestly
+            print("note: no test split and at most one val image per class: none can be held "
+                  "out, so evaluate will have nothing honest to score; set data.test_fraction > 0")
     built = M.build_model(params.model_name, len(classes), params.weights, params.seed)
     DD.reseed_augmentation(ctx, params.seed)
     pre = built.preprocess.with_image_size(params.data.image_size)
@@ -171,19 +190,34 @@ def _train(params: Params, ctx: DD.DistContext, curves: Path | None) -> None:
     # closing(): the curves are flushed however training ends.
     with gpu_memory_guard(batch_key, batch), (contextlib.closing(log) if log else contextlib.nullcontext()):
         if strategy == "feature_extract":
-            solved = solve_head(built, pre, params, splits, rt, weights, log, params.refit_head)
+            solved, cv = solve_head(built, pre, params, splits, rt, weights, log=log,
+                                    refit=params.refit_head, cv_folds=cv_folds)
             flip, tta = solved.hflip, solved.tta
             outcome = {"best_val_accuracy": solved.fit.val_accuracy, "best_val_loss": solved.fit.val_loss}
             details = {"head_l2": solved.fit.l2, "head_views": solved.views,
                        "head_refit_on_train_val": solved.refit, "mirror_test": solved.mirror_test,
                        "feature_engine": solved.feature_engine,
                        "head_path": solved.fit.path}
+            if cv is not None:
+                details["cv"] = {"folds": cv.folds, "l2": cv.l2, "hflip": cv.hflip}
         else:
             flip, tta = _flips_for_epochs(params, built, pre, splits, rt, weights)
             result, checkpointer = _fit(params, built, pre, splits, rt, frozen, weights, generator,
                                         ctx, log, flip)
             outcome = {"best_val_accuracy": result.best_val_accuracy, "best_val_loss": result.best_val_loss}
-            details = {"best_epoch": result.best_epoch, "epochs_run": result.epochs_run}
+            # (the per-epoch curves are in metrics/train/plots: a resumed run's history comes
+            # from the checkpoint, and pickling it into the model file would change its bytes)
+            details = {"best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
+                       "delivered": "best epoch"}
+            cv = None
+            warm = params.warm_start_head and built.weights.source != "none"
+            if result.best_epoch == 0 and warm and params.refit_head and ctx.world_size == 1:
+                # no epoch beat the solved head: deliver what feature_extract would (the same
+                # head refit on train + val, the pretrained backbone), never the weaker unrefit one
+                print("fine-tuning did not beat the solved head on val: delivering the "
+                      "feature_extract model (head solved again on train + val)")
+                solve_head(built, pre, params, splits, rt, weights, refit=True)
+                details["delivered"] = "the start: feature_extract's model (head refit on train + val)"
     DD.report_sync(model, ctx)
     if not ctx.is_main:
         return
@@ -209,6 +243,9 @@ def _train(params: Params, ctx: DD.DistContext, curves: Path | None) -> None:
     }
     M.save_model_file(MODEL_FILE, built, classes, pre, extra=details, tta=tta)
     write_json(curves / "details.json", details)
+    EST.write_learned_from(curves, learned)
+    if cv is not None:
+        EST.write_cv(curves, splits["train"] + splits["val"], cv)
     write_json(TRAIN_METRICS, headline)
     wall = time.perf_counter() - started
     write_json(TIMING, {"train_wall_s": round(wall, 2)})
@@ -225,24 +262,24 @@ def _flips_for_epochs(params: Params, built: M.BuiltModel, pre, splits, rt, weig
     hflip, pretrained = params.augment.hflip, built.weights.source != "none"
     if params.warm_start_head and pretrained:
         print("head warm start: solving the head on frozen-backbone features first")
-        solved = solve_head(built, pre, params, splits, rt, weights)
+        solved, _ = solve_head(built, pre, params, splits, rt, weights)
         return solved.hflip, solved.tta
     if params.warm_start_head:  # a random backbone's features say nothing yet
         print("head warm start skipped: the backbone is randomly initialised (weights: none)")
     if hflip == "auto" and pretrained:
         head = built.model.get_submodule(built.head_name)
         initial = {k: v.clone() for k, v in head.state_dict().items()}
-        solved = solve_head(built, pre, params, splits, rt, weights)
+        solved, _ = solve_head(built, pre, params, splits, rt, weights)
         head.load_state_dict(initial)
         return solved.hflip, solved.tta
     flip = hflip is not False  # auto with a random backbone: photos are the common case
     if hflip == "auto":
         print("hflip auto: a random backbone's features cannot decide; random flips on")
-    return flip, "flip" if P.uses_tta(params.evaluate.tta, flip) else "none"
+    return flip, "flip" if probe.uses_tta(params.evaluate.tta, flip) else "none"
 
 
 def _fit(params: Params, built: M.BuiltModel, pre, splits, rt, frozen, weights, generator,
-         ctx: DD.DistContext, log, flip: bool) -> tuple[E.FitResult, Checkpointer | None]:
+         ctx: DD.DistContext, log, flip: bool) -> tuple[engine.FitResult, Checkpointer | None]:
     """The epoch loop for fine_tune / full_tune, with resume (single process only: under
     torchrun every rank would write the same checkpoint)."""
     n_train = len(splits["train"])
@@ -251,9 +288,12 @@ def _fit(params: Params, built: M.BuiltModel, pre, splits, rt, frozen, weights, 
               f"each epoch is a single batch of {n_train}")
     checkpointer = (Checkpointer(CHECKPOINT, fingerprint(params, PREPARED / D.MANIFEST), generator)
                     if ctx.world_size == 1 else None)
-    run_ctx = E.RunContext(rt, generator, ctx, log, checkpointer, DD.reducer(ctx, rt.device))
-    groups = M.parameter_groups(built.model, built.stages, built.head_name, params.lr,
-                                params.lr_decay, params.weight_decay)
+    run_ctx = engine.RunContext(rt, generator, ctx, log, checkpointer, DD.reducer(ctx, rt.device))
+    groups = M.parameter_groups(built.model, built.stages, built.head_name, lr=params.lr,
+                                backbone_lr=params.backbone_lr, lr_decay=params.lr_decay,
+                                weight_decay=params.weight_decay)
+    if built.weights.source != "none":  # pretrained: BatchNorm keeps its running statistics
+        frozen = frozen + [m for m in M.batchnorm_layers(built.model) if m not in frozen]
     optimizer = torch.optim.AdamW(groups)
     store = B.ImageStore([path for path, _ in splits["train"]], rt.device)
     print(f"data: {store.describe()}")
@@ -265,10 +305,10 @@ def _fit(params: Params, built: M.BuiltModel, pre, splits, rt, frozen, weights, 
     val_batches = B.EvalBatches(list(DD.shard(splits["val"], ctx)), DS.eval_geometry(pre),
                                 params.evaluate.batch_size, rt.device)
     normalizer = DS.Normalizer(pre.mean, pre.std).to(rt.device)
-    cfg = E.FitConfig(params.num_epochs, params.patience, params.label_smoothing, weights)
+    cfg = engine.FitConfig(params.num_epochs, params.patience, params.label_smoothing, weights)
     model = DD.wrap(built.model, ctx)
     if params.compile:  # fixed batch shapes: one graph for training (validation runs eagerly)
         print("compile: torch.compile of the training step; the first epoch includes compiling")
         model = torch.compile(model, dynamic=False)
-    result = E.fit(model, optimizer, train_batches, val_batches, normalizer, cfg, run_ctx, frozen)
+    result = engine.fit(model, optimizer, train_batches, val_batches, normalizer, cfg, run_ctx, frozen)
     return result, checkpointer

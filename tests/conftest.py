@@ -111,7 +111,7 @@ TINY = {  # a configuration that runs the whole graph in well under a minute
     "data": {"image_size": 32},
     "num_epochs": 2,
     "augment": {"feature_views": 2},
-    "evaluate": {"bootstrap": 20},
+    "evaluate": {"bootstrap": 200},
 }
 
 
@@ -141,3 +141,24 @@ def make_repo(dest: Path, params: dict | None = None) -> Path:
 @pytest.fixture
 def pipeline_repo(tmp_path) -> Path:
     return make_repo(tmp_path / "repo")
+
+
+# ------------------------------------------------------------------ the quick set by default
+# Plain `pytest` is the quick set (README's test command); tests marked slow run dvc, torchrun
+# or whole-pipeline repro checks (minutes each) and run with `pytest --runslow` (CI runs both).
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true", default=False,
+                     help="also run the tests marked slow (dvc repro, torchrun: minutes each)")
+    parser.addoption("--slow-only", action="store_true", default=False,
+                     help="run only the tests marked slow (CI's second set)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--runslow"):
+        return
+    slow_only = config.getoption("--slow-only")
+    keep = [item for item in items if ("slow" in item.keywords) == slow_only]
+    dropped = [item for item in items if ("slow" in item.keywords) != slow_only]
+    if dropped:  # reported as "N deselected" in pytest's closing line
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep

@@ -607,7 +607,7 @@ def test_scientific_notation_is_a_float(tmp_path):
     ("demo.per_class", 500, "'demo.per_class' must be in 3..174"),
     ("demo.size", 4, "'demo.size' must be in 8..1024"),
     ("evaluate.batch_size", 0, "'evaluate.batch_size' must be in 1..1000000"),
-    ("evaluate.bootstrap", -1, "'evaluate.bootstrap' must be in 0..100000"),
+    ("evaluate.bootstrap", -1, "'evaluate.bootstrap' must be 0 (off) or in 200..100000"),
     ("num_epochs", "1e2", "'num_epochs' must be int, got '1e2'"),
 ])
 def test_every_number_is_range_checked(key, value, message):
@@ -776,7 +776,7 @@ def test_every_command_reports_a_bad_model_file_in_one_line(model_payload, tmp_p
 
 def test_predict_writes_a_row_for_every_readable_image_whatever_its_name(odd_names, model_payload,
                                                                          capsys):
-    from folderfit import predict as P
+    from folderfit import predict as PD
     from folderfit.cli import build_parser
 
     tmp, _ = odd_names
@@ -785,7 +785,7 @@ def test_predict_writes_a_row_for_every_readable_image_whatever_its_name(odd_nam
     src = tmp / "src"
     for out in ("preds.csv", "preds.jsonl"):
         with pytest.raises(SystemExit) as stop:  # exit code 1: some files were skipped
-            P.command(build_parser().parse_args(
+            PD.command(build_parser().parse_args(
                 ["predict", str(src), "--model", str(model), "--output", str(tmp / out)]))
         assert stop.value.code == 1
     with open(tmp / "preds.csv", newline="", encoding="utf-8", errors="strict") as fh:
@@ -799,3 +799,33 @@ def test_predict_writes_a_row_for_every_readable_image_whatever_its_name(odd_nam
     assert f"skipped {src}/dogs/pipe.jpg: not a regular file" in err
     assert "cannot read folder (File name too long)" in err
     assert "README.txt" not in err and ".thumbnails" not in err and "loop" not in err
+
+
+# ------------------------------------------------------------------ issue 24: sizes and bit depths
+def test_extreme_aspect_ratio_and_bomb_are_reported_skips(tmp_path, monkeypatch):
+    """A 6000x1 PNG of ~100 bytes would become a 1.5 GB tensor at every later stage: prepare
+    leaves it out with the reason in metrics/data.json (as it does a decompression bomb)."""
+    src = tmp_path / "src"
+    good_class(src, "cats")
+    good_class(src, "dogs", seed=1)
+    save(Image.new("RGB", (6000, 1), (50, 60, 70)), src / "cats" / "line.png", "PNG")
+    save(Image.new("RGB", (1, 400)), src / "dogs" / "column.png", "PNG")
+    png_bomb(src / "dogs" / "bomb.png")
+    report = run_prepare(tmp_path, monkeypatch, src, **{"data.test_fraction": 0.0})
+    reasons = {s["file"]: s["reason"] for s in report["skipped"]}
+    assert reasons["cats/line.png"].startswith("aspect ratio 6000:1 (6000x1 px) is over the limit of 20:1")
+    assert reasons["dogs/column.png"].startswith("aspect ratio 400:1")
+    assert "decompression bomb" in reasons["dogs/bomb.png"] and "limit is" in reasons["dogs/bomb.png"]
+    assert report["n_images"] == 8
+
+
+def test_12_bit_png_is_scaled_by_its_bit_depth(tmp_path, monkeypatch):
+    """Samples 0..4095 in a 16-bit PNG came out almost black (scaled by 65535)."""
+    src = tmp_path / "src"
+    good_class(src, "cats")
+    good_class(src, "dogs", seed=1)
+    save(Image.fromarray(np.full((16, 16), 4095, dtype=np.uint16)), src / "cats" / "twelve.png", "PNG")
+    save(Image.fromarray(np.full((16, 16), 2048, dtype=np.uint16)), src / "cats" / "mid12.png", "PNG")
+    run_prepare(tmp_path, monkeypatch, src, **{"data.test_fraction": 0.0})
+    assert stored(tmp_path, "cats/twelve.png").getpixel((0, 0)) == (255, 255, 255)
+    assert stored(tmp_path, "cats/mid12.png").getpixel((0, 0)) == (128, 128, 128)

@@ -10,7 +10,7 @@ import torch
 
 from folderfit import batches as B
 from folderfit import datasets as DS
-from folderfit import engine as E
+from folderfit import inference
 from folderfit.augment import BatchAugment
 from folderfit.runtime import Runtime
 from folderfit.weights import Preprocess
@@ -126,7 +126,7 @@ def test_validation_batches_equal_the_old_loaders_and_padding_is_dropped(tmp_pat
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 24 * 24, 3))
     rt = Runtime(CPU, None)
     norm = DS.Normalizer(pre.mean, pre.std)
-    new_out, new_labels = E.infer_labelled(model, new, norm, rt)
-    old_out, old_labels = E.infer_labelled(model, old, norm, rt)
+    new_out, new_labels = inference.infer_labelled(model, new, norm, rt)
+    old_out, old_labels = inference.infer_labelled(model, old, norm, rt)
     assert new_out.shape == (9, 3) and torch.equal(new_labels, old_labels)
     assert torch.allclose(new_out, old_out, atol=1e-5)

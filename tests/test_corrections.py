@@ -41,18 +41,20 @@ def test_relabel_and_drop_are_applied_and_reported(tmp_path):
     work, _ = project(tmp_path)
     run_stage("prepare", work)
     before = manifest(work)
-    assert before["digit0/img001.png"]["class"] == "digit0"
-    corrections(work, "# a note", "digit0/img001.png,relabel:digit2", "", "digit1/img002.png, drop ")
+    # train images: fixes of test images are counted apart (next tests)
+    moved, dropped = [next(p for p, r in before.items() if r["split"] == "train" and
+                           p.startswith(c)) for c in ("digit0", "digit1")]
+    corrections(work, "# a note", f"{moved},relabel:digit2", "", f"{dropped}, drop ")
     run_stage("prepare", work)
     after = manifest(work)
-    assert after["digit0/img001.png"]["class"] == "digit2"
-    assert after["digit0/img001.png"]["file"].split("/")[1] == "digit2"  # stored under its new class
-    assert "digit1/img002.png" not in after
+    assert after[moved]["class"] == "digit2"
+    assert after[moved]["file"].split("/")[1] == "digit2"  # stored under its new class
+    assert dropped not in after
     assert len(after) == len(before) - 1
     report = json.loads((work / "metrics/data.json").read_text())
     assert (report["n_relabelled"], report["n_dropped"]) == (1, 1)
-    assert report["corrections"] == [{"path": "digit0/img001.png", "action": "relabel:digit2"},
-                                     {"path": "digit1/img002.png", "action": "drop"}]
+    assert report["corrections"] == [{"path": moved, "action": "relabel:digit2"},
+                                     {"path": dropped, "action": "drop"}]
     assert report["n_images"] == len(before) - 1
 
 
@@ -115,3 +117,97 @@ def test_the_shipped_file_is_an_empty_table(tmp_path):
     assert shipped.read_text() == "path,action\n"
     _, source = project(tmp_path)
     assert C.read(source, shipped) == {}
+
+
+# ------------------------------------------------------------------ issue 24: splits, test fixes
+# the fix sits in prepare.collect (split first, then corrections.apply_to_splits); until the
+# lead wires that call these two fail, so they are expected to (strict: they must pass after)
+NEEDS_PREPARE_WIRING = pytest.mark.xfail(
+    "apply_to_splits" not in (REPO / "folderfit/prepare.py").read_text(), strict=True,
+    reason="prepare.collect must split before applying corrections (issue 24)")
+
+
+def splits_of(work):
+    return {src: row["split"] for src, row in manifest(work).items()}
+
+
+@NEEDS_PREPARE_WIRING
+def test_a_fix_never_moves_another_image_between_splits(tmp_path):
+    """Splits come from the original labels: a relabel and a drop change only their own image,
+    so before/after scores are on the same test photos."""
+    work, source = project(tmp_path)
+    write_params(work, **{"data.source": str(source), "data.image_size": 32,
+                          "data.test_fraction": 0.3, "data.val_fraction": 0.2})
+    run_stage("prepare", work)
+    before = splits_of(work)
+    moved, dropped = [next(p for p, s in before.items() if s == "train" and p.startswith(c))
+                      for c in ("digit0", "digit1")]
+    corrections(work, f"{moved},relabel:digit2", f"{dropped},drop")
+    run_stage("prepare", work)
+    after = splits_of(work)
+    assert after == {p: s for p, s in before.items() if p != dropped}
+    assert manifest(work)[moved]["class"] == "digit2"
+
+
+@NEEDS_PREPARE_WIRING
+def test_a_fix_of_a_test_image_is_kept_apart_and_a_no_op_is_not_counted(tmp_path):
+    work, _ = project(tmp_path)
+    run_stage("prepare", work)
+    before = splits_of(work)
+    test_image = next(p for p, s in before.items() if s == "test" and p.startswith("digit0"))
+    same = next(p for p, s in before.items() if s == "train" and p.startswith("digit1"))
+    corrections(work, f"{test_image},relabel:digit1", f"{same},relabel:digit1")
+    run_stage("prepare", work)
+    report = json.loads((work / "metrics/data.json").read_text())
+    assert (report["n_relabelled"], report["n_dropped"], report["n_unchanged"]) == (0, 0, 1)
+    assert report["n_test_corrections"] == 1
+    assert report["test_corrections"] == [{"path": test_image, "action": "relabel:digit1"}]
+    assert report["corrections"] == []
+    assert splits_of(work) == before  # the same test photos, one of them relabelled
+    assert manifest(work)[test_image]["class"] == "digit1"
+
+
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16", "utf-16-le"])
+def test_utf8_bom_and_utf16_files_are_read(tmp_path, encoding):
+    from folderfit import corrections as C
+
+    work, source = project(tmp_path)
+    path = work / "data/corrections.csv"
+    path.write_bytes("path,action\r\ndigit0/img001.png,drop\r\n".encode(encoding))
+    assert list(C.read(source, path)) == ["digit0/img001.png"]
+
+
+def test_a_latin1_file_is_one_line_saying_save_as_utf8(tmp_path):
+    from folderfit import corrections as C
+    from folderfit.errors import PipelineError
+
+    work, source = project(tmp_path)
+    path = work / "data/corrections.csv"
+    path.write_bytes("path,action\n# café\ndigit0/img001.png,drop\n".encode("latin-1"))
+    with pytest.raises(PipelineError, match=r"corrections.csv:2: not UTF-8 text.*save the file "
+                                            r"as UTF-8") as caught:
+        C.read(source, path)
+    assert "\n" not in str(caught.value)
+
+
+def test_a_class_folder_starting_with_hash_is_a_row_not_a_comment(tmp_path):
+    from folderfit import corrections as C
+
+    work, source = project(tmp_path)
+    (source / "digit0").rename(source / "#zero")
+    corrections(work, "#zero/img001.png,relabel:digit1", "# digit1/img002.png,drop",
+                "#digit1/img003.png,drop", "# just a note, with a comma")
+    fixes = C.read(source, work / "data/corrections.csv")
+    # '#digit1/...' is no file (the folder is digit1): a commented-out row, as before
+    assert {p: f.describe() for p, f in fixes.items()} == {"#zero/img001.png": "relabel:digit1"}
+
+
+def test_a_class_with_a_comma_survives_the_csv_round_trip(tmp_path):
+    from folderfit import corrections as C
+
+    work, source = project(tmp_path)
+    (source / "digit2").rename(source / "cats, dogs")
+    (work / "data/corrections.csv").write_text(
+        "path,action\n" + C.format_row("digit0/img001.png", "relabel:cats, dogs") + "\n")
+    fixes = C.read(source, work / "data/corrections.csv")
+    assert fixes["digit0/img001.png"].new_class == "cats, dogs"

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from folderfit import cpu_engine as E
+from folderfit import cpu_engine as CE
 from folderfit import features as F
 from folderfit import models as M
 from folderfit.errors import PipelineError
@@ -83,9 +83,9 @@ def test_onnxruntime_is_only_for_fp32_on_the_cpu():
     with pytest.raises(PipelineError, match=r"'cpu_engine' is 'onnxruntime', but features are "
                                             r"computed on cpu in bf16"):
         extractor("onnxruntime", rt=bf16)
-    assert E.planned_engine("auto", CPU) == "onnxruntime"
+    assert CE.planned_engine("auto", CPU) == "onnxruntime"
     with pytest.raises(PipelineError, match=r"'cpu_engine' is 'onnx'; choose one of: auto, onnxruntime, torch"):
-        E.planned_engine("onnx", CPU)
+        CE.planned_engine("onnx", CPU)
 
 
 def test_a_graph_that_computes_something_else_is_refused():
@@ -95,5 +95,5 @@ def test_a_graph_that_computes_something_else_is_refused():
         def forward(self, x):  # the exporter's trace records another function than eager runs
             return x.mean(dim=(2, 3)) * (1.0 if torch.jit.is_tracing() else 2.0)
 
-    with pytest.raises(E.EngineUnavailable, match="differs from torch"):
-        E.export_backbone(TracesOneWay(), 16, 4)
+    with pytest.raises(CE.EngineUnavailable, match="differs from torch"):
+        CE.export_backbone(TracesOneWay(), 16, 4)

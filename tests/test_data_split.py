@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from folderfit import data as D
-from folderfit.errors import PipelineError, run_main
+from folderfit.cli import run_main
+from folderfit.errors import PipelineError
 
 from conftest import params_with, run_stage, write_params
 
@@ -139,3 +140,58 @@ def test_on_leak_is_validated():
     assert params_with(**{"data.on_leak": "fail"}).data.on_leak == "fail"
     with pytest.raises(PipelineError, match="data.on_leak"):
         params_with(**{"data.on_leak": "ignore"})
+
+
+def test_fractions_leaving_no_training_image_name_the_cause(tmp_path, monkeypatch):
+    """val 0.49 + test 0.49 of 10 images leave 0 for train: the message used to say "at least
+    3 are needed" although the class has 10 (issue 24)."""
+    source = image_folder(tmp_path / "src", per_class=10)
+    with pytest.raises(PipelineError) as exc:
+        run_prepare(tmp_path, monkeypatch, source, val_fraction=0.49, test_fraction=0.49)
+    text = str(exc.value)
+    assert "leave no training image for class 'a'" in text and "lower the fractions" in text
+    assert "at least" not in text and "\n" not in text
+    # too few images is still named as such
+    small = image_folder(tmp_path / "small", per_class=2)
+    with pytest.raises(PipelineError, match="at least 3 are needed"):
+        run_prepare(tmp_path, monkeypatch, small, val_fraction=0.15, test_fraction=0.15)
+
+
+def test_two_prepares_at_once_the_second_stops_clearly(tmp_path, monkeypatch):
+    """Two prepares outside DVC used to clear each other's staging folder (FileNotFoundError)."""
+    import fcntl
+    import os
+
+    from folderfit import prepare as PR
+
+    source = image_folder(tmp_path / "src", per_class=4)
+    (tmp_path / "data").mkdir()
+    fd = os.open(tmp_path / "data", os.O_RDONLY)  # stands for the first prepare, still running
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        with pytest.raises(PipelineError, match="another prepare is writing data/prepared"):
+            run_prepare(tmp_path, monkeypatch, source, test_fraction=0.0)
+        assert not (tmp_path / "data/prepared").exists()
+    finally:
+        os.close(fd)
+    report = run_prepare(tmp_path, monkeypatch, source, test_fraction=0.0)  # free again: runs
+    assert report["n_images"] == 12
+    assert PR.workers(1000) >= 1 and PR.workers(3) == 1
+
+
+def test_parallel_decoding_gives_the_same_output(tmp_path, monkeypatch):
+    """A pool of decoding processes gives byte-identical prepared files and manifest."""
+    from folderfit import prepare as PR
+
+    source = image_folder(tmp_path / "src", per_class=8)
+    outputs = {}
+    for pool in (False, True):
+        monkeypatch.setattr(PR, "MIN_POOL_JOBS", 1 if pool else 10**9)
+        monkeypatch.setattr(PR, "workers", lambda n, pool=pool: 2 if pool else 1)
+        work = tmp_path / f"run{pool}"
+        work.mkdir()
+        run_prepare(work, monkeypatch, source)
+        root = work / "data/prepared"
+        outputs[pool] = {p.relative_to(root).as_posix(): p.read_bytes()
+                         for p in sorted(root.rglob("*")) if p.is_file()}
+    assert outputs[True] == outputs[False] and len(outputs[True]) == 25

@@ -85,7 +85,6 @@ def test_ddp_two_processes_match_single_process(runs):
     drift = max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
     print(f"max |parameter difference| 2 processes vs 1: {drift:.3g}")
     assert drift <= TOLERANCE
-    assert any(float(a[k].double().sub(b[k].double()).abs().max()) == 0 or True for k in a)
 
 
 def test_helpers_without_torchrun(monkeypatch):

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from folderfit import engine as E
+from folderfit import engine
 from folderfit import models as M
 from folderfit.datasets import Normalizer
 from folderfit.runtime import Runtime
@@ -16,7 +16,7 @@ from folderfit.runtime import Runtime
 
 def test_early_stopping_keeps_a_deep_copy():
     layer = nn.Linear(2, 2)
-    stopper = E.EarlyStopping(patience=2)
+    stopper = engine.EarlyStopping(patience=2)
     stopper.update(1, 0.9, 0.1, layer)
     saved = stopper.best_state["weight"].clone()
     with torch.no_grad():
@@ -40,14 +40,16 @@ def test_best_epoch_weights_are_restored_not_the_last():
 
     train = torch.utils.data.DataLoader(list(zip(x, y)), batch_size=16)
     val = torch.utils.data.DataLoader(list(zip(x, 1 - y)), batch_size=64)
-    run = E.RunContext(Runtime(torch.device("cpu"), None), torch.Generator().manual_seed(1), log=log)
-    result = E.fit(model, torch.optim.SGD(model.parameters(), lr=0.5), train, val,
-                   Normalizer((0.5,) * 3, (0.5,) * 3), E.FitConfig(num_epochs=8, patience=3), run, [])
+    run = engine.RunContext(Runtime(torch.device("cpu"), None), torch.Generator().manual_seed(1), log=log)
+    result = engine.fit(model, torch.optim.SGD(model.parameters(), lr=0.5), train, val,
+                   Normalizer((0.5,) * 3, (0.5,) * 3), engine.FitConfig(num_epochs=8, patience=3), run, [])
     assert result.best_epoch < result.epochs_run
     final = model.state_dict()
     assert all(torch.equal(final[k], snapshots[result.best_epoch][k]) for k in final)
     assert not all(torch.equal(final[k], snapshots[result.epochs_run][k]) for k in final)
-    assert result.best_val_accuracy == max(r["val_accuracy"] for r in result.history)
+    floor = result.history[0]["val_accuracy"]  # epoch 0: the start
+    eligible = [r for r in result.history if r["val_accuracy"] >= floor]
+    assert result.best_val_loss == min(r["val_loss"] for r in eligible)
 
 
 def test_frozen_batchnorm_statistics_do_not_change():
@@ -58,10 +60,11 @@ def test_frozen_batchnorm_statistics_do_not_change():
     images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
     labels = torch.tensor([0, 1] * 4)
     loader = torch.utils.data.DataLoader(list(zip(images, labels)), batch_size=4)
-    groups = M.parameter_groups(model, built.stages, built.head_name, 0.01, 0.5, 0.0)
-    run = E.RunContext(Runtime(torch.device("cpu"), None), torch.Generator().manual_seed(0))
-    E.fit(model, torch.optim.AdamW(groups), loader, loader, Normalizer((0.5,) * 3, (0.5,) * 3),
-          E.FitConfig(num_epochs=1, patience=1), run, frozen)
+    groups = M.parameter_groups(model, built.stages, built.head_name, lr=0.01, backbone_lr=0.01,
+                                lr_decay=0.5, weight_decay=0.0)
+    run = engine.RunContext(Runtime(torch.device("cpu"), None), torch.Generator().manual_seed(0))
+    engine.fit(model, torch.optim.AdamW(groups), loader, loader, Normalizer((0.5,) * 3, (0.5,) * 3),
+          engine.FitConfig(num_epochs=1, patience=1, score_start=False), run, frozen)
     after = dict(model.named_buffers())
     for name, value in before.items():
         changed = not torch.equal(after[name], value)
@@ -86,10 +89,62 @@ def test_compiled_training_matches_eager_training():
                               nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
         net = torch.compile(model, dynamic=False) if compiled else model
         assert unwrap(net) is model
-        run = E.RunContext(Runtime(torch.device("cpu"), None), torch.Generator().manual_seed(1))
-        E.fit(net, torch.optim.SGD(model.parameters(), lr=0.1), loader, loader,
-              Normalizer((0.5,) * 3, (0.5,) * 3), E.FitConfig(num_epochs=2, patience=5), run, [])
+        run = engine.RunContext(Runtime(torch.device("cpu"), None), torch.Generator().manual_seed(1))
+        engine.fit(net, torch.optim.SGD(model.parameters(), lr=0.1), loader, loader,
+              Normalizer((0.5,) * 3, (0.5,) * 3), engine.FitConfig(num_epochs=2, patience=5), run, [])
         results[compiled] = unwrap(net).state_dict()
     assert results[True].keys() == results[False].keys()
     for name, value in results[False].items():
         assert torch.allclose(results[True][name].float(), value.float(), atol=1e-4), name
+
+
+def _separable(n: int = 32):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (n, 3, 4, 4), dtype=torch.uint8, generator=gen)
+    y = (x[:, 0].float().mean((1, 2)) > 127).long()
+    return torch.utils.data.DataLoader(list(zip(x, y)), batch_size=8)
+
+
+def _solved_linear() -> nn.Module:
+    """A model already right on _separable: logit 1 - logit 0 grows with channel 0's mean."""
+    model = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 2))
+    with torch.no_grad():
+        model[2].weight.copy_(torch.tensor([[-20.0, 0, 0], [20.0, 0, 0]]))
+        model[2].bias.zero_()
+    return model
+
+
+def test_the_starting_weights_win_when_training_only_makes_them_worse():
+    loader = _separable()
+    model = _solved_linear()
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    run = engine.RunContext(Runtime(torch.device("cpu"), None), torch.Generator().manual_seed(0))
+    # a learning rate that wrecks the solved head within the first epoch
+    result = engine.fit(model, torch.optim.SGD(model.parameters(), lr=1e4), loader, loader,
+                   Normalizer((0.5,) * 3, (0.5,) * 3),
+                   engine.FitConfig(num_epochs=2, patience=5, warmup_epochs=0), run, [])
+    start_accuracy = result.history[0]["val_accuracy"]
+    assert result.history[0]["epoch"] == 0 and start_accuracy > 0.9
+    assert max(r["val_accuracy"] for r in result.history[1:]) < start_accuracy  # training hurt
+    assert result.best_epoch == 0 and result.best_val_accuracy == start_accuracy
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, start[name]), name
+
+
+def test_learning_rates_warm_up_linearly_over_the_first_epoch():
+    loader = _separable()  # 4 batches an epoch
+    model = _solved_linear()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    seen = []
+    step = optimizer.step
+
+    def recording_step(*args, **kwargs):
+        seen.append(optimizer.param_groups[0]["lr"])
+        return step(*args, **kwargs)
+
+    optimizer.step = recording_step
+    run = engine.RunContext(Runtime(torch.device("cpu"), None), torch.Generator().manual_seed(0))
+    engine.fit(model, optimizer, loader, loader, Normalizer((0.5,) * 3, (0.5,) * 3),
+          engine.FitConfig(num_epochs=2, patience=5), run, [])
+    assert seen[:4] == pytest.approx([0.025, 0.05, 0.075, 0.1])
+    assert seen[4:] == pytest.approx([0.1] * 4)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from folderfit import export as X
-from folderfit import predict as P
+from folderfit import predict as PD
 from folderfit.cli import build_parser
 from folderfit.errors import PipelineError
 from folderfit.models import load_model_file
@@ -53,7 +53,7 @@ def test_export_parity_and_contract(model_and_images, tmp_path, capsys):
     # a consumer following the contract gets predict's probabilities, at another batch size
     files = sorted(images.rglob("*.png"))[:3]
     batch = X.preprocessed_batch(loaded, files)
-    probs, order, failed = P.predict_files(loaded, files, batch_size=3, precision="fp32")
+    probs, order, failed = PD.predict_files(loaded, files, batch_size=3, precision="fp32")
     assert order == [0, 1, 2] and not failed
     program = torch.export.load(str(out / contract["files"]["torch_export"])).module()
     assert torch.allclose(program(batch).softmax(1), probs, atol=1e-5)

@@ -113,7 +113,7 @@ def covered(rel: str, listed: set[str]) -> bool:
                                  HealthCheck.function_scoped_fixture])
 @given(source=source_files())
 def test_random_names_and_bytes_through_prepare_and_predict(source, model_file):
-    from folderfit import predict as P
+    from folderfit import predict as PD
     from folderfit.cli import build_parser
 
     folders, files = source
@@ -151,7 +151,7 @@ def test_random_names_and_bytes_through_prepare_and_predict(source, model_file):
 
         out = tmp / "preds.csv"
         with contextlib.suppress(SystemExit):  # exit code 1 when some file was unreadable
-            P.command(build_parser().parse_args(
+            PD.command(build_parser().parse_args(
                 ["predict", "src", "--model", str(model_file), "--output", str(out),
                  "--precision", "fp32"]))
         with open(out, newline="", encoding="utf-8", errors="strict") as fh:

@@ -75,12 +75,12 @@ def test_freeze_layers_out_of_range_is_clear(built):
 def test_parameter_groups_carry_layered_learning_rates(built):
     M.apply_freezing(built.model, built.stages, 2)
     groups = M.parameter_groups(built.model, built.stages, built.head_name, lr=0.01,
-                                lr_decay=0.5, weight_decay=0.0)
+                                backbone_lr=0.001, lr_decay=0.5, weight_decay=0.0)
     assert groups[0]["name"] == "head" and groups[0]["lr"] == 0.01
     n = len(built.stages)
     by_name = {g["name"]: g["lr"] for g in groups}
     for i, stage in enumerate(built.stages):
-        assert by_name[stage.name] == pytest.approx(0.01 * 0.5 ** (n - i))
+        assert by_name[stage.name] == pytest.approx(0.001 * 0.5 ** (n - i - 1))
     stage_lrs = [by_name[stage.name] for stage in built.stages]
     assert stage_lrs == sorted(stage_lrs) and stage_lrs[-1] < by_name["head"]  # head > late > early
     # every parameter in exactly one group, frozen ones included (groups fixed up front)
@@ -89,10 +89,15 @@ def test_parameter_groups_carry_layered_learning_rates(built):
 
 
 def test_auto_strategy_table():
-    assert M.auto_strategy(999) == "feature_extract"
-    assert M.auto_strategy(1000) == "fine_tune"
-    assert M.auto_strategy(10000) == "fine_tune"
-    assert M.auto_strategy(10001) == "full_tune"
+    assert M.auto_strategy(999, "cuda") == "feature_extract"
+    assert M.auto_strategy(1000, "cuda") == "fine_tune"
+    assert M.auto_strategy(10000, "cuda") == "fine_tune"
+    assert M.auto_strategy(10001, "cuda") == "full_tune"
+
+
+def test_auto_strategy_never_fine_tunes_on_a_cpu():
+    # an epoch of backpropagation on a CPU costs what the whole feature_extract run costs
+    assert {M.auto_strategy(n, "cpu") for n in (10, 5000, 50000)} == {"feature_extract"}
 
 
 def test_unknown_model_name_lists_close_matches():

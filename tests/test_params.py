@@ -62,9 +62,9 @@ def test_the_code_holds_no_defaults():
     """params.yaml is the one source of defaults: no dataclass field has a default."""
     import dataclasses
 
-    from folderfit import params as P
+    from folderfit import params as PM
 
-    for cls in (P.Params, P.DataParams, P.AugmentParams, P.EvaluateParams, P.DemoParams):
+    for cls in (PM.Params, PM.DataParams, PM.AugmentParams, PM.EvaluateParams, PM.DemoParams):
         for f in dataclasses.fields(cls):
             assert f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING, \
                 f"{cls.__name__}.{f.name} has a default in code"

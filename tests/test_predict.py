@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from folderfit import predict as P
+from folderfit import predict as PD
 from folderfit.cli import build_parser
 from folderfit.errors import PipelineError
 import tiny_project as T
@@ -22,7 +22,7 @@ from conftest import run_stage
 
 def predict(*argv: str) -> None:
     """`folderfit predict ARGV` in-process, errors raised (not turned into exit codes)."""
-    P.command(build_parser().parse_args(["predict", *argv]))
+    PD.command(build_parser().parse_args(["predict", *argv]))
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -34,7 +34,7 @@ def project(tmp_path_factory, request) -> Path:
     root = tmp_path_factory.mktemp(f"predict-tta-{request.param}")
     T.make_image_folder(root / "src", per_class=6, size=40, seed=1)
     T.make_image_folder(root / "src_jpg", per_class=3, size=44, seed=2, suffix=".jpg")
-    for kind in T.CLASSES:  # JPEG sources stay JPEG in data/prepared: both decoders are exercised
+    for kind in T.CLASSES:  # JPEG and PNG sources (both stored as PNG)
         for f in (root / "src_jpg" / kind).iterdir():
             shutil.move(f, root / "src" / kind / f"j{f.name}")
     T.write_params(root, **{"data.source": "src", "data.image_size": 32, "data.test_fraction": 0.4,
@@ -58,12 +58,22 @@ def test_predict_equals_evaluate(project):
     expected = {row["prepared_file"]: row for row in read_csv(project / "metrics/eval/predictions.csv")}
     got = {Path(row["path"]).relative_to(project).as_posix(): row
            for row in read_csv(project / "preds.csv")}
-    assert sorted(got) == sorted(expected) and any(f.endswith(".jpg") for f in got)
+    # prepared copies are PNG whatever the source (lossless: issue 24), JPEG sources included
+    assert sorted(got) == sorted(expected) and any("/j" in r["path"] for r in expected.values())
     for name, row in got.items():
         assert row["predicted"] == expected[name]["predicted"], name
         assert abs(float(row["confidence"]) - float(expected[name]["confidence"])) <= 2e-6, name
         assert row["top1_class"] == row["predicted"]
         assert float(row["top1_prob"]) >= float(row["top2_prob"])
+    # the contract users rely on: predict on the ORIGINAL files gives evaluate's numbers
+    predict(*[str(project / "src" / r["path"]) for r in expected.values()], "--output",
+            str(project / "preds_src.csv"), "--model", str(project / "models/model.pt"),
+            "--precision", "fp32", "--top-k", "2")
+    by_source = {Path(r["path"]).relative_to(project / "src").as_posix(): r
+                 for r in read_csv(project / "preds_src.csv")}
+    for row in expected.values():
+        assert by_source[row["path"]]["predicted"] == row["predicted"], row["path"]
+        assert abs(float(by_source[row["path"]]["confidence"]) - float(row["confidence"])) <= 2e-6
     # an untrained net that still separates images: not every prediction is the same class
     assert len({row["predicted"] for row in got.values()}) > 1
 
@@ -138,3 +148,44 @@ def test_device_and_precision_flags(project, capsys, monkeypatch):
     with pytest.raises(PipelineError, match=r"^device='mps': no Apple GPU here"):
         folderfit.load(model, device="mps")
     assert folderfit.load(model, precision="fp32", device="cpu").rt.device == torch.device("cpu")
+
+
+def test_existing_output_is_refused_without_force(project, tmp_path):
+    """`predict -o data/corrections.csv` used to overwrite it silently (issue 24)."""
+    image = str(next((project / "data/prepared/test").rglob("*.png")))
+    model = str(project / "models/model.pt")
+    target = tmp_path / "corrections.csv"
+    target.write_text("file,action\nx.png,drop\n")
+    with pytest.raises(PipelineError, match="the file exists; choose a new name, or add --force"):
+        predict(image, "--model", model, "-o", str(target))
+    assert target.read_text() == "file,action\nx.png,drop\n"
+    predict(image, "--model", model, "-o", str(target), "--force")
+    assert target.read_text().startswith("path,predicted,confidence")
+
+
+def test_nan_model_is_a_one_line_error(project, tmp_path, capsys):
+    """A model file with NaN weights used to print `nan` and exit 0."""
+    import torch
+
+    payload = torch.load(project / "models/model.pt", weights_only=True)
+    for tensor in payload["state_dict"].values():
+        if tensor.is_floating_point():
+            tensor.fill_(float("nan"))
+    torch.save(payload, tmp_path / "nan.pt")
+    image = str(next((project / "data/prepared/test").rglob("*.png")))
+    with pytest.raises(PipelineError, match="non-finite|NaN") as exc:
+        predict(image, "--model", str(tmp_path / "nan.pt"), "-o", str(tmp_path / "p.csv"))
+    assert "\n" not in str(exc.value) and not (tmp_path / "p.csv").exists()
+
+
+def test_extreme_aspect_ratio_is_a_reported_skip(project, tmp_path, capsys):
+    """A 6000x1 PNG (~100 bytes) made predict peak at 2.4 GB; now it is skipped, with why."""
+    from PIL import Image
+
+    Image.new("RGB", (6000, 1)).save(tmp_path / "line.png")
+    image = str(next((project / "data/prepared/test").rglob("*.png")))
+    with pytest.raises(SystemExit) as stop:
+        predict(image, str(tmp_path / "line.png"), "--model", str(project / "models/model.pt"))
+    assert stop.value.code == 1
+    err = capsys.readouterr().err
+    assert "line.png: aspect ratio 6000:1" in err and "1 image(s) classified" in err

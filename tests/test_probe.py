@@ -6,7 +6,7 @@ import torch
 
 from folderfit import features as F
 from folderfit import head as H
-from folderfit import probe as P
+from folderfit import probe
 
 N_CLASSES, DIM = 3, 16
 
@@ -46,12 +46,12 @@ def source(mirror_keeps_labels: bool, seed: int = 0):
 def solve(features, labels, **kw):
     settings = {"hflip": "auto", "n_views": 1, "min_scale": 0.6, "seed": 42, "tta": "auto",
                 "refit": False, **kw}
-    return P.solve(features, labels["train"], labels["val"], N_CLASSES, **settings)
+    return probe.solve(features, labels["train"], labels["val"], N_CLASSES, **settings)
 
 
 def test_views_clean_then_mirror_then_crops():
-    assert P.training_views(False, 1, 0.6, 42) == [F.CLEAN]
-    views = P.training_views(True, 3, 0.6, 42)
+    assert probe.training_views(False, 1, 0.6, 42) == [F.CLEAN]
+    views = probe.training_views(True, 3, 0.6, 42)
     assert views[:2] == [F.CLEAN, F.FLIP]
     assert [(v.kind, v.index, v.hflip) for v in views[2:]] == [("augment", 1, True), ("augment", 2, True)]
 
@@ -96,7 +96,7 @@ def test_refit_solves_again_on_train_and_val_at_the_chosen_l2():
     kept = solve(features, labels, hflip=True, n_views=2, tta="none")
     refit = solve(features, labels, hflip=True, n_views=2, tta="none", refit=True)
     assert refit.fit.l2 == kept.fit.l2 and refit.refit
-    views = P.training_views(True, 2, 0.6, 42)
+    views = probe.training_views(True, 2, 0.6, 42)
     assert {("val", v) for v in views} <= set(asked)  # every training view of val too
     x = torch.cat([torch.cat([features([("train", v)])[0], features([("val", v)])[0]]) for v in views])
     y = torch.cat([labels["train"], labels["val"]]).repeat(len(views))
@@ -109,3 +109,40 @@ def test_the_solve_is_deterministic():
     a = solve(*source(True)[:2], refit=True)
     b = solve(*source(True)[:2], refit=True)
     assert torch.equal(a.fit.weight, b.fit.weight) and a.mirror_test == b.mirror_test
+
+
+def _noise_source(n_train: int, n_val: int, dim: int, seed: int):
+    """Features with no relation to the labels: whatever a head scores on them beyond chance
+    it learned from the very images it scores."""
+    g = torch.Generator().manual_seed(seed)
+    vectors = {(split, view): torch.randn(n, dim, generator=g)
+               for split, n in (("train", n_train), ("val", n_val)) for view in (F.CLEAN, F.FLIP)}
+    labels = {"train": torch.arange(n_train) % N_CLASSES, "val": torch.arange(n_val) % N_CLASSES}
+    return probe.tensor_source(vectors), labels
+
+
+def test_cross_validation_scores_only_images_outside_each_fit():
+    # 300 dims for 90 images: a refit head memorises them, yet out-of-fold it must be at chance
+    features, labels = _noise_source(60, 30, 300, seed=3)
+    settings = {"hflip": False, "n_views": 1, "min_scale": 0.6, "tta": "none", "refit": True}
+    memorised = probe.solve(features, labels["train"], labels["val"], N_CLASSES, seed=0, **settings)
+    x = torch.cat([features([("train", F.CLEAN)])[0], features([("val", F.CLEAN)])[0]])
+    y = torch.cat([labels["train"], labels["val"]])
+    assert probe.accuracy(x @ memorised.fit.weight.T + memorised.fit.bias, y) > 0.9
+    cv = probe.cross_validate(features, labels["train"], labels["val"], N_CLASSES, folds=5,
+                          groups=list(range(90)), seed=0, **settings)
+    assert cv.folds == 5 and sorted(set(cv.fold.tolist())) == [0, 1, 2, 3, 4]
+    assert torch.equal(cv.labels, y)
+    assert torch.allclose(cv.probs.sum(1), torch.ones(90, dtype=torch.float64))
+    assert probe.accuracy(cv.probs, y) < 0.55  # chance is 1/3; a leak would give ~1.0
+
+
+def test_cross_validation_keeps_copies_in_one_fold_and_learns_real_signal():
+    features, labels, _ = source(mirror_keeps_labels=True)
+    groups = [i // 2 for i in range(36 + 18)]  # pairs of "copies"
+    cv = probe.cross_validate(features, labels["train"], labels["val"], N_CLASSES, folds=3,
+                          groups=groups, seed=0, hflip="auto", n_views=1, min_scale=0.6,
+                          tta="auto", refit=True)
+    for a in range(0, 54, 2):
+        assert cv.fold[a] == cv.fold[a + 1]
+    assert probe.accuracy(cv.probs, cv.labels) > 0.9  # separable blobs: the estimate is high

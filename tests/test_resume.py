@@ -107,7 +107,7 @@ def test_killed_feature_extraction_keeps_its_finished_features(repo, tmp_path):
         proc.wait()
     resumed = run(["stages.train"], repo, env=env)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    computed, reused = map(int, re.search(r"(\d+) (?:vectors )?computed(?: \(\w+\))?, (\d+) from the cache",
+    computed, reused = map(int, re.search(r"(\d+) (?:vectors )?computed(?: \([\w-]+\))?, (\d+) from the cache",
                                             resumed.stdout).groups())
     assert computed > 0 and reused > 0, resumed.stdout
     assert outputs(repo) == uninterrupted

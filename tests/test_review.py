@@ -5,7 +5,6 @@ paths are data.source's exactly, reruns are identical, and train reuses the revi
 from __future__ import annotations
 
 import csv
-import io
 import json
 from pathlib import Path
 
@@ -103,7 +102,8 @@ def test_every_path_is_the_source_path_and_summary_is_flat(reviewed):
     scalars = {k for k, v in summary.items() if not isinstance(v, list)}
     assert scalars == {"n_label_issues", "label_noise_rate", "n_near_duplicates",
                        "n_near_duplicates_across_splits", "n_near_duplicates_across_classes",
-                       "n_outliers"}
+                       "n_outliers", "folds", "folds_requested", "n_not_reviewable",
+                       "feature_engine"}
     _, issues = read_csv(work / "metrics/review/label_issues.csv")
     assert summary["n_label_issues"] == len(issues)
     assert (work / "metrics/review/label_issues.png").read_bytes()[:4] == b"\x89PNG"
@@ -198,22 +198,22 @@ def test_folds_are_stratified_seeded_and_keep_copies_together():
 
 
 def test_similar_pairs_groups_and_outlier_rule():
-    from folderfit import similarity as S
+    from folderfit import similarity as SIM
 
-    z = S.normalise(np.array([[1, 0, 0], [0.99, 0.05, 0], [0, 1, 0], [0, 0.8, 0.6], [0, 0, 1]]))
-    pairs = S.similar_pairs(z, 0.95)
+    z = SIM.normalise(np.array([[1, 0, 0], [0.99, 0.05, 0], [0, 1, 0], [0, 0.8, 0.6], [0, 0, 1]]))
+    pairs = SIM.similar_pairs(z, 0.95)
     assert [(i, j) for i, j, _ in pairs] == [(0, 1)]
-    assert S.groups(5, pairs).tolist() == [0, 0, 2, 3, 4]
-    index, sim = S.nearest(z, 2)
+    assert SIM.groups(5, pairs).tolist() == [0, 0, 2, 3, 4]
+    index, sim = SIM.nearest(z, 2)
     assert index[0, 0] == 1 and 0 not in index[0]
-    flags, threshold = S.outlier_flags(np.array([0.3, 0.31, 0.32, 0.33, 0.34, 0.9]), 1.7)
+    flags, threshold = SIM.outlier_flags(np.array([0.3, 0.31, 0.32, 0.33, 0.34, 0.9]), 1.7)
     assert flags.tolist() == [False] * 5 + [True] and 0.34 < threshold < 0.9
 
 
 def test_thumbnails_find_resized_and_reencoded_copies_only(tmp_path):
     """Backbone-free copies: a JPEG re-encode and a downsized copy of one picture correlate
     >= 0.998 with it at 32x32; other pictures of the same class, and a flat image, do not."""
-    from folderfit import similarity as S
+    from folderfit import similarity as SIM
 
     rng = np.random.default_rng(5)
     original = T.picture("blobs", 96, rng)
@@ -224,7 +224,7 @@ def test_thumbnails_find_resized_and_reencoded_copies_only(tmp_path):
     T.picture("blobs", 96, rng).save(files[3])
     T.picture("bars", 96, rng).save(files[4])
     Image.new("RGB", (96, 96), (90, 90, 90)).save(files[5])
-    pairs = S.pairs_above(S.thumbnails(files), S.THUMBNAIL_CORRELATION)
+    pairs = SIM.pairs_above(SIM.thumbnails(files), SIM.THUMBNAIL_CORRELATION)
     assert [(i, j) for i, j, _ in pairs] == [(0, 1), (0, 2), (1, 2)], pairs
 
 
@@ -240,8 +240,12 @@ def test_review_command_prints_the_lists_and_writes_a_template(reviewed, tmp_pat
     assert "label issues:" in out and "near-duplicates:" in out and "outliers:" in out
     assert all(p in out for p in plants["moved"].values()), out
     fixes = C.read(source, template)  # a valid corrections file, as it is
-    assert set(fixes) == {*plants["moved"].values(), plants["copy"][1]}
-    assert {f.new_class for f in fixes.values()} == {"bars", "blobs", "checks"}
+    _, scores = read_csv(work / "metrics/review/scores.csv")
+    split = {r["path"]: r["split"] for r in scores}
+    top = {*plants["moved"].values(), plants["copy"][1]}
+    assert set(fixes) == {p for p in top if split[p] != "test"}  # never a test image
+    assert all(f"#   {p!r}" in template.read_text() for p in top if split[p] == "test")
+    assert {f.new_class for f in fixes.values()} <= {"bars", "blobs", "checks"}
     with pytest.raises(SystemExit):
         main(["review", "--dir", str(work / "metrics/review"), "--template", str(template)])
     assert "exists" in capsys.readouterr().err

@@ -1,0 +1,115 @@
+"""What each stage process pays for imports before it does any work: every stage's entry
+module and library module imported in a fresh interpreter under `python -X importtime`.
+
+    python -m bench.import_times                  # every stage, one probe each
+    python -m bench.import_times --stages train review --repeat 3
+
+Two probes per stage, each a fresh interpreter:
+* "module": the stage's entry and library module as `python -m stages.<name>` loads them
+  before run() starts;
+* "+run()": also every module the library module imports inside its functions (found in its
+  source), so roughly what the stage process imports in all.
+Printed per probe: the wall time of the process (interpreter start included), the summed
+import time, and the heavy packages loaded (matplotlib, sklearn, scipy, timm, onnx,
+onnxruntime, dvclive, cleanlab, pandas, torchvision, torch, dvc) with the nearest folderfit
+module that imported each (a heavy package pulled in by another heavy one is not listed
+apart). Numbers depend on the load of the machine: the load average is printed with them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+STAGES = {  # stage -> the library module stage_main imports (stages/<name>.py)
+    "preflight": "folderfit.preflight",
+    "demo_data": "folderfit.demo",
+    "prepare": "folderfit.prepare",
+    "review": "folderfit.review",
+    "train": "folderfit.training",
+    "evaluate": "folderfit.evaluation",
+    "predict": "folderfit.predict",  # not a stage: `folderfit predict` and folderfit.load
+}
+HEAVY = ("torch", "torchvision", "timm", "onnx", "onnxruntime", "sklearn", "scipy", "matplotlib",
+         "dvclive", "cleanlab", "pandas", "dvc")
+LINE = re.compile(r"import time:\s+(\d+) \|\s+(\d+) \| ( *)(\S+)")
+
+
+def function_imports(module: str) -> list[str]:
+    """Modules imported inside the functions of `module` (its lazy imports), from its source."""
+    import ast
+
+    tree = ast.parse((REPO / (module.replace(".", "/") + ".py")).read_text())
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for inner in ast.walk(node):
+                if isinstance(inner, ast.Import):
+                    found += [alias.name for alias in inner.names]
+                elif isinstance(inner, ast.ImportFrom) and inner.module and not inner.level:
+                    found.append(inner.module)
+    return sorted(set(found))
+
+
+def probe(stage: str, module: str, with_run: bool) -> tuple[float, list[tuple[int, int, int, str]]]:
+    """(wall seconds, importtime rows (self us, cumulative us, depth, module) in print order)."""
+    entry = f"stages.{stage}" if (REPO / "stages" / f"{stage}.py").exists() else "folderfit.cli"
+    modules = [entry, "folderfit.params", module] + (function_imports(module) if with_run else [])
+    code = "\n".join(f"import {name}" for name in modules)
+    tick = time.perf_counter()
+    result = subprocess.run([sys.executable, "-X", "importtime", "-c", code], cwd=REPO,
+                            capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - tick
+    if result.returncode:
+        raise SystemExit(f"{stage}: import failed:\n{result.stderr[-2000:]}")
+    rows = [(int(m[1]), int(m[2]), len(m[3]) // 2, m[4]) for m in map(LINE.match, result.stderr.splitlines()) if m]
+    return wall, rows
+
+
+def importer(rows, index: int) -> str:
+    """The nearest folderfit/stages module above rows[index] in the import tree (importtime
+    prints a module after everything it imported, one level less indented)."""
+    depth = rows[index][2]
+    for self_us, cum_us, d, name in rows[index + 1:]:
+        if d < depth:
+            if name.startswith(("folderfit", "stages")) or name in HEAVY:
+                return name
+            depth = d
+    return "lazy, in a function"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--stages", nargs="*", default=list(STAGES), choices=list(STAGES))
+    parser.add_argument("--repeat", type=int, default=1, help="probes per stage (the median counts)")
+    args = parser.parse_args(argv)
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load average "
+          f"{os.getloadavg()[0]:.2f}")
+    print(f"{'stage':<10} {'probe':<8} {'wall s':>7} {'imports s':>9}  heavy packages (imported by)")
+    for stage in args.stages:
+        module = STAGES[stage]
+        for with_run in (False, True):
+            walls, summed, rows = [], [], []
+            for _ in range(args.repeat):
+                wall, rows = probe(stage, module, with_run)
+                walls.append(wall)
+                summed.append(sum(self_us for self_us, *_ in rows) / 1e6)
+            heavy = []
+            for i, (self_us, cum_us, depth, name) in enumerate(rows):
+                by = importer(rows, i) if name in HEAVY else None
+                if by is not None and by not in HEAVY:
+                    heavy.append(f"{name} {cum_us / 1e6:.2f}s ({by})")
+            print(f"{stage:<10} {'+run()' if with_run else 'module':<8} {statistics.median(walls):7.2f} "
+                  f"{statistics.median(summed):9.2f}  {'; '.join(heavy) or '-'}")
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,28 @@
+"""Every path the pipeline reads or writes, relative to the project root (where dvc.yaml is
+and where DVC runs the stages): the one place they are defined, matching dvc.yaml's deps and
+outs."""
+
+import os
+from pathlib import Path
+
+PREFLIGHT_OK = Path("data/preflight.ok")
+DEMO_DIR = Path("data/demo")
+CORRECTIONS = Path("data/corrections.csv")
+PREPARED = Path("data/prepared")
+MANIFEST_NAME = "manifest.csv"  # inside PREPARED
+DATA_REPORT = Path("metrics/data.json")
+REVIEW_DIR = Path("metrics/review")
+REVIEW_JSON = Path("metrics/review.json")
+MODEL_FILE = Path("models/model.pt")
+TRAIN_METRICS = Path("metrics/train.json")
+TRAIN_DIR = Path("metrics/train")
+TIMING = Path("metrics/timing.json")
+EVAL_JSON = Path("metrics/eval.json")
+EVAL_DIR = Path("metrics/eval")
+REPORT_TXT = Path("metrics/classification_report.txt")
+
+
+def cache_root() -> Path:
+    """The feature cache and the engine choices: $FOLDERFIT_CACHE, else ~/.cache/folderfit."""
+    base = os.environ.get("FOLDERFIT_CACHE")
+    return Path(base).expanduser() if base else Path.home() / ".cache" / "folderfit"

@@ -1,0 +1,60 @@
+"""prepare at the machine's speed (issue 21 item 3): JPEG draft decoding by the shared rule,
+a process pool, and progress lines that also reach logs that are not terminals."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+
+from folderfit import imageio as IO
+from folderfit import prepare as PR
+from folderfit.progress import progress
+
+
+def big_jpeg(path, size=(2400, 1800)):
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 256, (size[1] // 50, size[0] // 50, 3), dtype=np.uint8)
+    Image.fromarray(small).resize(size, Image.Resampling.BILINEAR).save(path, quality=90)
+
+
+def test_large_jpeg_is_drafted_and_keeps_its_size(tmp_path):
+    path = tmp_path / "big.jpg"
+    big_jpeg(path)
+    img, size = IO.decode_upright(path, IO.store_side(64))  # stored side 80: 1/8 keeps 225 >= 160
+    assert size == (2400, 1800) and img.size == (300, 225)
+    full, _ = IO.decode_upright(path, None)
+    assert full.size == (2400, 1800)
+    # prepare and predict take the same (drafted) path: its stored copy is the same
+    _, stored, _ = IO.stored_image(path, 64)
+    assert stored.size == (107, 80) and stored.tobytes() == IO.shrink(img, 64).tobytes()
+
+
+def test_decode_one_returns_png_of_the_stored_copy(tmp_path):
+    path = tmp_path / "big.jpg"
+    big_jpeg(path)
+    pixel_hash, blob, size = PR.decode_one(path, 64)
+    assert size == (2400, 1800) and len(pixel_hash) == 64
+    back = Image.open(io.BytesIO(blob))
+    assert back.format == "PNG" and back.tobytes() == IO.stored_image(path, 64)[1].tobytes()
+    assert PR.decode_one(tmp_path / "missing.jpg", 64)[0] is None
+
+
+def test_progress_prints_plain_lines_when_not_a_terminal(monkeypatch):
+    """tqdm stays silent when stderr is a file (CI logs): plain lines are printed instead."""
+    out = io.StringIO()
+    ticks = iter(range(0, 1000, 4))  # each step takes 4 "seconds"
+    monkeypatch.setattr("folderfit.progress.time.monotonic", lambda: next(ticks))
+    items = list(progress(range(10), total=10, desc="prepare", unit="images", interval=10, stream=out,
+                          enabled=True))
+    assert items == list(range(10))
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("prepare: 3/10 images (30%), 12 s")
+    assert lines[-1].startswith("prepare: 10/10 images (100%)")
+
+
+def test_progress_can_be_switched_off():
+    out = io.StringIO()
+    assert list(progress(range(3), stream=out, enabled=False, interval=0)) == [0, 1, 2]
+    assert out.getvalue() == ""
