@@ -50,7 +50,7 @@ def main() -> int:
         git(copy, "commit", "-qm", "main results")
         git(copy, "checkout", "-q", "-b", "pull-request")
         params = yaml.safe_load((copy / "params.yaml").read_text())
-        set_key(params, "lr", 0.001)  # the change the report must show
+        set_key(params, "lr", 0.0005)  # the change the report must show
         (copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         git(copy, "commit", "-qam", "lower lr")
         summary = Path(tmp) / "summary.md"
@@ -70,7 +70,7 @@ def main() -> int:
                 return 1
         text = summary.read_text()
         for expected in ("## Reproducibility check", "repro-check: OK", "## Results: main",
-                         "## Params: main", "| lr ", "0.001"):
+                         "## Params: main", "| lr ", "0.0005"):
             if expected not in text:
                 print(f"workflow selftest: job summary lacks {expected!r}:\n{text}", file=sys.stderr)
                 return 1
