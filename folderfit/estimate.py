@@ -19,6 +19,7 @@ of them. What evaluate reports, per layout:
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 import numpy as np
@@ -50,9 +51,9 @@ def holdout_split(val: list, seed: int) -> tuple[list, list]:
 
 def write_learned_from(folder: Path, roles: dict[str, list]) -> None:
     """roles: name (train, val_selection, ...) -> samples [(path, label)] the model learned from."""
-    rows = ["file,role\n"] + [f"{_cell(Path(path).as_posix())},{role}\n"
-                              for role, samples in roles.items() for path, _ in samples]
-    write_text(folder / LEARNED_FROM, "".join(rows))
+    rows = [["file", "role"]] + [[Path(path).as_posix(), role]
+                                 for role, samples in roles.items() for path, _ in samples]
+    write_text(folder / LEARNED_FROM, _csv_text(rows))
 
 
 def read_learned_from(folder: Path = TRAIN_DIR, *, required: bool = True) -> set[str] | None:
@@ -70,12 +71,11 @@ def read_learned_from(folder: Path = TRAIN_DIR, *, required: bool = True) -> set
 def write_cv(folder: Path, samples: list, cv) -> None:
     """Out-of-fold probabilities of folderfit.probe.cross_validate, one row per image."""
     n_classes = cv.probs.shape[1]
-    lines = [",".join(["file", "label", "fold"] + [f"p{c}" for c in range(n_classes)]) + "\n"]
+    rows = [["file", "label", "fold"] + [f"p{c}" for c in range(n_classes)]]
     for (path, _), label, fold, probs in zip(samples, cv.labels.tolist(), cv.fold.tolist(),
                                              cv.probs.tolist()):
-        lines.append(",".join([_cell(Path(path).as_posix()), str(label), str(fold)]
-                              + [repr(p) for p in probs]) + "\n")
-    write_text(folder / CV_PREDICTIONS, "".join(lines))
+        rows.append([Path(path).as_posix(), label, fold, *map(repr, probs)])
+    write_text(folder / CV_PREDICTIONS, _csv_text(rows))
 
 
 def read_cv(folder: Path = TRAIN_DIR) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray] | None:
@@ -93,8 +93,8 @@ def read_cv(folder: Path = TRAIN_DIR) -> tuple[list[str], np.ndarray, np.ndarray
             np.array([int(r["fold"]) for r in rows]))
 
 
-def _cell(text: str) -> str:
-    """A CSV cell: quoted when it holds a comma, quote or line break."""
-    if any(ch in text for ch in ',"\n\r'):
-        return '"' + text.replace('"', '""') + '"'
-    return text
+def _csv_text(rows: list[list]) -> str:
+    """CSV text (quoted where a cell needs it), one row a line."""
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerows(rows)
+    return out.getvalue()
