@@ -24,6 +24,8 @@ The directory is built beside its place and swapped in whole, then eval.json is 
 
 from __future__ import annotations
 
+import copy
+import sys
 import time
 from pathlib import Path
 
@@ -36,10 +38,10 @@ from folderfit import estimate as EST
 from folderfit.pages import results_page
 from folderfit import metrics as S
 from folderfit import reports
-from folderfit.inference import infer_labelled, make_loader
+from folderfit.inference import infer, make_loader
 from folderfit.errors import PipelineError
 from folderfit.fileio import staged_dir, write_json, write_text
-from folderfit.models import load_model_file
+from folderfit.models import FlipTTA, load_model_file
 from folderfit.params import Params
 from folderfit.runtime import pick_runtime, prepare_model, seed_everything
 
@@ -47,6 +49,12 @@ from folderfit.paths import EVAL_DIR, EVAL_JSON, MODEL_FILE, PREPARED, REPORT_TX
 HEADLINE = ("split", "estimate", "n_images", "accuracy", "accuracy_ci95_low", "accuracy_ci95_high", "macro_f1",
             "balanced_accuracy", "roc_auc_ovr_macro", "ece")
 
+# A feature_extract model is scored from its backbone's cached features (score_checked); this
+# many of the scored images also go through the whole model file, which must agree within the
+# tolerance for the features' precision (ONNX Runtime and torch in fp32: ~1e-6 here; bf16
+# rounds more).
+FEATURE_CHECK_IMAGES = 8
+FEATURE_CHECK_TOLERANCE = {"fp32": 1e-4, "bf16": 2e-2, "fp16": 2e-2}
 
 ESTIMATES = {
     "test": "the test split, scored with the model file",
@@ -81,12 +89,12 @@ def scored_images(splits: dict, loaded, params: Params, rt) -> tuple[str, list, 
     if seen:  # by construction this cannot happen: a broken invariant must not become a score
         raise PipelineError(f"{seen[0]}: scored by evaluate but the model learned from it "
                             f"({len(seen)} such images); rerun `dvc repro` from prepare")
-    probs, labels = score(loaded, samples, params.evaluate.batch_size, rt)
+    probs, labels, facts = score_checked(loaded, samples, params, rt)
     bad = np.flatnonzero(~np.isfinite(probs).all(1))
     if len(bad):  # NaN weights (or an fp16 overflow) would otherwise score as class 0
         raise PipelineError(f"{MODEL_FILE}: the model gave NaN/Inf for {len(bad)} of {len(probs)} "
                             f"images (first: {samples[bad[0]][0]}); retrain it, or try precision: fp32")
-    return estimate, samples, probs, labels, {}
+    return estimate, samples, probs, labels, facts
 
 
 def source_paths(prepared: Path) -> dict[str, str]:
@@ -94,14 +102,93 @@ def source_paths(prepared: Path) -> dict[str, str]:
     return {(prepared / r["file"]).as_posix(): r["source"] for r in D.read_manifest_rows(prepared)}
 
 
-def score(loaded, samples, batch_size: int, rt) -> tuple[np.ndarray, np.ndarray]:
-    """(softmax probabilities [N, classes] as float64, labels) in sample order."""
+def score(loaded, samples, batch_size: int, rt, show_progress: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(softmax probabilities [N, classes] as float64, labels) in sample order, from the
+    whole model file."""
     model = prepare_model(loaded.model, rt)
     loader = make_loader(DS.ImageTensorDataset(samples, DS.eval_geometry(loaded.preprocess)),
                          batch_size, rt)
     normalizer = DS.Normalizer(loaded.preprocess.mean, loaded.preprocess.std).to(rt.device)
-    logits, labels = infer_labelled(model, loader, normalizer, rt, desc="evaluate")
+    outputs, metas = infer(model, loader, normalizer, rt, desc="evaluate", show_progress=show_progress)
+    logits, labels = outputs, torch.cat(metas) if metas else torch.zeros(0, dtype=torch.long)
     return torch.softmax(logits, 1).numpy().astype(np.float64), labels.numpy()
+
+
+def feature_route(loaded, params: Params):
+    """(backbone, head, feature extractor) that compute the model file's outputs as the
+    train stage computed its features (same engine and precision, recorded in the file as
+    `feature_engine`, hence the same feature-cache entries), or None when the file does not
+    record them (fine_tune / full_tune models: their backbone is new to the cache)."""
+    from folderfit import features as F
+    from folderfit.extraction import extraction_batch
+    from folderfit.runtime import Runtime
+
+    extra = loaded.info.get("extra", {}) if isinstance(loaded.info, dict) else {}
+    engine, _, precision = str(extra.get("feature_engine", "")).partition("-")
+    if extra.get("strategy") != "feature_extract" or engine not in ("onnxruntime", "torch") or \
+            precision not in ("fp32", "bf16", "fp16"):
+        return None
+    device = pick_runtime("fp32", params.device).device
+    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    rt = Runtime(device, dtype)
+    inner = loaded.model.model if isinstance(loaded.model, FlipTTA) else loaded.model
+    backbone, head = F.backbone_only(prepare_model(copy.deepcopy(inner), rt), loaded.info["head_name"])
+    extractor = F.FeatureExtractor(backbone, loaded.preprocess, rt, extraction_batch(params, rt),
+                                   engine="auto" if engine == "onnxruntime" else "torch")
+    return backbone, head.float().eval(), extractor
+
+
+def score_from_features(route, samples, tta: str) -> np.ndarray:
+    """Probabilities from the backbone's (cached) features and the model file's head, with
+    the file's test-time augmentation done as FlipTTA does it (the mean of the logits)."""
+    from folderfit import features as F
+
+    _, head, extractor = route
+    files = [path for path, _ in samples]
+    views = [F.CLEAN] + ([F.FLIP] if tta == "flip" else [])
+    vectors = extractor.features_of([(files, view) for view in views], "features evaluate")
+    with torch.inference_mode():
+        logits = sum(head(v.float()) for v in vectors) / len(vectors)
+    return torch.softmax(logits, 1).numpy().astype(np.float64)
+
+
+def check_sample(n: int, seed: int) -> list[int]:
+    """Indices of the scored images also run through the whole model file (seeded)."""
+    rng = np.random.default_rng(seed)
+    return sorted(rng.choice(n, size=min(n, FEATURE_CHECK_IMAGES), replace=False).tolist())
+
+
+def score_checked(loaded, samples, params: Params, rt) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(probabilities, labels, facts). A feature_extract model is scored from its backbone's
+    features, which review and train have already computed (a cache hit), then proven equal
+    to the model file: a seeded sample of the images goes through the whole model file in
+    the features' precision, and every probability must agree within the tolerance, else
+    every image is scored with the model file (with a note). Other models: the model file."""
+    route = feature_route(loaded, params) if samples else None
+    labels = np.array([y for _, y in samples], dtype=np.int64)
+    if route is not None:
+        started = time.perf_counter()
+        probs = score_from_features(route, samples, loaded.tta)
+        pick = check_sample(len(samples), params.seed)
+        extractor = route[2]
+        reference, _ = score(loaded, [samples[i] for i in pick], params.evaluate.batch_size,
+                             extractor.rt, show_progress=False)
+        gap = float(np.abs(reference - probs[pick]).max())
+        tolerance = FEATURE_CHECK_TOLERANCE[extractor.rt.precision]
+        engine = f"{extractor.engine}-{extractor.rt.precision}"
+        if gap <= tolerance:
+            print(f"evaluate: scored from the backbone's features ({engine}: "
+                  f"{extractor.reused} vectors from the cache, {extractor.computed} computed) and the "
+                  f"model file's head; the whole model file on {len(pick)} of the images agrees "
+                  f"(largest probability difference {gap:.1e} <= {tolerance:g}) "
+                  f"[{time.perf_counter() - started:.1f} s]")
+            return probs, labels, {"scored_with": f"features ({engine}) + the model file's head",
+                                   "checked_images": len(pick), "check_max_difference": gap}
+        print(f"note: evaluate: the features route differs from the model file on {len(pick)} "
+              f"images (largest probability difference {gap:.1e} > {tolerance:g}); scoring every "
+              f"image with the model file instead", file=sys.stderr)
+    probs, labels = score(loaded, samples, params.evaluate.batch_size, rt)
+    return probs, labels, {"scored_with": f"the model file ({rt.precision})"}
 
 
 def run_facts(loaded, params: Params, split: str) -> dict:
@@ -164,13 +251,15 @@ def run(params: Params) -> None:
                             f"data has {classes}; rerun `dvc repro`")
     split, samples, probs, y, facts = scored_images(splits, loaded, params, rt)
     estimate = ESTIMATES[split].format(**facts)
+    scoring = {k: facts[k] for k in ("scored_with", "checked_images", "check_max_difference") if k in facts}
     summary = {"split": split, "estimate": estimate, "n_images": len(y), "n_classes": len(classes),
-               **S.summary(probs, y, params.seed, params.evaluate.bootstrap)}
+               **scoring, **S.summary(probs, y, params.seed, params.evaluate.bootstrap)}
 
     with staged_dir(EVAL_DIR) as staging:  # swapped in whole; a failure leaves the old one
         per_class = write_eval_dir(staging, probs, y, classes, samples, summary)
         results_page.write(staging, PREPARED, staging / "index.html",
-                           facts=run_facts(loaded, params, split))
+                           facts={**run_facts(loaded, params, split),
+                                  "scored with": facts.get("scored_with", "train's cross-validation")})
     write_text(REPORT_TXT, reports.per_class_table(split, len(y), per_class, summary))
     headline = {key: summary[key] for key in HEADLINE if key in summary}
     write_json(EVAL_JSON, {**headline, "per_class": [

@@ -33,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -50,6 +51,11 @@ from folderfit.runtime import Runtime
 FEATURE_VERSION = 2  # 2: packs carry a checksum; precision, device, batch in the key
 CROP_RULE = "resize shorter side to resize_size (antialiased), centre crop image_size"
 PACK_EVERY = 1024  # images per pack while computing: a killed run loses at most this many
+# Memory bounds of the decode-once memos (least recently used first out): the decoding
+# process keeps an image while its views, side by side in the stream, are made; the main
+# process keeps clean views' pixels for the mirrored views of a later stream (small sets).
+JOB_MEMO_BYTES = 256 << 20
+CLEAN_PIXELS_BYTES = 512 << 20
 COMPACT_ABOVE = 8  # packs in one spec folder before they are merged into one
 
 
@@ -100,19 +106,28 @@ def file_digest(path: Path) -> str:
 
 
 class _Memo:
-    """uint8 images by key, kept while they fit in the memory budget."""
+    """uint8 images by key, the most recently used kept within the memory budget."""
 
     def __init__(self, budget: int):
-        self.images: dict[str, torch.Tensor] = {}
+        self.images: OrderedDict[str, torch.Tensor] = OrderedDict()
         self.bytes, self.budget = 0, budget
 
     def put(self, key: str, image: torch.Tensor) -> None:
-        if key not in self.images and self.bytes + image.numel() <= self.budget:
-            self.images[key] = image
-            self.bytes += image.numel()
+        if key in self.images or image.numel() > self.budget:
+            return
+        self.images[key] = image
+        self.bytes += image.numel()
+        while self.bytes > self.budget:
+            self.bytes -= self.images.popitem(last=False)[1].numel()
+
+    def get(self, key: str) -> torch.Tensor | None:
+        image = self.images.get(key)
+        if image is not None:
+            self.images.move_to_end(key)
+        return image
 
     def get_or_make(self, key: str, make) -> torch.Tensor:
-        image = self.images.get(key)
+        image = self.get(key)
         if image is None:
             image = make()
             self.put(key, image)
@@ -122,18 +137,18 @@ class _Memo:
 class _Jobs(torch.utils.data.Dataset):
     """(uint8 image after its view's geometry, job index) for a list of (file, key, view) jobs.
     The clean and the mirrored view of an image share one decode and one resize: `pixels`
-    holds eval-geometry images already made (by an earlier stream, passed in by the main
-    process) and takes the ones made here; random crops share one decode per image."""
+    holds eval-geometry images made by an earlier stream (passed in by the main process), a
+    small memo those made here (an image's views are adjacent in the stream); random crops
+    share one decode per image the same way."""
 
     def __init__(self, jobs: list[tuple[Path, str, View]], preprocess, pixels: dict):
         self.jobs = jobs
         self.preprocess = preprocess
         self.eval_geometry = DS.eval_geometry(preprocess)
         self.train_geometry = {}
-        self.pixels = _Memo(DS.DECODE_CACHE_BYTES // 2)
-        for key, image in pixels.items():
-            self.pixels.put(key, image)
-        self.decoded = _Memo(DS.DECODE_CACHE_BYTES // 2)
+        self.ready = pixels  # made by an earlier stream: kept for this whole stream
+        self.pixels = _Memo(JOB_MEMO_BYTES)
+        self.decoded = _Memo(JOB_MEMO_BYTES)
 
     def __len__(self) -> int:
         return len(self.jobs)
@@ -141,7 +156,9 @@ class _Jobs(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         path, key, view = self.jobs[i]
         if view.kind in ("clean", "flip"):
-            image = self.pixels.get_or_make(key, lambda: self.eval_geometry(DS.decode_file(path)))
+            image = self.ready.get(key)
+            if image is None:
+                image = self.pixels.get_or_make(key, lambda: self.eval_geometry(DS.decode_file(path)))
             return (image if view.kind == "clean" else image.flip(-1)), i
         image = self.decoded.get_or_make(key, lambda: DS.decode_file(path))
         geometry = self.train_geometry.get((view.min_scale, view.hflip))
@@ -268,7 +285,7 @@ class FeatureExtractor:
         self._width: int | None = None
         self.root = cache_root() / "features" if use_cache else None
         # clean views' pixels from the batches, for the mirrored views of a later stream
-        self._pixels = _Memo(DS.DECODE_CACHE_BYTES // 4)
+        self._pixels = _Memo(CLEAN_PIXELS_BYTES)
         self._keys: dict[Path, str] = {}
         self._reset()
 
@@ -347,6 +364,11 @@ class FeatureExtractor:
                     queued.add((key, view))
                     jobs.append((path, key, view))
         if jobs:
+            # an image's views side by side: one decode serves them all from a small memo
+            first = {}
+            for n, (_, key, _) in enumerate(jobs):
+                first.setdefault(key, n)
+            jobs.sort(key=lambda job: first[job[1]])
             views = ", ".join(dict.fromkeys(view.name for _, _, view in jobs))
             self._compute(jobs, caches, f"{desc} ({views})")
             self.computed += len(jobs)

@@ -10,6 +10,7 @@ DEMO_DIR = Path("data/demo")
 CORRECTIONS = Path("data/corrections.csv")
 PREPARED = Path("data/prepared")
 MANIFEST_NAME = "manifest.csv"  # inside PREPARED
+THUMBNAILS_NAME = "thumbnails.npy"  # inside PREPARED: 32x32 grey thumbnails, manifest row order
 DATA_REPORT = Path("metrics/data.json")
 REVIEW_DIR = Path("metrics/review")
 REVIEW_JSON = Path("metrics/review.json")

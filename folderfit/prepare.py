@@ -37,15 +37,19 @@ import sys
 from collections import defaultdict, deque
 from pathlib import Path
 
+import numpy as np
+
 from folderfit import corrections as C
 from folderfit import data as D
 from folderfit import imageio as IO
+from folderfit import similarity as SIM
 from folderfit.errors import PipelineError
 from folderfit.fileio import staged_dir, write_json
 from folderfit.progress import progress
 
 from folderfit.paths import DATA_REPORT as REPORT
 from folderfit.paths import PREPARED as OUT_DIR
+from folderfit.paths import THUMBNAILS_NAME
 STAGING = ".staging"  # inside the temp output dir: encoded images before their split is known
 MAX_LISTED = 10  # leak pairs named in the error message (all are printed as warnings)
 MIN_POOL_JOBS = 16  # fewer images are decoded in this process
@@ -77,14 +81,15 @@ class Stager:
 
 
 def decode_one(path: Path, image_size: int):
-    """Worker: (pixel hash, stored copy as PNG bytes, full upright size), or (None, reason, None).
-    The stored copy comes from folderfit.imageio, the path predict also takes."""
+    """Worker: (pixel hash, stored copy as PNG bytes, (full upright size, thumbnail)), or
+    (None, reason, None). The stored copy comes from folderfit.imageio, the path predict also
+    takes; the review's 32x32 thumbnail is made from it here, while it is decoded."""
     try:
         img, stored, size = IO.stored_image(path, image_size)
     except IO.BadImage as exc:
         return None, str(exc), None
     pixel_hash = D.sha256_bytes(f"{img.size}".encode() + img.tobytes())
-    return pixel_hash, IO.encode_stored(stored), size
+    return pixel_hash, IO.encode_stored(stored), (size, SIM.thumbnail_pixels(stored))
 
 
 def workers(n_jobs: int) -> int:
@@ -122,7 +127,7 @@ def stage_all(jobs: list, image_size: int, stager: Stager, skipped: list) -> lis
     `depth`: leading parts of found.rel (split folder, class folder) not part of its name."""
     out = []
     results = decode_all([found.path for found, _, _ in jobs], image_size)
-    for (found, label, depth), (pixel_hash, blob, size) in zip(
+    for (found, label, depth), (pixel_hash, blob, facts) in zip(
             jobs, progress(results, total=len(jobs), desc="prepare", unit="images")):
         if pixel_hash is None:
             skipped.append({"file": found.rel, "reason": blob})
@@ -132,7 +137,7 @@ def stage_all(jobs: list, image_size: int, stager: Stager, skipped: list) -> lis
         stem, _ = os.path.splitext(name)
         out.append({"rel": found.rel, "label": label, "sha256": pixel_hash,
                     "stem": "__".join([*folders, stem]), "ext": IO.STORED_FORMAT,
-                    "staged": stager.put(blob, IO.STORED_FORMAT), "size": size})
+                    "staged": stager.put(blob, IO.STORED_FORMAT), "size": facts[0], "thumbnail": facts[1]})
     return out
 
 
@@ -286,6 +291,8 @@ def write_prepared(per_split: dict, tmp: Path) -> list[dict]:
     writer.writeheader()
     writer.writerows(rows)
     (tmp / D.MANIFEST).write_text(buf.getvalue(), encoding="utf-8")
+    thumbnails = [r["thumbnail"] for split in D.SPLITS for r in per_split.get(split, [])]
+    np.save(tmp / THUMBNAILS_NAME, np.stack(thumbnails))  # manifest row order
     return rows
 
 

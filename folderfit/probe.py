@@ -13,7 +13,10 @@ features), so the study measures exactly what the pipeline runs.
   on the clean training views scores the val images and their mirror images. Photos of
   objects score the same both ways; handwriting, text or arrows lose accuracy when mirrored
   (a mirrored 3 is no digit). Flips are used unless mirroring costs more than
-  max(MIRROR_TOLERANCE, 2 / n_val) of val accuracy.
+  max(MIRROR_TOLERANCE, 2 / n_val) of val accuracy. Mirror images double the backbone passes
+  (the cost of a feature_extract run), and what they add shrinks as the training set grows:
+  above MIRROR_VIEWS_UP_TO training images `auto` uses the clean view only, without a test
+  (`mirror_views_pay`; hflip: true keeps them at any size).
 * `evaluate.tta`: flip averages the logits of an image and of its mirror image (for a linear
   head on pooled features that is the head applied to the mean of the two feature vectors,
   which is how l2 is chosen on val here); auto = flip exactly when training used flips.
@@ -37,6 +40,10 @@ from folderfit import features as F
 from folderfit import head as H
 
 MIRROR_TOLERANCE = 0.05  # hflip auto: largest val-accuracy cost of mirroring that keeps flips
+# hflip auto: mirror views only up to this many training images. On 600 photos they added
+# +0.008 test accuracy (not significant, bench/head_study.py); on 7,000 they cost ~4 minutes
+# of a 2-core CPU for the figure in docs/speed.md.
+MIRROR_VIEWS_UP_TO = 2000
 
 # requests of (split name, view) -> one [images, dim] tensor per request, in request order
 FeatureSource = Callable[[list[tuple[str, F.View]]], list[torch.Tensor]]
@@ -51,6 +58,17 @@ def training_views(flip: bool, n_views: int, min_scale: float, seed: int) -> lis
 def uses_tta(tta: str, flip: bool) -> bool:
     """evaluate.tta: flip = always, none = never, auto = exactly when training used flips."""
     return tta == "flip" or (tta == "auto" and flip)
+
+
+def mirror_views_pay(hflip: bool | str, n_train: int) -> bool | str:
+    """hflip as used for `n_train` training images: auto becomes False above
+    MIRROR_VIEWS_UP_TO (module docstring); anything else is kept."""
+    return False if hflip == "auto" and n_train > MIRROR_VIEWS_UP_TO else hflip
+
+
+def size_note(n_train: int) -> str:
+    return (f"hflip auto: {n_train} training images > {MIRROR_VIEWS_UP_TO}: clean views only "
+            f"(mirror images would double the backbone passes; hflip: true keeps them)")
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -109,8 +127,10 @@ def solve(features: FeatureSource, train_y: torch.Tensor, val_y: torch.Tensor, n
     if refit:
         x = torch.cat([torch.cat([got["train", v], got["val", v]]) for v in views])
         y = torch.cat([train_y, val_y]).repeat(len(views))
+        # from the head chosen on train (the same convex problem plus val's rows): a few
+        # steps instead of the whole warm-start path again
         fit.weight, fit.bias = H.refit(x, y, n_classes, fit.l2, class_weights=class_weights,
-                                       label_smoothing=label_smoothing)
+                                       label_smoothing=label_smoothing, start=(fit.weight, fit.bias))
     return SolvedHead(fit, flip, "flip" if with_tta else "none", refit,
                       [v.name for v in views], test)
 

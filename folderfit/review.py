@@ -78,6 +78,23 @@ def read_rows(prepared: Path = PREPARED) -> list[dict]:
     return D.read_manifest_rows(prepared)
 
 
+def prepared_thumbnails(files: list[Path], prepared: Path = PREPARED) -> dict:
+    """file -> the 32x32 thumbnail prepare stored for it (none when the file is missing or
+    does not match the manifest: then review reads the images)."""
+    from folderfit.paths import THUMBNAILS_NAME
+
+    try:
+        pixels = np.load(prepared / THUMBNAILS_NAME, allow_pickle=False)
+    except (OSError, ValueError):
+        return {}
+    rows = D.read_manifest_rows(prepared)
+    if pixels.ndim != 2 or len(pixels) != len(rows) or pixels.dtype != np.uint8:
+        return {}
+    wanted = {Path(f).as_posix() for f in files}
+    known = {(prepared / r["file"]).as_posix(): row for r, row in zip(rows, pixels)}
+    return {f: known[f] for f in wanted if f in known}
+
+
 def review_views(params) -> list:
     """The clean view, plus its mirror image unless `augment.hflip` is false: the head is
     fitted on both and scores their mean. Not train's random crops: they would multiply the
@@ -101,6 +118,9 @@ def follow_mirror_test(extractor, files: list, rows: list[dict], labels: np.ndar
     train, val = np.flatnonzero(split == "train"), np.flatnonzero(split == "val")
     if len(train) == 0 or len(val) == 0:
         return [F.CLEAN, F.FLIP], None
+    if probe.mirror_views_pay("auto", len(train)) is False:  # the rule train follows
+        print(f"review: {probe.size_note(len(train))}")
+        return [F.CLEAN], None
     train_clean, val_clean, val_mirrored = extractor.features_of(
         [([files[i] for i in train], F.CLEAN), ([files[i] for i in val], F.CLEAN),
          ([files[i] for i in val], F.FLIP)], "features review (mirror test)")
@@ -337,7 +357,7 @@ def run(params) -> None:
     nearest_clean = similarity[:, 0] if len(views) == 1 else SIM.nearest(clean, 1)[1][:, 0]
     threshold = SIM.duplicate_threshold(nearest_clean, r.duplicate_similarity,
                                       DUPLICATE_SHARE_OF_MEDIAN)
-    thumbs = SIM.thumbnails(files)
+    thumbs = SIM.thumbnails(files, prepared_thumbnails(files))
     pairs = [(i, j, float(clean[i] @ clean[j]), float(thumbs[i] @ thumbs[j]))
              for i, j in sorted({(i, j) for i, j, _ in SIM.similar_pairs(clean, threshold)} |
                                 {(i, j) for i, j, _ in SIM.pairs_above(thumbs, SIM.THUMBNAIL_CORRELATION)})]

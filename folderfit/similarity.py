@@ -54,17 +54,30 @@ def similar_pairs(z: np.ndarray, threshold: float) -> list[tuple[int, int, float
     return pairs_above(z, threshold - 1e-6)
 
 
-def thumbnails(files: list[Path]) -> np.ndarray:
-    """[N, 32*32] float32: each file as a grayscale 32x32 thumbnail, centred and scaled to
-    unit length, so the dot product of two rows is their pixel correlation."""
+def thumbnail_pixels(img) -> np.ndarray:
+    """[32*32] uint8: a PIL image as a grayscale 32x32 thumbnail (box filter). prepare stores
+    these for every image (THUMBNAILS_FILE), as it has each stored copy decoded anyway."""
     from PIL import Image
 
+    img.draft("L", (2 * THUMBNAIL, 2 * THUMBNAIL))  # an unloaded JPEG: decode at reduced scale
+    small = img.convert("L").resize((THUMBNAIL, THUMBNAIL), Image.Resampling.BOX)
+    return np.asarray(small, dtype=np.uint8).ravel()
+
+
+def thumbnails(files: list[Path], known: dict | None = None) -> np.ndarray:
+    """[N, 32*32] float32: each file as a grayscale 32x32 thumbnail, centred and scaled to
+    unit length, so the dot product of two rows is their pixel correlation. `known`: file ->
+    thumbnail_pixels already made (by prepare); the others are read from the file."""
+    from PIL import Image
+
+    known = known or {}
     rows = np.zeros((len(files), THUMBNAIL * THUMBNAIL), dtype=np.float32)
     for i, file in enumerate(files):
-        with Image.open(file) as img:
-            img.draft("L", (2 * THUMBNAIL, 2 * THUMBNAIL))  # JPEG: decode at reduced scale
-            small = img.convert("L").resize((THUMBNAIL, THUMBNAIL), Image.Resampling.BOX)
-        rows[i] = np.asarray(small, dtype=np.float32).ravel()
+        pixels = known.get(Path(file).as_posix())
+        if pixels is None:
+            with Image.open(file) as img:
+                pixels = thumbnail_pixels(img)
+        rows[i] = pixels
     rows -= rows.mean(1, keepdims=True)
     return normalise(rows)  # a flat image (all one value) stays all zeros: it matches nothing
 
@@ -75,10 +88,11 @@ def pairs_above(z: np.ndarray, threshold: float) -> list[tuple[int, int, float]]
     pairs = []
     for start in range(0, len(z), _CHUNK):
         block = z[start:start + _CHUNK] @ z.T
-        for a, j in zip(*np.nonzero(block >= threshold)):
-            i = start + int(a)
-            if i < j:
-                pairs.append((i, int(j), float(min(1.0, block[a, j]))))
+        a, j = np.nonzero(block >= threshold)
+        keep = start + a < j
+        a, j = a[keep], j[keep]
+        values = np.minimum(1.0, block[a, j]).tolist()
+        pairs.extend(zip((start + a).tolist(), j.tolist(), values))
     return sorted(pairs)
 
 

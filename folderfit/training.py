@@ -100,7 +100,10 @@ def solve_head(built: M.BuiltModel, pre, params: Params, splits, rt, weights, *,
         return extractor.features_of([(files[split], view) for split, view in requests], "features")
 
     a = params.augment
-    procedure = dict(hflip=a.hflip, n_views=a.feature_views, min_scale=a.min_scale,
+    hflip = probe.mirror_views_pay(a.hflip, len(files["train"]))
+    if hflip != a.hflip:
+        print(probe.size_note(len(files["train"])))
+    procedure = dict(hflip=hflip, n_views=a.feature_views, min_scale=a.min_scale,
                      tta=params.evaluate.tta, refit=refit, class_weights=weights,
                      label_smoothing=params.label_smoothing)
     solved = probe.solve(features, labels["train"], labels["val"], head.out_features,
@@ -114,6 +117,8 @@ def solve_head(built: M.BuiltModel, pre, params: Params, splits, rt, weights, *,
         correct = int((cv.probs.argmax(1) == cv.labels).sum())
         print(f"cross-validation ({cv.folds} folds, the whole head procedure nested in each): "
               f"{correct}/{len(cv.labels)} right out of fold [{time.perf_counter() - started:.1f} s]")
+    if hflip != a.hflip:  # recorded with the run: why hflip auto used no mirror images
+        solved = dataclasses.replace(solved, mirror_test={"hflip": False, "skipped": probe.size_note(len(files["train"]))})
     M.set_submodule(built.model, built.head_name, head)
     solved.fit.apply_to(head)
     solved = dataclasses.replace(solved, feature_engine=extraction.engine_name(extractor),
@@ -124,7 +129,7 @@ def solve_head(built: M.BuiltModel, pre, params: Params, splits, rt, weights, *,
     print(f"features: {len(files['train'])} train + {len(files['val'])} val images, "
           f"{extractor.computed} vectors computed ({extraction.engine_name(extractor)}), {extractor.reused} from the cache "
           f"{F.cache_root()}")
-    if solved.mirror_test:
+    if solved.mirror_test and "skipped" not in solved.mirror_test:
         t = solved.mirror_test
         print(f"hflip auto: val accuracy {t['val_accuracy']:.4f}, mirrored {t['val_accuracy_mirrored']:.4f} "
               f"-> flips {'on' if solved.hflip else 'off'}")

@@ -70,6 +70,12 @@ def test_repro_then_experiment(pipeline_repo):
     assert train["feature_engine"] in ("onnxruntime-fp32", "torch-fp32", "torch-bf16")
     assert read_json(repo / "metrics/review.json")["feature_engine"] == train["feature_engine"]
     assert model["tta"] == train["tta"] == "none"
+    # evaluate scored the test images from the vectors review computed (the same engine),
+    # proven equal to the whole model file on a sample
+    summary = read_json(repo / "metrics/eval/summary.json")
+    assert summary["scored_with"] == f"features ({train['feature_engine']}) + the model file's head"
+    assert summary["checked_images"] == min(8, evaluation["n_images"])
+    assert summary["check_max_difference"] <= 1e-4
     review = read_json(repo / "metrics/review.json")
     with open(repo / "metrics/review/scores.csv") as fh:
         scored = list(csv.DictReader(fh))

@@ -87,11 +87,12 @@ def test_probabilities_agree(project):
 
 def test_draft_rule_is_shared():
     """A large JPEG is drafted (decoded at a reduced scale) by the one rule."""
-    assert IO.draft_factor(4000, 3000, 325) == 4  # 750 >= 2 x 325, 375 is not
-    assert IO.draft_factor(2048, 1536, 325) == 2
-    assert IO.draft_factor(1024, 768, 80) == 4
-    assert IO.draft_factor(4000, 3000, 80) == 8
-    assert IO.draft_factor(300, 168, 80) == 1
+    assert IO.draft_factor(4000, 3000, 325) == 8  # 375 >= 325
+    assert IO.draft_factor(2048, 1536, 325) == 4  # 384 >= 325, 192 is not
+    assert IO.draft_factor(1300, 650, 325) == 2
+    assert IO.draft_factor(1299, 649, 325) == 1
+    assert IO.draft_factor(1024, 768, 80) == 8
+    assert IO.draft_factor(300, 168, 80) == 2
     assert IO.draft_factor(4000, 3000, None) == 1
 
 

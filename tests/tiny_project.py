@@ -53,7 +53,8 @@ def prepare(project: Path) -> None:
 
 
 def save_tiny_model(path: Path, model_name: str = "mobilenet_v3_small", image_size: int = 32,
-                    weights: str = "none", seed: int = 0, classes=CLASSES, tta: str = "none"):
+                    weights: str = "none", seed: int = 0, classes=CLASSES, tta: str = "none",
+                    extra: dict | None = None):
     """A model file as train writes it, from an untrained (or pretrained, weights=default)
     backbone with a seeded head; BatchNorm statistics are made non-trivial first."""
     import torch
@@ -68,5 +69,5 @@ def save_tiny_model(path: Path, model_name: str = "mobilenet_v3_small", image_si
                 module.running_mean.uniform_(-0.1, 0.1)
                 module.running_var.uniform_(0.5, 1.5)
     pre = built.preprocess.with_image_size(image_size)
-    M.save_model_file(path, built, list(classes), pre, tta=tta)
+    M.save_model_file(path, built, list(classes), pre, tta=tta, extra=extra)
     return built, pre
