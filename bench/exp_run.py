@@ -5,7 +5,8 @@
 Clones this repository's committed HEAD into a temp folder, points `data.source` at --data,
 and runs `dvc exp run` there with an empty feature cache ($FOLDERFIT_CACHE, which also holds
 the engine choice) and an empty DVC cache. Prints the whole command's wall time, each
-stage's wall time (from the moment DVC announces it to the next announcement), and the peak
+stage's wall time (from the moment DVC announces it to the next announcement; split into the
+command itself and DVC's work around it: checking deps, hashing and caching outputs), and the peak
 resident memory of the largest single process and of all processes together in each stage,
 sampled from /proc every 0.2 s. Needs folderfit installed (`pip install -e .`).
 """
@@ -86,13 +87,18 @@ def run(data: Path, sets: list[str], keep: Path | None = None) -> dict:
                                 stderr=subprocess.STDOUT, text=True, bufsize=1)
         sampler = MemorySampler(proc.pid)
         sampler.start()
-        marks = []
+        marks, command_at, lock_at = [], {}, {}  # when DVC announces / starts / records a stage
         for line in proc.stdout:
             sys.stdout.write(line)
+            now = time.perf_counter() - started
             match = STAGE_LINE.search(line)
             if match:
-                marks.append((match.group(1), time.perf_counter() - started))
+                marks.append((match.group(1), now))
                 sampler.stage = match.group(1)
+            elif marks and line.startswith("> ") and marks[-1][0] not in command_at:
+                command_at[marks[-1][0]] = now
+            elif marks and line.startswith("Updating lock file") and marks[-1][0] not in lock_at:
+                lock_at[marks[-1][0]] = now
         rc = proc.wait()
         wall = time.perf_counter() - started
         sampler.done.set()
@@ -102,8 +108,12 @@ def run(data: Path, sets: list[str], keep: Path | None = None) -> dict:
         stages = {}
         for (name, at), nxt in zip(marks, [m[1] for m in marks[1:]] + [wall]):
             one, tree = sampler.peaks.get(name, (0.0, 0.0))
-            stages[name] = {"wall_s": round(nxt - at, 1), "peak_process_gib": round(one, 2),
-                            "peak_all_gib": round(tree, 2)}
+            # the command's own time, and DVC's around it (checking deps before, hashing and
+            # caching outputs after), as far as its output lines tell
+            command = lock_at.get(name, nxt) - command_at.get(name, at)
+            stages[name] = {"wall_s": round(nxt - at, 1), "command_s": round(command, 1),
+                            "dvc_s": round(nxt - at - command, 1),
+                            "peak_process_gib": round(one, 2), "peak_all_gib": round(tree, 2)}
         results = {"command": " ".join(command), "wall_s": round(wall, 1), "stages": stages}
         for name in ("eval.json", "review.json", "data.json"):
             path = clone / "metrics" / name
@@ -125,8 +135,8 @@ def main(argv=None) -> None:
     results = run(args.data, args.sets, args.keep)
     print(f"\n`dvc exp run`, fresh clone, cold caches: {results['wall_s']:.0f} s")
     for name, row in results["stages"].items():
-        print(f"  {name:10s} {row['wall_s']:7.1f} s   peak process {row['peak_process_gib']:.2f} GiB, "
-              f"all processes {row['peak_all_gib']:.2f} GiB")
+        print(f"  {name:10s} {row['wall_s']:7.1f} s (command {row['command_s']:.1f} s, DVC {row['dvc_s']:.1f} s)"
+              f"   peak process {row['peak_process_gib']:.2f} GiB, all processes {row['peak_all_gib']:.2f} GiB")
     evaluation = results.get("eval.json", {})
     if evaluation:
         print(f"  accuracy {evaluation.get('accuracy')} on {evaluation.get('n_images')} images "

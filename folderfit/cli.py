@@ -146,6 +146,9 @@ def main(argv=None) -> None:
     # `review --serve` is served by the pages package (the review module only prints lists)
     serving = args.command == "review" and getattr(args, "serve", False)
     module = importlib.import_module("folderfit.pages.serve" if serving else COMMANDS[args.command][0])
+    from folderfit.memory import fix_mmap_threshold
+
+    fix_mmap_threshold()  # predict over a large folder: see folderfit.memory
     run_main(lambda _argv: module.command(args))
 
 
@@ -162,8 +165,10 @@ def stage_main(name: str, description: str, target: str, argv=None) -> None:
     parser.parse_args(sys.argv[1:] if argv is None else argv)
 
     def body(_argv) -> None:
+        from folderfit.memory import fix_mmap_threshold
         from folderfit.params import load_params
 
+        fix_mmap_threshold()  # before the big buffers: a fragmented heap grew review to 4.8 GiB
         module, _, function = target.partition(":")
         params = load_params()
         getattr(importlib.import_module(module), function)(params)

@@ -57,7 +57,7 @@ FEATURE_CHECK_IMAGES = 8
 FEATURE_CHECK_TOLERANCE = {"fp32": 1e-4, "bf16": 2e-2, "fp16": 2e-2}
 
 ESTIMATES = {
-    "test": "the test split, scored with the model file",
+    "test": "the test split, which took no part in training or model choice",
     "cv": "{folds}-fold cross-validation of the whole head procedure (flip choice, l2 choice, "
           "refit) over train + val; the model file is fitted on all of them",
     "val_holdout": "the half of val held out from training and epoch selection, scored with "
@@ -275,6 +275,7 @@ def run(params: Params) -> None:
     print(f"evaluate: {split} ({estimate}), {len(y)} images: {with_ci('accuracy')}, {with_ci('macro_f1')}, "
           f"balanced accuracy {summary['balanced_accuracy']:.4f}, top-{summary['top_k']} "
           f"{summary['top_k_accuracy']:.4f}, ROC-AUC {'n/a' if auc is None else f'{auc:.4f}'} "
-          f"({summary['roc_auc_classes']}/{len(classes)} classes), ECE {summary['ece']:.4f} "
-          f"[{time.perf_counter() - started:.1f} s]")
+          f"({summary['roc_auc_classes']}/{len(classes)} classes), ECE {summary['ece']:.4f}"
+          + (f"; scored with {summary['scored_with']}" if "scored_with" in summary else "")
+          + f" [{time.perf_counter() - started:.1f} s]")
 
