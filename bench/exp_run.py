@@ -110,9 +110,9 @@ def run(data: Path, sets: list[str], keep: Path | None = None) -> dict:
             one, tree = sampler.peaks.get(name, (0.0, 0.0))
             # the command's own time, and DVC's around it (checking deps before, hashing and
             # caching outputs after), as far as its output lines tell
-            command = lock_at.get(name, nxt) - command_at.get(name, at)
-            stages[name] = {"wall_s": round(nxt - at, 1), "command_s": round(command, 1),
-                            "dvc_s": round(nxt - at - command, 1),
+            own = lock_at.get(name, nxt) - command_at.get(name, at)
+            stages[name] = {"wall_s": round(nxt - at, 1), "command_s": round(own, 1),
+                            "dvc_s": round(nxt - at - own, 1),
                             "peak_process_gib": round(one, 2), "peak_all_gib": round(tree, 2)}
         results = {"command": " ".join(command), "wall_s": round(wall, 1), "stages": stages}
         for name in ("eval.json", "review.json", "data.json"):
