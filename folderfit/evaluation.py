@@ -43,7 +43,7 @@ from folderfit.errors import PipelineError
 from folderfit.fileio import staged_dir, write_json, write_text
 from folderfit.models import FlipTTA, load_model_file
 from folderfit.params import Params
-from folderfit.runtime import pick_runtime, prepare_model, seed_everything
+from folderfit.runtime import cpu_supports_bf16, pick_runtime, prepare_model, seed_everything
 
 from folderfit.paths import EVAL_DIR, EVAL_JSON, MODEL_FILE, PREPARED, REPORT_TXT
 HEADLINE = ("split", "estimate", "n_images", "accuracy", "accuracy_ci95_low", "accuracy_ci95_high", "macro_f1",
@@ -129,6 +129,8 @@ def feature_route(loaded, params: Params):
             precision not in ("fp32", "bf16", "fp16"):
         return None
     device = pick_runtime("fp32", params.device).device
+    if precision != "fp32" and device.type == "cpu" and not (precision == "bf16" and cpu_supports_bf16()):
+        return None  # trained where bf16 is native: emulated here it would be the slow route
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     rt = Runtime(device, dtype)
     inner = loaded.model.model if isinstance(loaded.model, FlipTTA) else loaded.model
