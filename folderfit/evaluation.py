@@ -38,7 +38,7 @@ from folderfit import estimate as EST
 from folderfit.pages import results_page
 from folderfit import metrics as S
 from folderfit import reports
-from folderfit.inference import infer, make_loader
+from folderfit.inference import infer_labelled, make_loader
 from folderfit.errors import PipelineError
 from folderfit.fileio import staged_dir, write_json, write_text
 from folderfit.models import FlipTTA, load_model_file
@@ -109,13 +109,12 @@ def score(loaded, samples, batch_size: int, rt, show_progress: bool | None = Non
     loader = make_loader(DS.ImageTensorDataset(samples, DS.eval_geometry(loaded.preprocess)),
                          batch_size, rt)
     normalizer = DS.Normalizer(loaded.preprocess.mean, loaded.preprocess.std).to(rt.device)
-    outputs, metas = infer(model, loader, normalizer, rt, desc="evaluate", show_progress=show_progress)
-    logits, labels = outputs, torch.cat(metas) if metas else torch.zeros(0, dtype=torch.long)
+    logits, labels = infer_labelled(model, loader, normalizer, rt, desc="evaluate", show_progress=show_progress)
     return torch.softmax(logits, 1).numpy().astype(np.float64), labels.numpy()
 
 
 def feature_route(loaded, params: Params):
-    """(backbone, head, feature extractor) that compute the model file's outputs as the
+    """(head, feature extractor of the backbone) that compute the model file's outputs as the
     train stage computed its features (same engine and precision, recorded in the file as
     `feature_engine`, hence the same feature-cache entries), or None when the file does not
     record them (fine_tune / full_tune models: their backbone is new to the cache)."""
@@ -137,7 +136,7 @@ def feature_route(loaded, params: Params):
     backbone, head = F.backbone_only(prepare_model(copy.deepcopy(inner), rt), loaded.info["head_name"])
     extractor = F.FeatureExtractor(backbone, loaded.preprocess, rt, extraction_batch(params, rt),
                                    engine="auto" if engine == "onnxruntime" else "torch")
-    return backbone, head.float().eval(), extractor
+    return head.float().eval(), extractor
 
 
 def score_from_features(route, samples, tta: str) -> np.ndarray:
@@ -145,7 +144,7 @@ def score_from_features(route, samples, tta: str) -> np.ndarray:
     the file's test-time augmentation done as FlipTTA does it (the mean of the logits)."""
     from folderfit import features as F
 
-    _, head, extractor = route
+    head, extractor = route
     files = [path for path, _ in samples]
     views = [F.CLEAN] + ([F.FLIP] if tta == "flip" else [])
     vectors = extractor.features_of([(files, view) for view in views], "features evaluate")
@@ -172,7 +171,7 @@ def score_checked(loaded, samples, params: Params, rt) -> tuple[np.ndarray, np.n
         started = time.perf_counter()
         probs = score_from_features(route, samples, loaded.tta)
         pick = check_sample(len(samples), params.seed)
-        extractor = route[2]
+        extractor = route[1]
         reference, _ = score(loaded, [samples[i] for i in pick], params.evaluate.batch_size,
                              extractor.rt, show_progress=False)
         gap = float(np.abs(reference - probs[pick]).max())

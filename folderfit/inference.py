@@ -70,9 +70,9 @@ def infer(model: nn.Module, loader, normalizer: nn.Module, rt: Runtime, *, desc:
 
 
 def infer_labelled(model: nn.Module, loader, normalizer: nn.Module, rt: Runtime,
-                   desc: str = "predict") -> tuple[torch.Tensor, torch.Tensor]:
+                   desc: str = "predict", show_progress: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """infer() over (images, labels) batches: (float32 outputs, labels), in order."""
-    outputs, labels = infer(model, loader, normalizer, rt, desc=desc)
+    outputs, labels = infer(model, loader, normalizer, rt, desc=desc, show_progress=show_progress)
     return outputs, torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long)
 
 

@@ -78,21 +78,19 @@ def read_rows(prepared: Path = PREPARED) -> list[dict]:
     return D.read_manifest_rows(prepared)
 
 
-def prepared_thumbnails(files: list[Path], prepared: Path = PREPARED) -> dict:
-    """file -> the 32x32 thumbnail prepare stored for it (none when the file is missing or
-    does not match the manifest: then review reads the images)."""
+def prepared_thumbnails(rows: list[dict], prepared: Path = PREPARED) -> dict:
+    """Prepared file -> the 32x32 thumbnail prepare stored for it, for the manifest `rows`
+    (read_rows); empty when the thumbnails file is missing or does not match the manifest
+    (then review reads the images)."""
     from folderfit.paths import THUMBNAILS_NAME
 
     try:
         pixels = np.load(prepared / THUMBNAILS_NAME, allow_pickle=False)
     except (OSError, ValueError):
         return {}
-    rows = D.read_manifest_rows(prepared)
     if pixels.ndim != 2 or len(pixels) != len(rows) or pixels.dtype != np.uint8:
         return {}
-    wanted = {Path(f).as_posix() for f in files}
-    known = {(prepared / r["file"]).as_posix(): row for r, row in zip(rows, pixels)}
-    return {f: known[f] for f in wanted if f in known}
+    return {(prepared / r["file"]).as_posix(): row for r, row in zip(rows, pixels)}
 
 
 def review_views(params) -> list:
@@ -357,7 +355,7 @@ def run(params) -> None:
     nearest_clean = similarity[:, 0] if len(views) == 1 else SIM.nearest(clean, 1)[1][:, 0]
     threshold = SIM.duplicate_threshold(nearest_clean, r.duplicate_similarity,
                                       DUPLICATE_SHARE_OF_MEDIAN)
-    thumbs = SIM.thumbnails(files, prepared_thumbnails(files))
+    thumbs = SIM.thumbnails(files, prepared_thumbnails(rows))
     pairs = [(i, j, float(clean[i] @ clean[j]), float(thumbs[i] @ thumbs[j]))
              for i, j in sorted({(i, j) for i, j, _ in SIM.similar_pairs(clean, threshold)} |
                                 {(i, j) for i, j, _ in SIM.pairs_above(thumbs, SIM.THUMBNAIL_CORRELATION)})]

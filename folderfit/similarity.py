@@ -56,7 +56,7 @@ def similar_pairs(z: np.ndarray, threshold: float) -> list[tuple[int, int, float
 
 def thumbnail_pixels(img) -> np.ndarray:
     """[32*32] uint8: a PIL image as a grayscale 32x32 thumbnail (box filter). prepare stores
-    these for every image (THUMBNAILS_FILE), as it has each stored copy decoded anyway."""
+    these for every image (paths.THUMBNAILS_NAME), as it has each stored copy decoded anyway."""
     from PIL import Image
 
     img.draft("L", (2 * THUMBNAIL, 2 * THUMBNAIL))  # an unloaded JPEG: decode at reduced scale

@@ -9,7 +9,7 @@ import tiny_project as T
 from conftest import run_stage, write_params
 from folderfit import similarity as SIM
 from folderfit.paths import THUMBNAILS_NAME
-from folderfit.review import prepared_thumbnails
+from folderfit.review import prepared_thumbnails, read_rows
 
 
 def test_prepared_thumbnails_equal_the_files(tmp_path, monkeypatch):
@@ -19,14 +19,14 @@ def test_prepared_thumbnails_equal_the_files(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     prepared = tmp_path / "data/prepared"
     files = sorted(p.relative_to(tmp_path) for p in prepared.rglob("*.png"))
-    known = prepared_thumbnails(files)
+    known = prepared_thumbnails(read_rows())
     assert sorted(known) == sorted(f.as_posix() for f in files)
     assert np.array_equal(SIM.thumbnails(files, known), SIM.thumbnails(files))
     # a thumbnails file that does not match the manifest is ignored (the images are read)
     np.save(prepared / THUMBNAILS_NAME, np.zeros((3, 1024), np.uint8))
-    assert prepared_thumbnails(files) == {}
+    assert prepared_thumbnails(read_rows()) == {}
     (prepared / THUMBNAILS_NAME).write_bytes(b"not numpy")
-    assert prepared_thumbnails(files) == {}
+    assert prepared_thumbnails(read_rows()) == {}
 
 
 def test_pairs_above_matches_brute_force():
