@@ -293,8 +293,19 @@ def test_decisions_survive_a_reload_from_disk(browser, tmp_path):
     p = make_project(tmp_path)
     out = review_page.write(p["review"], p["prepared"], tmp_path / "keep.html")
     d = open_page(browser, out.as_uri())
-    d.find_elements("css selector", "#issues .card")[2].find_element("css selector", "button.drop").click()
+    card = d.find_elements("css selector", "#issues .card")[2]
+    path = card.get_attribute("data-path")
+    card.find_element("css selector", "button.drop").click()
+    # the click landed and was stored; then leave the page the way a reader does (a blank page
+    # first), so the new page reads what the browser kept, not a navigation racing the write
+    wait_for(d, lambda d: "d-drop" in card.get_attribute("class"), "the Drop click on the card")
+    wait_for(d, lambda d: d.execute_script(
+        "return Object.keys(localStorage).some(k => localStorage.getItem(k).includes(arguments[0]))",
+        path), "the decision in localStorage")
+    d.get("about:blank")
     d = open_page(browser, out.as_uri())
-    assert "d-drop" in d.find_elements("css selector", "#issues .card")[2].get_attribute("class")
+    again = [c for c in d.find_elements("css selector", "#issues .card")
+             if c.get_attribute("data-path") == path]
+    assert again and "d-drop" in again[0].get_attribute("class")
     assert d.find_element("id", "n-dec").text == "1 decision"
     assert errors(d) == []
