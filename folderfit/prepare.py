@@ -147,10 +147,15 @@ def _empty_reason(files: list) -> str:
     return f"none of its {len(files)} image file(s) could be used (see skipped)"
 
 
-def _too_few_classes(where: str, usable: list) -> PipelineError:
+def _too_few_classes(where: str, usable: list, skipped: list = ()) -> PipelineError:
+    # class folders that are links are the usual surprise here: name them and say what to do
+    linked = [s["file"] for s in skipped if s["reason"] == D.LINKED_FOLDER]
+    why = (f"; {len(linked)} linked folder(s) were not read ({', '.join(linked[:5])}"
+           f"{', ...' if len(linked) > 5 else ''}): DVC does not track what a linked folder holds, "
+           f"so copy the folders in (cp -rL) or point data.source at the real folder") if linked else ""
     return PipelineError(f"data.source {where}: {len(usable)} class folder(s) with images "
                          f"({', '.join(usable) or 'none'}); a classifier needs at least 2 "
-                         f"(one sub-folder of images per class)")
+                         f"(one sub-folder of images per class){why}")
 
 
 def collect(source: Path, val_fraction: float, test_fraction: float, seed: int, image_size: int,
@@ -185,13 +190,13 @@ def collect(source: Path, val_fraction: float, test_fraction: float, seed: int, 
               f"({entry['reason']}); it is left out", file=sys.stderr)
     if layout.splits is None:
         if len(usable) < 2:
-            raise _too_few_classes(D.printable(str(source)), usable)
+            raise _too_few_classes(D.printable(str(source)), usable, skipped)
         per_split, classes, extras = _split_here(
             records[None], usable, val_fraction, test_fraction, seed, skipped, empty,
             made=[s for s in D.SPLITS if s != "test" or test_fraction > 0])
         per_split = C.apply_to_splits(per_split, fixes, applied)
         return per_split, C.classes_of(per_split, classes), {**extras, **C.report(fixes, applied)}
-    _check_given_classes(source, roots, scanned, records, usable)
+    _check_given_classes(source, roots, scanned, records, usable, skipped)
     per_split = {split: [r for c in usable for r in records[split].get(c, [])] for split in records}
     made = []
     if "val" not in per_split:  # carve val (and test, if not given either) out of train
@@ -217,12 +222,13 @@ def _split_here(records: dict, classes: list, val_fraction: float, test_fraction
                                 "empty_classes": empty}
 
 
-def _check_given_classes(source: Path, roots: dict, scanned: dict, records: dict, usable: list) -> None:
+def _check_given_classes(source: Path, roots: dict, scanned: dict, records: dict, usable: list,
+                         skipped: list = ()) -> None:
     """Every class with images must have images in every given split folder."""
     where = D.printable(str(source))
     train = [c for c in usable if records["train"].get(c)]
     if len(train) < 2:
-        raise _too_few_classes(f"{where}/{roots['train'][1].rstrip('/')}", train)
+        raise _too_few_classes(f"{where}/{roots['train'][1].rstrip('/')}", train, skipped)
     for split, (_, prefix) in roots.items():
         names = [c for c in usable if records[split].get(c)]
         if names == train:

@@ -549,6 +549,21 @@ def test_reports_stay_valid_utf8_whatever_the_names(odd_names):
     assert report["n_images"] == len(manifest(tmp)) == 4 + 4 + 3 + 3 + 2 + 1  # no image lost
 
 
+@pytest.mark.parametrize("layout", ["class folders", "train/ + val/"])
+def test_class_folders_that_are_links_are_named_in_the_error(tmp_path, monkeypatch, layout):
+    elsewhere, src = tmp_path / "elsewhere", tmp_path / "src"
+    good_class(elsewhere, "cats", seed=37)
+    good_class(elsewhere, "dogs", seed=38)
+    inner = src if layout == "class folders" else src / "train"
+    inner.mkdir(parents=True)
+    for name in ("cats", "dogs"):
+        os.symlink(elsewhere / name, inner / name)
+    if layout != "class folders":
+        good_class(src / "val", "cats", seed=39)
+    expect_error(tmp_path, monkeypatch, src, "0 class folder(s) with images",
+                 "2 linked folder(s) were not read", "cats", "dogs", "copy the folders in")
+
+
 def test_class_folders_that_print_the_same_are_refused(tmp_path, monkeypatch):
     src = tmp_path / "src"
     for folder in (b"caf\xe9", b"caf\\xe9"):  # the byte 0xe9, and the text backslash-x-e-9
