@@ -38,6 +38,23 @@ def write_digits(out_dir: Path, per_class: int, size: int) -> int:
     return written
 
 
+NOT_USED = "NOT_USED.txt"
+
+
+def demo_is_used(source: str) -> bool:
+    """data.source is the demo folder, inside it, or holds it."""
+    src, demo = Path(source).resolve(), OUT_DIR.resolve()
+    return src == demo or demo in src.parents or src in demo.parents
+
+
 def run(params) -> None:
+    if not demo_is_used(params.data.source):
+        # your own photos: the digits (and scikit-learn's import) would be seconds of every
+        # fresh run for nothing; the stage still leaves its output, a note
+        with staged_dir(OUT_DIR) as tmp:
+            (tmp / NOT_USED).write_text(f"data.source is {params.data.source}, so the demo digits "
+                                        f"were not made; set data.source: {OUT_DIR} to make them\n")
+        print(f"demo_data: data.source is not {OUT_DIR}: the demo set is not made")
+        return
     n = write_digits(OUT_DIR, params.demo.per_class, params.demo.size)
     print(f"demo_data: wrote {n} digit images to {OUT_DIR}/")

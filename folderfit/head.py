@@ -14,6 +14,10 @@ problem, so it is solved to convergence instead of run for SGD epochs with early
 * The l2 strength is chosen on the validation images from `L2_GRID`, solved from the
   strongest to the weakest, each solve starting from the previous solution (warm start).
   Best: highest val accuracy, then lowest val loss, then the stronger regularisation.
+* Calibration (`temperature`): the l2 chosen for accuracy on a small val set is often the
+  strongest, whose probabilities are far too flat (a test ECE of 0.37 at 90% accuracy,
+  measured on 400 photos). One temperature, fitted on val by minimising its cross-entropy,
+  rescales the logits; the predicted class never changes, only how sure the model says it is.
 * Everything is deterministic: same features, same result.
 """
 
@@ -153,6 +157,39 @@ def _fit_head(train_x, train_y, val_x, val_y, n_classes, *, class_weights, label
     val_acc, val_loss, l2, w, b = best
     weight, bias = problem.raw(w, b)
     return HeadFit(weight, bias, l2, val_acc, val_loss, path)
+
+
+TEMPERATURE_BOUNDS = (0.02, 50.0)
+
+
+def temperature(logits: torch.Tensor, y: torch.Tensor, bounds=TEMPERATURE_BOUNDS) -> float:
+    """T minimising the mean cross-entropy of softmax(logits / T) on (logits, y), within
+    `bounds`. The targets give the given class (n + 1) / (n + 2) of the probability, Laplace's
+    rule of succession for n images: n right answers never justify certainty, so a small or
+    perfectly separated val set cannot drive T to 0. The loss is convex in 1/T, so a
+    golden-section search on log T finds it (deterministic, no step sizes to tune)."""
+    z, y = logits.detach().double(), y.long()
+    k = z.shape[1]
+    smoothing = min(1.0, k / ((k - 1) * (len(y) + 2))) if k > 1 else 0.0
+
+    def loss(log_t: float) -> float:
+        return float(nn.functional.cross_entropy(z / np.exp(log_t), y, label_smoothing=smoothing))
+
+    lo, hi = np.log(bounds[0]), np.log(bounds[1])
+    ratio = (np.sqrt(5) - 1) / 2
+    a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
+    fa, fb = loss(a), loss(b)
+    for _ in range(60):  # the bracket shrinks to 0.618^60 of log(25): far below any use
+        if fa <= fb:
+            hi, b, fb = b, a, fa
+            a = hi - ratio * (hi - lo)
+            fa = loss(a)
+        else:
+            lo, a, fa = a, b, fb
+            b = lo + ratio * (hi - lo)
+            fb = loss(b)
+    best = min((loss(np.log(t)), t) for t in (*bounds, float(np.exp((lo + hi) / 2))))
+    return float(best[1])
 
 
 def refit(x: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float, *,

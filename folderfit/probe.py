@@ -23,6 +23,12 @@ features), so the study measures exactly what the pipeline runs.
 * `refit_head`: once l2 and flips are chosen on val, the head is solved again at that l2 on
   train + val (every view of both): 15% more images for the final head. The reported val
   scores stay those of the selection (the refit head has seen val).
+* `calibrate` (the delivered feature_extract head): one temperature fitted on val to the
+  logits of the head chosen on train (folderfit.head.temperature) divides the final head's
+  weights and bias, so its confidences match how often it is right. Fitted before the refit,
+  on images that head has not learned from; the refit at the same l2 keeps a similar scale.
+  The argmax, and so every accuracy, is unchanged. Not applied to the warm start of
+  fine_tune / full_tune, whose epochs change the scale anyway.
 * `cross_validate`: without a test split, nothing is left that the delivered head has not
   learned from, so the honest estimate is a K-fold cross-validation of this whole procedure
   (mirror test, l2 choice on val, refit) over train + val: each fold runs `solve` on the
@@ -97,11 +103,13 @@ class SolvedHead:
     views: list  # names of the training views the head learned from
     mirror_test: dict | None  # hflip auto only
     feature_engine: str = "torch-fp32"  # what ran the backbone, with its precision (folderfit.extraction)
+    calibration: dict | None = None  # calibrate only: temperature, val loss before and after
 
 
 def solve(features: FeatureSource, train_y: torch.Tensor, val_y: torch.Tensor, n_classes: int, *,
           hflip: bool | str, n_views: int, min_scale: float, seed: int, tta: str, refit: bool,
-          class_weights=None, label_smoothing: float = 0.0, log=None) -> SolvedHead:
+          class_weights=None, label_smoothing: float = 0.0, calibrate: bool = False,
+          log=None) -> SolvedHead:
     """The head from features of the "train" and "val" images (module docstring)."""
     test = None
     if hflip == "auto":
@@ -124,6 +132,13 @@ def solve(features: FeatureSource, train_y: torch.Tensor, val_y: torch.Tensor, n
     fit = H.fit_head(torch.cat([got["train", v] for v in views]), train_y.repeat(len(views)),
                      val_x, val_y, n_classes, class_weights=class_weights,
                      label_smoothing=label_smoothing, log=log)
+    calibration = None
+    if calibrate:
+        logits = val_x.to(fit.weight.dtype) @ fit.weight.T + fit.bias
+        t = H.temperature(logits, val_y)
+        calibration = {"temperature": round(t, 6),
+                       "val_loss": round(float(torch.nn.functional.cross_entropy(logits.double(), val_y)), 6),
+                       "val_loss_calibrated": round(float(torch.nn.functional.cross_entropy(logits.double() / t, val_y)), 6)}
     if refit:
         x = torch.cat([torch.cat([got["train", v], got["val", v]]) for v in views])
         y = torch.cat([train_y, val_y]).repeat(len(views))
@@ -131,8 +146,10 @@ def solve(features: FeatureSource, train_y: torch.Tensor, val_y: torch.Tensor, n
         # steps instead of the whole warm-start path again
         fit.weight, fit.bias = H.refit(x, y, n_classes, fit.l2, class_weights=class_weights,
                                        label_smoothing=label_smoothing, start=(fit.weight, fit.bias))
+    if calibration:  # logits / T: the same linear layer, scaled
+        fit.weight, fit.bias = fit.weight / calibration["temperature"], fit.bias / calibration["temperature"]
     return SolvedHead(fit, flip, "flip" if with_tta else "none", refit,
-                      [v.name for v in views], test)
+                      [v.name for v in views], test, calibration=calibration)
 
 
 @dataclass

@@ -87,7 +87,8 @@ def class_weights(params: Params, samples, n_classes: int) -> torch.Tensor | Non
 
 
 def solve_head(built: M.BuiltModel, pre, params: Params, splits, rt, weights, *, log=None,
-               refit: bool = False, cv_folds: int = 0) -> tuple[probe.SolvedHead, probe.CrossValidation | None]:
+               refit: bool = False, cv_folds: int = 0,
+               calibrate: bool = False) -> tuple[probe.SolvedHead, probe.CrossValidation | None]:
     """The head of the frozen backbone solved on its cached features (folderfit.probe) and
     put into the model; with `cv_folds`, also the cross-validation of that whole procedure
     over train + val (the honest estimate when there is no test split)."""
@@ -105,7 +106,7 @@ def solve_head(built: M.BuiltModel, pre, params: Params, splits, rt, weights, *,
         print(probe.size_note(len(files["train"])))
     procedure = dict(hflip=hflip, n_views=a.feature_views, min_scale=a.min_scale,
                      tta=params.evaluate.tta, refit=refit, class_weights=weights,
-                     label_smoothing=params.label_smoothing)
+                     label_smoothing=params.label_smoothing, calibrate=calibrate)
     solved = probe.solve(features, labels["train"], labels["val"], head.out_features,
                      seed=params.seed, log=log, **procedure)
     cv = None
@@ -136,6 +137,10 @@ def solve_head(built: M.BuiltModel, pre, params: Params, splits, rt, weights, *,
     print(f"head: views {', '.join(solved.views)}; l2 {solved.fit.l2:.3g} chosen on val (accuracy "
           f"{solved.fit.val_accuracy:.4f}, loss {solved.fit.val_loss:.4f}); flip TTA {solved.tta}"
           + ("; then solved again on train + val" if refit else ""))
+    if solved.calibration:
+        c = solved.calibration
+        print(f"head: confidences calibrated on val: temperature {c['temperature']:.3g} "
+              f"(val loss {c['val_loss']:.4f} -> {c['val_loss_calibrated']:.4f}; predictions unchanged)")
     return solved, cv
 
 
@@ -196,12 +201,12 @@ def _train(params: Params, ctx: DD.DistContext, curves: Path | None) -> None:
     with gpu_memory_guard(batch_key, batch), (contextlib.closing(log) if log else contextlib.nullcontext()):
         if strategy == "feature_extract":
             solved, cv = solve_head(built, pre, params, splits, rt, weights, log=log,
-                                    refit=params.refit_head, cv_folds=cv_folds)
+                                    refit=params.refit_head, cv_folds=cv_folds, calibrate=True)
             flip, tta = solved.hflip, solved.tta
             outcome = {"best_val_accuracy": solved.fit.val_accuracy, "best_val_loss": solved.fit.val_loss}
             details = {"head_l2": solved.fit.l2, "head_views": solved.views,
                        "head_refit_on_train_val": solved.refit, "mirror_test": solved.mirror_test,
-                       "feature_engine": solved.feature_engine,
+                       "feature_engine": solved.feature_engine, "head_calibration": solved.calibration,
                        "head_path": solved.fit.path}
             if cv is not None:
                 details["cv"] = {"folds": cv.folds, "l2": cv.l2, "hflip": cv.hflip}
