@@ -3,7 +3,7 @@
 The images are split into K folds (stratified by label, seeded); the head (folderfit.head's
 exact logistic regression on frozen-backbone features) is fitted on K-1 folds and scores
 the fold left out, so no image is scored by a head that saw its label. Copies go together:
-the folds are grouped (sklearn's StratifiedGroupKFold) by `groups`, so an image is never
+the folds are grouped by `groups` (assign_folds), so an image is never
 scored by a head that trained on its identical or near-identical copy either.
 
 The regularisation strength is chosen once: the head's l2 path (GRID) is solved on folds
@@ -19,7 +19,6 @@ augmentation with the same views).
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,19 +53,43 @@ def plan_folds(counts, wanted: int) -> tuple[int, str | None]:
 
 
 def assign_folds(labels: np.ndarray, groups: np.ndarray, k: int, seed: int) -> np.ndarray:
-    """Fold index per image: stratified by label, copies (same group) in one fold."""
-    from sklearn.model_selection import StratifiedGroupKFold
+    """Fold index per image: stratified by label, copies (same group) in one fold.
 
-    n_groups = len(np.unique(groups))
-    # never more folds than the smallest class has images (sklearn refuses: plan_folds)
-    k = max(2, min(k, n_groups, int(np.bincount(labels)[np.unique(labels)].min())))
-    splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
-    fold = np.zeros(len(labels), dtype=np.int64)
-    with warnings.catch_warnings():  # a class smaller than k: sklearn warns, the folds are fine
-        warnings.simplefilter("ignore", UserWarning)
-        for i, (_, held) in enumerate(splitter.split(np.zeros(len(labels)), labels, groups)):
-            fold[held] = i
-    return fold
+    Groups of several images (copies, rare) are placed first, largest first, each in the
+    fold where its classes are least represented so far; then every class's single images,
+    in a seeded random order, are dealt one by one to the fold with the fewest of that class
+    (fewest images overall on a tie). Without copies each class is split as evenly as
+    possible. Linear in the images: sklearn's StratifiedGroupKFold, used before, took 7.6 s
+    for 10,000 images, almost all of them single."""
+    labels, groups = np.asarray(labels), np.asarray(groups)
+    present = np.unique(labels)
+    _, group_of = np.unique(groups, return_inverse=True)
+    n_groups = int(group_of.max()) + 1 if len(group_of) else 0
+    # never more folds than the smallest class has images (plan_folds says so first)
+    k = max(2, min(k, n_groups, int(np.bincount(labels)[present].min())))
+    n_classes = int(labels.max()) + 1
+    rng = np.random.default_rng(seed)
+    size = np.bincount(group_of, minlength=n_groups)
+    counts = np.zeros((k, n_classes), dtype=np.int64)
+    group_fold = np.full(n_groups, -1, dtype=np.int64)
+    multi = np.flatnonzero(size > 1)
+    if len(multi):
+        shuffled = multi[rng.permutation(len(multi))]
+        for g in shuffled[np.argsort(-size[shuffled], kind="stable")]:
+            members = np.bincount(labels[group_of == g], minlength=n_classes)
+            # per class: how far above its even share each fold would be with this group
+            load = ((counts + members) / np.maximum(counts.sum(0) + members, 1))[:, members > 0].sum(1)
+            f = int(np.lexsort((np.arange(k), counts.sum(1), load))[0])
+            group_fold[g] = f
+            counts[f] += members
+    single = size[group_of] == 1
+    for c in present:
+        images = np.flatnonzero(single & (labels == c))
+        for i in images[rng.permutation(len(images))]:
+            f = int(np.lexsort((np.arange(k), counts.sum(1), counts[:, c]))[0])
+            group_fold[group_of[i]] = f
+            counts[f, c] += 1
+    return group_fold[group_of]
 
 
 def _rows(views: list[torch.Tensor], mask: np.ndarray, labels: np.ndarray):

@@ -197,6 +197,25 @@ def test_folds_are_stratified_seeded_and_keep_copies_together():
         assert counts.min() >= 3
 
 
+def test_folds_split_every_class_evenly_and_copies_stay_together_at_scale():
+    from folderfit import crossfit as CF
+
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 7, 3000)
+    groups = np.arange(3000)
+    copies = rng.choice(3000, 200, replace=False)
+    groups[copies] = groups[rng.choice(3000, 200)]  # ~200 copies, some across classes
+    fold = CF.assign_folds(labels, groups, 5, seed=1)
+    for g in np.unique(groups):
+        assert len(set(fold[groups == g])) == 1
+    no_copies = CF.assign_folds(labels, np.arange(3000), 5, seed=1)
+    for c in range(7):
+        per_fold = np.bincount(no_copies[labels == c], minlength=5)
+        assert per_fold.max() - per_fold.min() <= 1
+        with_copies = np.bincount(fold[labels == c], minlength=5)
+        assert with_copies.max() - with_copies.min() <= 0.1 * with_copies.mean()
+
+
 def test_similar_pairs_groups_and_outlier_rule():
     from folderfit import similarity as SIM
 
