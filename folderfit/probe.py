@@ -27,7 +27,8 @@ features), so the study measures exactly what the pipeline runs.
   logits of the head chosen on train (folderfit.head.temperature) divides the final head's
   weights and bias, so its confidences match how often it is right. Fitted before the refit,
   on images that head has not learned from; the refit at the same l2 keeps a similar scale.
-  The argmax, and so every accuracy, is unchanged. Not applied to the warm start of
+  The argmax, and so every accuracy, is unchanged. Below CALIBRATION_MIN_VAL val images T
+  stays 1 (recorded with the reason). Not applied to the warm start of
   fine_tune / full_tune, whose epochs change the scale anyway.
 * `cross_validate`: without a test split, nothing is left that the delivered head has not
   learned from, so the honest estimate is a K-fold cross-validation of this whole procedure
@@ -45,6 +46,8 @@ import torch
 from folderfit import features as F
 from folderfit import head as H
 
+# calibrate: fewer val images than this leave T at 1 (one or two mistakes would set it alone)
+CALIBRATION_MIN_VAL = 20
 MIRROR_TOLERANCE = 0.05  # hflip auto: largest val-accuracy cost of mirroring that keeps flips
 # hflip auto: mirror views only up to this many training images. On 600 photos they added
 # +0.008 test accuracy (not significant, bench/head_study.py); on 7,000 they cost ~4 minutes
@@ -133,7 +136,10 @@ def solve(features: FeatureSource, train_y: torch.Tensor, val_y: torch.Tensor, n
                      val_x, val_y, n_classes, class_weights=class_weights,
                      label_smoothing=label_smoothing, log=log)
     calibration = None
-    if calibrate:
+    if calibrate and len(val_y) < CALIBRATION_MIN_VAL:
+        calibration = {"temperature": 1.0, "skipped": f"{len(val_y)} val images (< {CALIBRATION_MIN_VAL}): "
+                                                      f"too few to fit a temperature"}
+    elif calibrate:
         logits = val_x.to(fit.weight.dtype) @ fit.weight.T + fit.bias
         t = H.temperature(logits, val_y)
         calibration = {"temperature": round(t, 6),
@@ -146,7 +152,7 @@ def solve(features: FeatureSource, train_y: torch.Tensor, val_y: torch.Tensor, n
         # steps instead of the whole warm-start path again
         fit.weight, fit.bias = H.refit(x, y, n_classes, fit.l2, class_weights=class_weights,
                                        label_smoothing=label_smoothing, start=(fit.weight, fit.bias))
-    if calibration:  # logits / T: the same linear layer, scaled
+    if calibration and calibration["temperature"] != 1.0:  # logits / T: the same linear layer, scaled
         fit.weight, fit.bias = fit.weight / calibration["temperature"], fit.bias / calibration["temperature"]
     return SolvedHead(fit, flip, "flip" if with_tta else "none", refit,
                       [v.name for v in views], test, calibration=calibration)

@@ -137,8 +137,10 @@ def solve_head(built: M.BuiltModel, pre, params: Params, splits, rt, weights, *,
     print(f"head: views {', '.join(solved.views)}; l2 {solved.fit.l2:.3g} chosen on val (accuracy "
           f"{solved.fit.val_accuracy:.4f}, loss {solved.fit.val_loss:.4f}); flip TTA {solved.tta}"
           + ("; then solved again on train + val" if refit else ""))
-    if solved.calibration:
-        c = solved.calibration
+    c = solved.calibration
+    if c and "skipped" in c:
+        print(f"head: confidences not calibrated: {c['skipped']}")
+    elif c:
         print(f"head: confidences calibrated on val: temperature {c['temperature']:.3g} "
               f"(val loss {c['val_loss']:.4f} -> {c['val_loss_calibrated']:.4f}; predictions unchanged)")
     return solved, cv

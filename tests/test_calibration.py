@@ -96,3 +96,14 @@ def test_cross_validation_calibrates_inside_each_fold():
           for c in (False, True)}
     assert torch.equal(cv[False].probs.argmax(1), cv[True].probs.argmax(1))
     assert not torch.allclose(cv[False].probs, cv[True].probs)
+
+
+def test_too_few_val_images_leave_the_head_as_solved():
+    vectors, labels = {}, {}
+    for split, n, seed in (("train", 40, 0), ("val", 4, 1)):  # 16 val images < CALIBRATION_MIN_VAL
+        vectors[split, F.CLEAN], labels[split] = blobs(n, seed)
+    settings = dict(hflip=False, n_views=1, min_scale=0.6, seed=0, tta="none", refit=True)
+    out = {c: probe.solve(probe.tensor_source(vectors), labels["train"], labels["val"], K,
+                          calibrate=c, **settings) for c in (False, True)}
+    assert out[True].calibration["temperature"] == 1.0 and "16 val images" in out[True].calibration["skipped"]
+    assert torch.equal(out[True].fit.weight, out[False].fit.weight)
