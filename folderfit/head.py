@@ -180,7 +180,7 @@ def temperature(logits: torch.Tensor, y: torch.Tensor, bounds=TEMPERATURE_BOUNDS
     ratio = (np.sqrt(5) - 1) / 2
     a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
     fa, fb = loss(a), loss(b)
-    for _ in range(60):  # the bracket shrinks to 0.618^60 of log(25): far below any use
+    for _ in range(60):  # the bracket shrinks to 0.618^60 of its width: far below any use
         if fa <= fb:
             hi, b, fb = b, a, fa
             a = hi - ratio * (hi - lo)
