@@ -140,11 +140,12 @@ def solve(features: FeatureSource, train_y: torch.Tensor, val_y: torch.Tensor, n
         calibration = {"temperature": 1.0, "skipped": f"{len(val_y)} val images (< {CALIBRATION_MIN_VAL}): "
                                                       f"too few to fit a temperature"}
     elif calibrate:
-        logits = val_x.to(fit.weight.dtype) @ fit.weight.T + fit.bias
+        logits = (val_x.to(fit.weight.dtype) @ fit.weight.T + fit.bias).double()
         t = H.temperature(logits, val_y)
-        calibration = {"temperature": round(t, 6),
-                       "val_loss": round(float(torch.nn.functional.cross_entropy(logits.double(), val_y)), 6),
-                       "val_loss_calibrated": round(float(torch.nn.functional.cross_entropy(logits.double() / t, val_y)), 6)}
+
+        def val_loss(scale: float) -> float:
+            return round(float(torch.nn.functional.cross_entropy(logits / scale, val_y)), 6)
+        calibration = {"temperature": round(t, 6), "val_loss": val_loss(1.0), "val_loss_calibrated": val_loss(t)}
     if refit:
         x = torch.cat([torch.cat([got["train", v], got["val", v]]) for v in views])
         y = torch.cat([train_y, val_y]).repeat(len(views))
