@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+import numpy as np
 import torch
 
 DECODE_CACHE_BYTES = 4 << 30
@@ -56,12 +57,15 @@ class Normalizer(torch.nn.Module):
 
 
 def decode_file(path: Path) -> torch.Tensor:
-    """A prepared (RGB, small, lossless PNG) image file as a uint8 CHW tensor: the pixels
-    folderfit.imageio computed from the original, so evaluate sees what predict sees."""
-    from torchvision.io import ImageReadMode, decode_image
+    """A prepared (RGB, small, lossless) image file as a uint8 CHW tensor: the pixels
+    folderfit.imageio computed from the original, so evaluate sees what predict sees.
+    Pillow reads the uncompressed stored copy in ~0.9 ms at 325 px (torchvision.io does not
+    read BMP)."""
+    from PIL import Image
 
-    data = torch.frombuffer(bytearray(Path(path).read_bytes()), dtype=torch.uint8)
-    return decode_image(data, mode=ImageReadMode.RGB)
+    with Image.open(path) as img:
+        pixels = np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
+    return torch.from_numpy(pixels.copy()).permute(2, 0, 1).contiguous()
 
 
 class ImageTensorDataset(torch.utils.data.Dataset):

@@ -17,7 +17,7 @@ form (folderfit.data.printable), stored names are cut to the file system's limit
 
 Images are decoded by a pool of processes (one per core, results taken in input order, so the
 output does not depend on the core count) through folderfit.imageio, the path predict takes
-too: the stored copy (PNG, lossless) holds exactly the pixels predict computes from the
+too: the stored copy (lossless, imageio.STORED_FORMAT) holds exactly the pixels predict computes from the
 original, so what evaluate scores is what predict answers. Progress: folderfit.progress.
 Each image is encoded into a staging folder as soon as it is decoded, so memory does not grow
 with the data set; two prepares at once in one project: the second stops (exclusive); the finished folder replaces data/prepared in one rename (fileio.staged_dir),
@@ -81,7 +81,7 @@ class Stager:
 
 
 def decode_one(path: Path, image_size: int):
-    """Worker: (pixel hash, stored copy as PNG bytes, (full upright size, thumbnail)), or
+    """Worker: (pixel hash, stored copy as encoded bytes, (full upright size, thumbnail)), or
     (None, reason, None). The stored copy comes from folderfit.imageio, the path predict also
     takes; the review's 32x32 thumbnail is made from it here, while it is decoded."""
     try:

@@ -22,6 +22,7 @@ import torch
 import yaml
 from PIL import Image
 
+from folderfit import imageio as IO
 from folderfit.errors import PipelineError
 from folderfit.params import parse_params
 
@@ -521,7 +522,7 @@ def test_nested_names_flattened_past_255_bytes_are_cut_and_stay_distinct(odd_nam
     assert names[0] != names[1]
     for name in names:
         assert len(name.encode()) <= 255 and name.startswith("n" * 200 + "__")
-        assert re.search(r"~[0-9a-f]{8}\.png$", name)
+        assert re.search(r"~[0-9a-f]{8}" + re.escape(IO.STORED_FORMAT) + "$", name)
 
 
 @pytest.mark.parametrize("rel,reason", [

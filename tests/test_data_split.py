@@ -14,6 +14,7 @@ from PIL import Image
 from folderfit import data as D
 from folderfit.cli import run_main
 from folderfit.errors import PipelineError
+from folderfit.imageio import STORED_FORMAT
 
 from conftest import params_with, run_stage, write_params
 
@@ -64,7 +65,7 @@ def test_byte_and_pixel_duplicates_share_one_split(tmp_path, monkeypatch):
     assert dups["cross_split_duplicates"] == [] and dups["label_conflicts"] == []
     assert report["n_images"] == 3 * 6 + 3
     # every copy is kept under its own name (a.png + a.bmp would otherwise collide)
-    files = list((work / "data/prepared").rglob("*.png"))
+    files = list((work / "data/prepared").rglob("*" + STORED_FORMAT))
     assert len(files) == report["n_images"]
 
 

@@ -15,6 +15,7 @@ import pytest
 from folderfit import predict as PD
 from folderfit.cli import build_parser
 from folderfit.errors import PipelineError
+from folderfit.imageio import STORED_FORMAT
 import tiny_project as T
 
 from conftest import run_stage
@@ -83,7 +84,7 @@ def test_folder_with_bad_file_cli(project, tmp_path):
     """Recursive folder, hidden and non-image files ignored, a broken image reported and
     skipped, exit code 1, the good images still written (JSON lines)."""
     folder = tmp_path / "incoming"
-    good = sorted((project / "data/prepared/train").rglob("*.png"))[:4]
+    good = sorted((project / "data/prepared/train").rglob("*" + STORED_FORMAT))[:4]
     for i, f in enumerate(good):
         target = folder / ("nested" if i % 2 else "") / f"img{i}.png"
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -108,7 +109,7 @@ def test_folder_with_bad_file_cli(project, tmp_path):
 
 
 def test_explicit_files_and_missing_path(project, capsys):
-    files = sorted((project / "data/prepared/train").rglob("*.png"))[:2]
+    files = sorted((project / "data/prepared/train").rglob("*" + STORED_FORMAT))[:2]
     with pytest.raises(SystemExit) as exit_info:
         predict(*[str(f) for f in files], str(project / "nope.png"),
                 "--model", str(project / "models/model.pt"), "--precision", "fp32")
@@ -138,7 +139,7 @@ def test_device_and_precision_flags(project, capsys, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on a CPU-only Linux machine
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
     model = str(project / "models/model.pt")
-    images = str(sorted((project / "data/prepared/train").rglob("*.png"))[0])
+    images = str(sorted((project / "data/prepared/train").rglob("*" + STORED_FORMAT))[0])
     predict(images, "--model", model, "--device", "cpu", "--precision", "fp32")
     assert capsys.readouterr().out.count("\n") == 2  # header + one row
     with pytest.raises(PipelineError, match=r"^--device cuda:3: no CUDA GPU visible .*use --device auto"):
@@ -152,7 +153,7 @@ def test_device_and_precision_flags(project, capsys, monkeypatch):
 
 def test_existing_output_is_refused_without_force(project, tmp_path):
     """`predict -o data/corrections.csv` used to overwrite it silently (issue 24)."""
-    image = str(next((project / "data/prepared/test").rglob("*.png")))
+    image = str(next((project / "data/prepared/test").rglob("*" + STORED_FORMAT)))
     model = str(project / "models/model.pt")
     target = tmp_path / "corrections.csv"
     target.write_text("file,action\nx.png,drop\n")
@@ -172,7 +173,7 @@ def test_nan_model_is_a_one_line_error(project, tmp_path, capsys):
         if tensor.is_floating_point():
             tensor.fill_(float("nan"))
     torch.save(payload, tmp_path / "nan.pt")
-    image = str(next((project / "data/prepared/test").rglob("*.png")))
+    image = str(next((project / "data/prepared/test").rglob("*" + STORED_FORMAT)))
     with pytest.raises(PipelineError, match="non-finite|NaN") as exc:
         predict(image, "--model", str(tmp_path / "nan.pt"), "-o", str(tmp_path / "p.csv"))
     assert "\n" not in str(exc.value) and not (tmp_path / "p.csv").exists()
@@ -183,7 +184,7 @@ def test_extreme_aspect_ratio_is_a_reported_skip(project, tmp_path, capsys):
     from PIL import Image
 
     Image.new("RGB", (6000, 1)).save(tmp_path / "line.png")
-    image = str(next((project / "data/prepared/test").rglob("*.png")))
+    image = str(next((project / "data/prepared/test").rglob("*" + STORED_FORMAT)))
     with pytest.raises(SystemExit) as stop:
         predict(image, str(tmp_path / "line.png"), "--model", str(project / "models/model.pt"))
     assert stop.value.code == 1

@@ -53,7 +53,7 @@ def test_prepared_copy_gives_predicts_input(project):
     """Eval path on the prepared copy == predict path on the original, pixel for pixel."""
     loaded = load_model_file(project / "models/model.pt")
     rows = manifest(project)
-    assert len(rows) == 12 and all(r["file"].endswith(".png") for r in rows)
+    assert len(rows) == 12 and all(r["file"].endswith(IO.STORED_FORMAT) for r in rows)
     samples = [(project / "data/prepared" / r["file"], 0) for r in rows]
     evaluated = DS.ImageTensorDataset(samples, DS.eval_geometry(loaded.preprocess))
     for k, row in enumerate(rows):

@@ -8,6 +8,7 @@ import numpy as np
 import tiny_project as T
 from conftest import run_stage, write_params
 from folderfit import similarity as SIM
+from folderfit.imageio import STORED_FORMAT
 from folderfit.paths import THUMBNAILS_NAME
 from folderfit.review import prepared_thumbnails, read_rows
 
@@ -18,7 +19,7 @@ def test_prepared_thumbnails_equal_the_files(tmp_path, monkeypatch):
     run_stage("prepare", tmp_path)
     monkeypatch.chdir(tmp_path)
     prepared = tmp_path / "data/prepared"
-    files = sorted(p.relative_to(tmp_path) for p in prepared.rglob("*.png"))
+    files = sorted(p.relative_to(tmp_path) for p in prepared.rglob("*" + STORED_FORMAT))
     known = prepared_thumbnails(read_rows())
     assert sorted(known) == sorted(f.as_posix() for f in files)
     assert np.array_equal(SIM.thumbnails(files, known), SIM.thumbnails(files))
