@@ -37,6 +37,7 @@ from folderfit.augment import BatchAugment
 from folderfit.checkpoint import CHECKPOINT, Checkpointer, fingerprint
 from folderfit.errors import PipelineError
 from folderfit.fileio import staged_dir, write_json
+from folderfit.memory import torch_compute_heap
 from folderfit.params import Params
 from folderfit.runtime import gpu_memory_guard, pick_runtime, prepare_model, seed_everything
 
@@ -322,5 +323,7 @@ def _fit(params: Params, built: M.BuiltModel, pre, splits, rt, frozen, weights, 
     if params.compile:  # fixed batch shapes: one graph for training (validation runs eagerly)
         print("compile: torch.compile of the training step; the first epoch includes compiling")
         model = torch.compile(model, dynamic=False)
-    result = engine.fit(model, optimizer, train_batches, val_batches, normalizer, cfg, run_ctx, frozen)
+    with torch_compute_heap():  # torch's activations reused from step to step (folderfit.memory)
+        result = engine.fit(model, optimizer, train_batches, val_batches, normalizer, cfg, run_ctx,
+                            frozen)
     return result, checkpointer

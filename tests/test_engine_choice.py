@@ -35,15 +35,18 @@ def machine(tmp_path, monkeypatch):
 
     class Machine:
         timed: list[str] = []
+        batches: list[int] = []
         speeds: dict[str, float] = {}
 
         def set(self, bf16: bool, **speeds):
             monkeypatch.setattr(runtime, "cpu_supports_bf16", lambda: bf16)
             self.speeds = {k.replace("_", "-"): v for k, v in speeds.items()}
             self.timed = []
+            self.batches = []
 
         def time(self, name, run, images, rounds, best_so_far):
             self.timed.append(name)
+            self.batches.append(len(images))
             return self.speeds[name]
 
     m = Machine()
@@ -157,6 +160,18 @@ def test_the_choice_is_measured_once_per_machine_and_setting(machine, tmp_path):
     (tmp_path / "cache" / CE.CHOICE_FILE).write_text(json.dumps(stored))
     machine.set(bf16=True, **speeds)
     assert choose().how == "measured" and machine.timed
+
+
+def test_the_trial_times_the_batch_size_the_extraction_uses(machine):
+    """torch's speed per image depends on the batch (at 32 lite2 images every activation is
+    mapped afresh, folderfit.memory): a trial on smaller batches chose torch bf16 where it
+    then ran 3x slower than its trial."""
+    machine.set(True, **speeds)
+    choose(batch_size=32)
+    assert machine.batches and set(machine.batches) == {32}
+    machine.set(True, **speeds)
+    choose(batch_size=3, model_name="other")
+    assert set(machine.batches) == {3}
 
 
 def test_a_real_trial_times_every_candidate_and_exports_once(tmp_path, monkeypatch):

@@ -41,6 +41,38 @@ def test_fixed_threshold_returns_freed_buffers():
     assert grown["default"] >= grown["fixed"] + 40, grown  # the growth it prevents (~75 MB here)
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc only")
+def test_torch_compute_heap_reuses_step_buffers_and_restores_the_fixed_threshold():
+    """A training step's pattern: 8 MB buffers allocated, written and freed again and again.
+    Under the fixed threshold each one is mapped and faulted in afresh (2,048 page faults per
+    buffer); inside torch_compute_heap the heap serves them again; after it, the fixed
+    threshold holds again."""
+    script = textwrap.dedent("""
+        import resource
+        from folderfit import memory
+        def faults_of_steps():
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            for _ in range(40):
+                buffer = bytearray(8 << 20)
+                del buffer
+            return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+        assert memory.fix_mmap_threshold()
+        fixed = faults_of_steps()
+        with memory.torch_compute_heap() as changed:
+            assert changed
+            inside = faults_of_steps()
+        after = faults_of_steps()
+        print(fixed, inside, after)
+    """)
+    fixed, inside, after = map(int, subprocess.run([sys.executable, "-c", script], capture_output=True,
+                                                   text=True, check=True).stdout.split())
+    assert fixed >= 40 * 1500, (fixed, inside, after)
+    assert inside <= 2 * 2100, (fixed, inside, after)  # the first buffer (and its trim) only
+    assert after >= 40 * 1500, (fixed, inside, after)
+
+
 def test_no_glibc_is_a_quiet_false(monkeypatch):
     monkeypatch.setattr(sys, "platform", "darwin")
     assert memory.fix_mmap_threshold() is False
+    with memory.torch_compute_heap() as changed:
+        assert changed is False
