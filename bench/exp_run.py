@@ -6,7 +6,7 @@ Clones this repository's committed HEAD into a temp folder, points `data.source`
 and runs `dvc exp run` there with an empty feature cache ($FOLDERFIT_CACHE, which also holds
 the engine choice) and an empty DVC cache. Prints the whole command's wall time, each
 stage's wall time (from the moment DVC announces it to the next announcement; split into the
-command itself and DVC's work around it: checking deps, hashing and caching outputs), and the peak
+command itself (until its process exits) and DVC's work around it: checking deps, hashing and caching outputs), and the peak
 resident memory of the largest single process and of all processes together in each stage,
 sampled from /proc every 0.2 s. Needs folderfit installed (`pip install -e .`).
 """
@@ -59,15 +59,20 @@ def _rss_gib(pid: int) -> float:
 
 
 class MemorySampler(threading.Thread):
-    """Peak RSS (largest process, sum of the tree) per stage, sampled from /proc."""
+    """Peak RSS (largest process, sum of the tree) per stage, sampled from /proc; and when a
+    child of DVC (the stage's command) was last seen alive, per stage."""
 
-    def __init__(self, root: int):
+    def __init__(self, root: int, started: float):
         super().__init__(daemon=True)
         self.root, self.stage, self.peaks, self.done = root, "dvc", {}, threading.Event()
+        self.started, self.child_seen = started, {}
 
     def run(self) -> None:
         while not self.done.wait(0.2):
-            sizes = [_rss_gib(pid) for pid in _descendants(self.root)]
+            pids = _descendants(self.root)
+            if len(pids) > 1:
+                self.child_seen[self.stage] = time.perf_counter() - self.started
+            sizes = [_rss_gib(pid) for pid in pids]
             one, tree = self.peaks.get(self.stage, (0.0, 0.0))
             self.peaks[self.stage] = (max(one, max(sizes, default=0.0)), max(tree, sum(sizes)))
 
@@ -85,7 +90,7 @@ def run(data: Path, sets: list[str], keep: Path | None = None) -> dict:
         started = time.perf_counter()
         proc = subprocess.Popen(command, cwd=clone, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, bufsize=1)
-        sampler = MemorySampler(proc.pid)
+        sampler = MemorySampler(proc.pid, started)
         sampler.start()
         marks, command_at, lock_at = [], {}, {}  # when DVC announces / starts / records a stage
         for line in proc.stdout:
@@ -108,9 +113,11 @@ def run(data: Path, sets: list[str], keep: Path | None = None) -> dict:
         stages = {}
         for (name, at), nxt in zip(marks, [m[1] for m in marks[1:]] + [wall]):
             one, tree = sampler.peaks.get(name, (0.0, 0.0))
-            # the command's own time, and DVC's around it (checking deps before, hashing and
-            # caching outputs after), as far as its output lines tell
-            own = lock_at.get(name, nxt) - command_at.get(name, at)
+            # the command's own time: from DVC's "> command" line to the last sample that saw
+            # its process (DVC hashes and caches the outputs after it exits, then prints
+            # "Updating lock file"); the rest is DVC's, checking deps before and caching after
+            end = min(sampler.child_seen.get(name, lock_at.get(name, nxt)), lock_at.get(name, nxt))
+            own = max(0.0, end - command_at.get(name, at))
             stages[name] = {"wall_s": round(nxt - at, 1), "command_s": round(own, 1),
                             "dvc_s": round(nxt - at - own, 1),
                             "peak_process_gib": round(one, 2), "peak_all_gib": round(tree, 2)}
