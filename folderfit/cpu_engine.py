@@ -181,8 +181,12 @@ ORT_FP32, TORCH_FP32, TORCH_BF16 = "onnxruntime-fp32", "torch-fp32", "torch-bf16
 PREFERENCE = (ORT_FP32, TORCH_FP32, TORCH_BF16)
 CHOICE_MARGIN = 1.2  # a less preferred engine must be this much faster to be chosen
 TRIAL_ROUNDS = 2  # timed batches per candidate after one warm-up batch (the fastest counts)
-PRUNE_FACTOR = 2.0  # a candidate this much slower than the best after one batch is not retimed
-WARMUP_PRUNE_FACTOR = 3.0  # ... and this much slower in its warm-up batch is not timed at all
+# Losers stop early: the trial times whole batches of the real size (~0.5-2 s each for lite2).
+# A candidate must beat the best so far by CHOICE_MARGIN to be chosen, so one timed batch
+# slower than the best ends its rounds, and a warm-up batch (which also builds kernels) this
+# much slower means it is not timed at all.
+PRUNE_FACTOR = 1.0
+WARMUP_PRUNE_FACTOR = 2.0
 CHOICE_FILE = "engine_choice.json"
 CHOICE_FORMAT = 2  # 2: trials at the batch size used (format 1 timed batches of 4)
 
@@ -276,10 +280,9 @@ def _store_choice(path: Path, key: str, record: dict) -> None:
 def time_runner(name: str, run, images: torch.Tensor, rounds: int, best_so_far: float | None) -> float:
     """ms per image of engine `name` running `run(images)`: one warm-up call, then the fastest
     of `rounds` timed calls (the fastest is the least disturbed by other work on the machine).
-    Clear losers stop early, so that the trial stays ~1-2 s: a warm-up call already
-    WARMUP_PRUNE_FACTOR times slower than the best engine so far returns its own time (an
-    overestimate: first calls also build kernels), a timed one PRUNE_FACTOR times slower ends
-    the rounds."""
+    Losers stop early: a warm-up call already WARMUP_PRUNE_FACTOR times slower than the best
+    engine so far returns its own time (an overestimate: first calls also build kernels), a
+    timed one PRUNE_FACTOR times slower ends the rounds."""
     tick = perf_counter()
     run(images)
     warm_up = (perf_counter() - tick) * 1000 / len(images)

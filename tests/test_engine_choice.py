@@ -243,8 +243,8 @@ print("ok")
 
 
 def test_the_timing_stops_early_for_clear_losers(monkeypatch):
-    """time_runner: the fastest of the timed rounds; a warm-up far slower than the best so
-    far is the only call; a slow first round ends the rounds."""
+    """time_runner: the fastest of the timed rounds; a warm-up twice as slow as the best so
+    far is the only call; a first round slower than the best ends the rounds."""
     clock = iter(range(0, 10_000, 1)).__next__
     durations = []
 
@@ -260,9 +260,12 @@ def test_the_timing_stops_early_for_clear_losers(monkeypatch):
     images = torch.zeros(2, 3, 4, 4)
     durations[:] = [40, 20, 10]  # ms for the batch of 2: warm-up, then two rounds
     assert CE.time_runner("x", run, images, 2, None) == pytest.approx(5.0) and durations == []
-    durations[:] = [40, 20, 10]
-    assert CE.time_runner("x", run, images, 2, best_so_far=5.0) == pytest.approx(20.0)  # warm-up 20/img > 3 x 5
+    durations[:] = [24, 20, 10]
+    assert CE.time_runner("x", run, images, 2, best_so_far=5.0) == pytest.approx(12.0)  # warm-up 12/img > 2 x 5
     assert durations == [20, 10]
-    durations[:] = [10, 30, 10]
-    assert CE.time_runner("x", run, images, 2, best_so_far=5.0) == pytest.approx(15.0)  # 15 > 2 x 5: no 2nd round
+    durations[:] = [18, 20, 10]  # warm-up 9/img: timed; 10/img > 5: cannot win, no 2nd round
+    assert CE.time_runner("x", run, images, 2, best_so_far=5.0) == pytest.approx(10.0)
     assert durations == [10]
+    durations[:] = [18, 9, 8]  # rounds faster than the best so far go on: the fastest counts
+    assert CE.time_runner("x", run, images, 2, best_so_far=5.0) == pytest.approx(4.0)
+    assert durations == []
