@@ -6,9 +6,10 @@ Clones this repository's committed HEAD into a temp folder, points `data.source`
 and runs `dvc exp run` there with an empty feature cache ($FOLDERFIT_CACHE, which also holds
 the engine choice) and an empty DVC cache. Prints the whole command's wall time, each
 stage's wall time (from the moment DVC announces it to the next announcement; split into the
-command itself (until its process exits) and DVC's work around it: checking deps, hashing and caching outputs), and the peak
-resident memory of the largest single process and of all processes together in each stage,
-sampled from /proc every 0.2 s. Needs folderfit installed (`pip install -e .`).
+command itself, until its process exits, and DVC's work around it: checking deps, hashing and
+caching outputs), and the peak resident memory of the largest single process and of all
+processes together in each stage, sampled from /proc every 0.2 s. Needs folderfit installed
+(`pip install -e .`).
 """
 
 from __future__ import annotations

@@ -361,8 +361,8 @@ def choose_engine(network: nn.Module, rt: Runtime, *, precision: str, cpu_engine
     # it (a 26 MB batch of 32 lite2 inputs puts every activation above the fixed mmap
     # threshold of folderfit.memory, so each one is mapped and zero-filled afresh). Timed on
     # batches of 4, torch bf16 measured 12.2 ms/image against ONNX Runtime's 16.8 and was
-    # chosen; at batch 32 it then ran at ~37 ms/image and review took 429 s instead of ~250 s
-    # on 10,000 photos.
+    # chosen; at batch 32 it then ran at ~37 ms/image, and review took 430 s on 10,000 photos
+    # (293 s with ONNX Runtime).
     engine, times, notes = _measure(network, candidates, image_size, batch_size)
     if path and engine is not None:
         _store_choice(path, key, {"engine": engine, "ms_per_image": times, "notes": notes,

@@ -17,8 +17,8 @@ form (folderfit.data.printable), stored names are cut to the file system's limit
 
 Images are decoded by a pool of processes (one per core, results taken in input order, so the
 output does not depend on the core count) through folderfit.imageio, the path predict takes
-too: the stored copy (lossless, imageio.STORED_FORMAT) holds exactly the pixels predict computes from the
-original, so what evaluate scores is what predict answers. Progress: folderfit.progress.
+too: the stored copy (lossless, imageio.STORED_FORMAT) holds exactly the pixels predict
+computes from the original, so what evaluate scores is what predict answers. Progress: folderfit.progress.
 Each image is encoded into a staging folder as soon as it is decoded, so memory does not grow
 with the data set; two prepares at once in one project: the second stops (exclusive); the finished folder replaces data/prepared in one rename (fileio.staged_dir),
 after metrics/data.json is written. Any failure, a full disk included, leaves both as they were.
