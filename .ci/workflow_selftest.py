@@ -25,7 +25,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from folderfit.repro_check import make_copy, set_key  # noqa: E402
+from folderfit.commands.repro_check import make_copy, set_key  # noqa: E402
 
 WORKFLOW = ROOT / ".github/workflows/pipeline.yml"
 TINY = ["data.image_size=32", "num_epochs=2", "demo.per_class=6", "evaluate.bootstrap=200",

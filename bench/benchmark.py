@@ -52,7 +52,7 @@ def slice_folder(source: Path, classes: list[str], per_class: int, dest: Path) -
 def digits_folder(dest: Path, per_class: int, size: int = 64) -> Path:
     """Two classes of real digit scans, for --quick."""
     sys.path.insert(0, str(REPO))
-    from folderfit.demo import write_digits
+    from folderfit.pipeline.demo_data import write_digits
 
     write_digits(dest / "all", per_class, size)
     for digit in ("0", "1"):
@@ -70,8 +70,9 @@ def write_params(work: Path, changes: dict) -> None:
 
 def run_ours(work: Path) -> dict:
     """prepare + train + evaluate in-process, as `dvc repro` runs them."""
-    from folderfit import evaluation, prepare, training
     from folderfit.params import load_params
+    from folderfit.pipeline import evaluate, prepare
+    from folderfit.pipeline import train as train_stage
 
     with contextlib.chdir(work):
         started = time.perf_counter()
@@ -103,7 +104,8 @@ def part_feature_extract(source: Path, work: Path, epochs: int, image_size: int 
     with the same backbone, input size and split; then, second, our stages in this process."""
     from bench import exp_run
     from bench.recipe import run_recipe
-    from folderfit import models as M
+    from folderfit.backbone import architecture
+    from folderfit.tuning import freezing
 
     defaults = yaml.safe_load((REPO / "params.yaml").read_text())
     model_name = defaults["model_name"]
@@ -119,7 +121,7 @@ def part_feature_extract(source: Path, work: Path, epochs: int, image_size: int 
     with _env("FOLDERFIT_CACHE", str(work / "feature-cache")):
         ours = run_ours(work)
     dirs = recipe_split(clone, source)  # the split the command made (the same seed and params)
-    built = M.build_model(model_name, len(os.listdir(dirs["train"])), "default", seed=0)
+    built = architecture.build_model(model_name, len(os.listdir(dirs["train"])), "default", seed=0)
     torch.manual_seed(0)
     threads = torch.get_num_threads()
     recipe = run_recipe(built.model, built.head_name, built.preprocess.with_image_size(image_size),
@@ -153,14 +155,15 @@ def _env(key: str, value: str):
 
 
 def _fine_tune_setup(model_name: str, n_classes: int, freeze: int, rt):
-    from folderfit import models as M
-    from folderfit.runtime import prepare_model
+    from folderfit.backbone import architecture
+    from folderfit.compute.runtime import prepare_model
+    from folderfit.tuning import freezing
 
     torch.manual_seed(0)
-    built = M.build_model(model_name, n_classes, "none", seed=0)
-    frozen = M.apply_freezing(built.model, built.stages, freeze)
+    built = architecture.build_model(model_name, n_classes, "none", seed=0)
+    frozen = freezing.apply_freezing(built.model, built.stages, freeze)
     model = prepare_model(built.model, rt)
-    optimizer = torch.optim.AdamW(M.parameter_groups(model, built.stages, built.head_name, lr=1e-3, backbone_lr=1e-4,
+    optimizer = torch.optim.AdamW(freezing.parameter_groups(model, built.stages, built.head_name, lr=1e-3, backbone_lr=1e-4,
                                                          lr_decay=0.5, weight_decay=0))
     return built, model, optimizer, frozen
 
@@ -175,17 +178,18 @@ def model_step_rate(model_name: str, image_size: int, batch: int, freeze: int, r
     """Images/s of forward+backward+step on one synthetic batch already on the device (the
     upper bound for the epoch loop: no data path at all). Like the epoch loop it reads
     nothing back per step, and uses the same fp16 gradient scaler."""
-    from folderfit import datasets as DS
-    from folderfit import models as M
-    from folderfit.runtime import to_device
+    from folderfit.backbone import architecture
+    from folderfit.compute.runtime import to_device
+    from folderfit.images import datasets
+    from folderfit.tuning import freezing
 
     _, model, optimizer, frozen = _fine_tune_setup(model_name, 10, freeze, rt)
     net = torch.compile(model, dynamic=False) if compile_model else model
-    normalizer = DS.Normalizer((0.5,) * 3, (0.5,) * 3).to(rt.device)
+    normalizer = datasets.Normalizer((0.5,) * 3, (0.5,) * 3).to(rt.device)
     images = to_device(torch.randint(0, 256, (batch, 3, image_size, image_size), dtype=torch.uint8), rt)
     labels = torch.randint(0, 10, (batch,)).to(rt.device)
     scaler = rt.grad_scaler()
-    M.set_train_mode(net, frozen)
+    freezing.set_train_mode(net, frozen)
 
     def step():
         with rt.autocast():
@@ -209,40 +213,39 @@ def epoch_rate(work: Path, model_name: str, image_size: int, batch: int, freeze:
                compile_model: bool = False, epochs: int = 2) -> float:
     """Images/s of the train stage's real epoch loop: decode-once store, batched crops and
     flips on the device, normalise, step (last epoch: store built, compilation done)."""
-    from folderfit import batches as B
-    from folderfit import data as D
-    from folderfit import datasets as DS
-    from folderfit import engine
-    from folderfit.augment import BatchAugment
+    from folderfit.artifacts import manifest
+    from folderfit.images import datasets
+    from folderfit.tuning import batches, epoch_loop
+    from folderfit.tuning.augment import BatchAugment
 
-    classes, splits = D.read_manifest(work / "data/prepared")
+    classes, splits = manifest.read_manifest(work / "data/prepared")
     built, model, optimizer, frozen = _fine_tune_setup(model_name, len(classes), freeze, rt)
     pre = built.preprocess.with_image_size(image_size)
     gen = torch.Generator().manual_seed(0)
-    store = B.ImageStore([p for p, _ in splits["train"]], rt.device)
-    train = B.TrainBatches(store, [label for _, label in splits["train"]], batch,
+    store = batches.ImageStore([p for p, _ in splits["train"]], rt.device)
+    train = batches.TrainBatches(store, [label for _, label in splits["train"]], batch,
                            BatchAugment(image_size, 0.6, True), gen)
-    val = B.EvalBatches(splits["val"][:batch], DS.eval_geometry(pre), batch, rt.device)
+    val = batches.EvalBatches(splits["val"][:batch], datasets.eval_geometry(pre), batch, rt.device)
     net = torch.compile(model, dynamic=False) if compile_model else model
-    result = engine.fit(net, optimizer, train, val, DS.Normalizer(pre.mean, pre.std).to(rt.device),
-                   engine.FitConfig(epochs, epochs), engine.RunContext(rt, gen), frozen)
+    result = epoch_loop.fit(net, optimizer, train, val, datasets.Normalizer(pre.mean, pre.std).to(rt.device),
+                   epoch_loop.FitConfig(epochs, epochs), epoch_loop.RunContext(rt, gen), frozen)
     return len(train) * train.batch_size / result.train_seconds[-1]
 
 
 def data_path_rate(work: Path, image_size: int, batch: int, rt) -> float:
     """Images/s of the training data path alone (store warm): gather, crop, flip, normalise,
     to channels_last on the device; no model. It must be well above model-only."""
-    from folderfit import batches as B
-    from folderfit import data as D
-    from folderfit import datasets as DS
-    from folderfit.augment import BatchAugment
-    from folderfit.runtime import to_device
+    from folderfit.artifacts import manifest
+    from folderfit.compute.runtime import to_device
+    from folderfit.images import datasets
+    from folderfit.tuning import batches
+    from folderfit.tuning.augment import BatchAugment
 
-    _, splits = D.read_manifest(work / "data/prepared")
-    store = B.ImageStore([p for p, _ in splits["train"]], rt.device)
-    train = B.TrainBatches(store, [label for _, label in splits["train"]], batch,
+    _, splits = manifest.read_manifest(work / "data/prepared")
+    store = batches.ImageStore([p for p, _ in splits["train"]], rt.device)
+    train = batches.TrainBatches(store, [label for _, label in splits["train"]], batch,
                            BatchAugment(image_size, 0.6, True), torch.Generator().manual_seed(0))
-    normalizer = DS.Normalizer((0.5,) * 3, (0.5,) * 3).to(rt.device)
+    normalizer = datasets.Normalizer((0.5,) * 3, (0.5,) * 3).to(rt.device)
     for epoch in range(2):  # the first one warms up allocators and kernels
         started = time.perf_counter()
         for images, _ in train:
@@ -255,12 +258,13 @@ def part_fine_tune(work: Path, image_size: int, batch: int, steps: int, models: 
                    precisions: list[str], compile_rows: list[tuple[str, str]], device: str) -> None:
     """Model-only vs real epoch throughput per model and precision; the share is the goal
     (>= 90% on a GPU): how much of the model's speed the data path leaves."""
-    from folderfit import data as D
-    from folderfit import models as M
+    from folderfit.artifacts import manifest
+    from folderfit.backbone import architecture
+    from folderfit.compute.runtime import pick_runtime
     from folderfit.errors import PipelineError
-    from folderfit.runtime import pick_runtime
+    from folderfit.tuning import freezing
 
-    batch = min(batch, len(D.read_manifest(work / "data/prepared")[1]["train"]))
+    batch = min(batch, len(manifest.read_manifest(work / "data/prepared")[1]["train"]))
     print(f"\n== fine_tune throughput, batch {batch}, {image_size} px, half the stages frozen; "
           f"images/s (second epoch; model-only: {steps} steps on one synthetic batch)", flush=True)
     print(f"data path alone (no model): {data_path_rate(work, image_size, batch, pick_runtime('fp32', device)):.1f}"
@@ -275,7 +279,7 @@ def part_fine_tune(work: Path, image_size: int, batch: int, steps: int, models: 
             print(f"{name:<24}{precision:<30}  refused: {exc}", flush=True)
             continue
         label = f"{precision} -> {rt.precision}" if precision == "auto" else precision
-        stages = M.backbone_stages(M.create_architecture(*M.resolve_family(name)))
+        stages = architecture.backbone_stages(architecture.create_architecture(*architecture.resolve_family(name)))
         freeze = len(stages) // 2
         started = time.perf_counter()
         model_only = model_step_rate(name, image_size, batch, freeze, rt, steps, compiled)
@@ -357,8 +361,8 @@ def main(argv=None) -> None:
             source = digits_folder(work / "digits", args.per_class)
         fine_size = args.image_size or 224  # the fine_tune rows: lite0's and resnet50's native size
         if args.skip_feature_extract:  # the fine_tune part needs only the prepared split
-            from folderfit import prepare
             from folderfit.params import load_params
+            from folderfit.pipeline import prepare
 
             write_params(work, {"data": {"source": str(source), "image_size": fine_size}})
             with contextlib.chdir(work):

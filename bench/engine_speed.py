@@ -1,6 +1,6 @@
 """Frozen-backbone inference on the CPU, per engine: torch fp32 (contiguous and channels_last),
 torch bf16 autocast (where the CPU has native bf16) and ONNX Runtime fp32
-(folderfit.cpu_engine), model only, on one synthetic batch; then what the pipeline's measured
+(folderfit.compute.cpu_engine), model only, on one synthetic batch; then what the pipeline's measured
 choice (cpu_engine.choose_engine, precision auto, cpu_engine auto) picks here.
 
     python -m bench.engine_speed                                  # params.yaml's backbone and size
@@ -39,18 +39,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-choice", action="store_true", help="skip the measured choice's trial")
     args = parser.parse_args(argv)
 
-    from folderfit import cpu_engine as CE
-    from folderfit import models as M
-    from folderfit.features import backbone_only
-    from folderfit.runtime import Runtime, cpu_supports_bf16, prepare_model
+    from folderfit.backbone import architecture
+    from folderfit.compute import cpu_engine
+    from folderfit.compute.runtime import Runtime, cpu_supports_bf16, prepare_model
+    from folderfit.frozen.feature_cache import backbone_only
 
     load_before = os.getloadavg()[0]
     rt = Runtime(torch.device("cpu"), None)
-    built = M.build_model(args.model, 2, args.weights, seed=0)
+    built = architecture.build_model(args.model, 2, args.weights, seed=0)
     backbone, _ = backbone_only(prepare_model(built.model, rt), built.head_name)
     backbone.eval()
     started = time.perf_counter()
-    ort = CE.export_backbone(backbone, args.size, args.batch)
+    ort = cpu_engine.export_backbone(backbone, args.size, args.batch)
     export_s = time.perf_counter() - started
     images = torch.rand(args.batch, 3, args.size, args.size, generator=torch.Generator().manual_seed(0)) * 2 - 1
     contiguous = images.contiguous()
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
                 run(x)
                 times[name].append((time.perf_counter() - tick) / args.batch * 1000)
     print(f"{args.model} @ {args.size} px, batch {args.batch}, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}, onnxruntime {CE.version()}, CPU capability "
+          f"torch {torch.__version__}, onnxruntime {cpu_engine.version()}, CPU capability "
           f"{torch.backends.cpu.get_cpu_capability()}, native bf16: {native_bf16}; "
           f"export + parity check {export_s:.1f} s")
     reference = outputs["torch-fp32 channels_last"]
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
               f"largest feature {scale:.2f})")
     if not args.no_choice:
         started = time.perf_counter()
-        choice = CE.choose_engine(backbone, rt, precision="auto", cpu_engine="auto",
+        choice = cpu_engine.choose_engine(backbone, rt, precision="auto", cpu_engine="auto",
                                  model_name=args.model, image_size=args.size,
                                  batch_size=args.batch, store=False)
         print(f"measured choice (precision auto, cpu_engine auto): {choice.describe()}, "

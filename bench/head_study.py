@@ -6,7 +6,7 @@ docs/studies.md.
 --features holds one .npy matrix per backbone and view (`lite2_s260_clean.npy`,
 `lite2_s260_flip.npy`, `lite2_s260_rrc0.35_0.npy`, ...; one row per image) and `labels.npy`.
 For each random stratified 70/15/15 split, every setting is solved with the pipeline's head
-(folderfit.head: l2 chosen on val, optional refit on train + val) and scored on the clean test
+(folderfit.frozen.head: l2 chosen on val, optional refit on train + val) and scored on the clean test
 view (with flip TTA: the mean of the clean and mirrored features). Prints test accuracy with a
 bootstrap 95% CI and the paired difference to the first setting. Nothing is asserted.
 """
@@ -55,7 +55,7 @@ def stratified_split(labels: np.ndarray, seed: int) -> tuple[torch.Tensor, torch
 def score(features, labels: torch.Tensor, split, views: list[str], refit: bool, tta: bool,
           n_classes: int) -> np.ndarray:
     """Correct (1) / wrong (0) per test image for one setting on one split."""
-    from folderfit import head as H
+    from folderfit.frozen import head
 
     train, val, test = split
 
@@ -63,11 +63,11 @@ def score(features, labels: torch.Tensor, split, views: list[str], refit: bool, 
         return (features("clean")[rows] + features("flip")[rows]) / 2 if tta else features("clean")[rows]
 
     x = torch.cat([features(v)[train] for v in views])
-    fit = H.fit_head(x, labels[train].repeat(len(views)), mean_view(val), labels[val], n_classes)
+    fit = head.fit_head(x, labels[train].repeat(len(views)), mean_view(val), labels[val], n_classes)
     weight, bias = fit.weight, fit.bias
     if refit:
         rows = torch.cat([train, val])
-        weight, bias = H.refit(torch.cat([features(v)[rows] for v in views]),
+        weight, bias = head.refit(torch.cat([features(v)[rows] for v in views]),
                                labels[rows].repeat(len(views)), n_classes, fit.l2)
     return ((mean_view(test) @ weight.T + bias).argmax(1) == labels[test]).numpy()
 

@@ -29,13 +29,13 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = {  # stage -> the library module stage_main imports (stages/<name>.py)
-    "preflight": "folderfit.preflight",
-    "demo_data": "folderfit.demo",
-    "prepare": "folderfit.prepare",
-    "review": "folderfit.review",
-    "train": "folderfit.training",
-    "evaluate": "folderfit.evaluation",
-    "predict": "folderfit.predict",  # not a stage: `folderfit predict` and folderfit.load
+    "preflight": "folderfit.pipeline.preflight",
+    "demo_data": "folderfit.pipeline.demo_data",
+    "prepare": "folderfit.pipeline.prepare",
+    "review": "folderfit.pipeline.review",
+    "train": "folderfit.pipeline.train",
+    "evaluate": "folderfit.pipeline.evaluate",
+    "predict": "folderfit.commands.predict",  # not a stage: `folderfit predict` and folderfit.load
 }
 HEAVY = ("torch", "torchvision", "timm", "onnx", "onnxruntime", "sklearn", "scipy", "matplotlib",
          "dvclive", "cleanlab", "pandas", "dvc")

@@ -88,17 +88,17 @@ def reference_ranking(work: Path, cache: Path) -> list[str]:
     cwd = Path.cwd()
     os.chdir(work)
     try:
-        from folderfit import features as F
-        from folderfit import review as RV
-        from folderfit.extraction import train_feature_extractor
+        from folderfit.compute.runtime import pick_runtime
+        from folderfit.frozen import feature_cache
+        from folderfit.frozen.extractor import train_feature_extractor
         from folderfit.params import load_params
-        from folderfit.runtime import pick_runtime
+        from folderfit.pipeline import review
 
         params = load_params()
-        rows = RV.read_rows()
+        rows = review.read_rows()
         classes = sorted({r["class"] for r in rows})
         extractor, _ = train_feature_extractor(params, len(classes), pick_runtime(params.precision))
-        x = extractor.features([RV.PREPARED / r["file"] for r in rows], F.CLEAN).numpy()
+        x = extractor.features([review.PREPARED / r["file"] for r in rows], feature_cache.CLEAN).numpy()
     finally:
         os.chdir(cwd)
     y = np.array([classes.index(r["class"]) for r in rows])

@@ -7,24 +7,31 @@ runs nothing; the chosen command's module (and torch) is imported only to run it
 from __future__ import annotations
 
 import argparse
-import os
 import importlib
+import os
 import sys
 
+from folderfit import __version__
 from folderfit.errors import PipelineError
 
-# command -> (module with `command(args)`, one-line help)
+# stage name (as in dvc.yaml) -> the module under folderfit.pipeline whose `run(params)` does its
+# work. The stage scripts in stages/ name only the stage, so modules can move without breaking the
+# scripts that `folderfit init` copied into users' repositories.
+STAGES = {name: f"folderfit.pipeline.{name}" for name in
+          ("preflight", "demo_data", "prepare", "review", "train", "evaluate")}
+
+# command -> (module under folderfit.commands with `command(args)`, one-line help)
 COMMANDS = {
-    "predict": ("folderfit.predict", "classify image files or folders with a trained model file"),
-    "export": ("folderfit.export", "export a model file to torch.export and ONNX, with a parity check"),
-    "describe": ("folderfit.models", "list a backbone's stages (what freeze_layers counts)"),
-    "repro-check": ("folderfit.repro_check", "rerun the pipeline twice in a temporary copy and "
+    "predict": ("folderfit.commands.predict", "classify image files or folders with a trained model file"),
+    "export": ("folderfit.commands.export", "export a model file to torch.export and ONNX, with a parity check"),
+    "describe": ("folderfit.commands.describe", "list a backbone's stages (what freeze_layers counts)"),
+    "repro-check": ("folderfit.commands.repro_check", "rerun the pipeline twice in a temporary copy and "
                                              "compare every output"),
-    "ci-report": ("folderfit.ci_report", "headline results and changed params against a base "
+    "ci-report": ("folderfit.commands.ci_report", "headline results and changed params against a base "
                                          "revision, as Markdown"),
-    "review": ("folderfit.review", "print the label review's ranked lists (likely label errors, "
+    "review": ("folderfit.commands.review", "print the label review's ranked lists (likely label errors, "
                                    "near-duplicates, outliers)"),
-    "init": ("folderfit.scaffold", "write the pipeline project (dvc.yaml, params.yaml, stages, CI "
+    "init": ("folderfit.commands.init", "write the pipeline project (dvc.yaml, params.yaml, stages, CI "
                                    "workflow) into your git repository"),
 }
 
@@ -42,8 +49,11 @@ def run_main(main, argv=None) -> None:
     except BrokenPipeError:  # e.g. `folderfit predict dir | head`: the reader left
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)
-    except OSError as exc:  # an output written without folderfit.fileio (e.g. by a library)
-        from folderfit.fileio import is_write_error, output_error  # only on a failure
+    except OSError as exc:  # an output written without folderfit.support.fileio (e.g. by a library)
+        from folderfit.support.fileio import (  # only on a failure
+            is_write_error,
+            output_error,
+        )
 
         if not is_write_error(exc) or not exc.filename:
             raise
@@ -134,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="folderfit",
         description="Use a model trained by the folderfit DVC pipeline (dvc repro trains it).")
+    parser.add_argument("--version", action="version", version=f"folderfit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (_, help_text) in COMMANDS.items():
         ARGUMENTS[name](sub.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + "."))
@@ -145,19 +156,23 @@ def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
     # `review --serve` is served by the pages package (the review module only prints lists)
     serving = args.command == "review" and getattr(args, "serve", False)
-    module = importlib.import_module("folderfit.pages.serve" if serving else COMMANDS[args.command][0])
-    from folderfit.memory import fix_mmap_threshold
+    module = importlib.import_module("folderfit.commands.review_server" if serving else COMMANDS[args.command][0])
+    from folderfit.support.memory import fix_mmap_threshold
 
-    fix_mmap_threshold()  # predict over a large folder: see folderfit.memory
+    fix_mmap_threshold()  # predict over a large folder: see folderfit.support.memory
     run_main(lambda _argv: module.command(args))
 
 
 # ------------------------------------------------------------------ DVC stages
-def stage_main(name: str, description: str, target: str, argv=None) -> None:
+def stage_main(name: str, description: str, target: str | None = None, argv=None) -> None:
     """Entry of the DVC stage `name`: `--help` describes it and runs nothing, other arguments
-    are refused; otherwise params.yaml is read and validated, then the library function
-    `target` ("module:function", imported only now) does the work with the params.
+    are refused; otherwise params.yaml is read and validated, then the stage's module (STAGES,
+    imported only now) does the work with the params.
+    `target` is ignored: stage scripts written by earlier releases of `folderfit init` pass the
+    module path of that release ("folderfit.training:run"), which the stage's name replaces.
     A PipelineError becomes one `error: ...` line and exit code 2."""
+    if name not in STAGES:
+        raise SystemExit(f"error: unknown stage {name!r}; the stages are {', '.join(STAGES)}")
     parser = argparse.ArgumentParser(
         prog=f"python -m stages.{name}", description=description,
         epilog="Run by `dvc repro`; every setting comes from params.yaml.",
@@ -165,13 +180,12 @@ def stage_main(name: str, description: str, target: str, argv=None) -> None:
     parser.parse_args(sys.argv[1:] if argv is None else argv)
 
     def body(_argv) -> None:
-        from folderfit.memory import fix_mmap_threshold
         from folderfit.params import load_params
+        from folderfit.support.memory import fix_mmap_threshold
 
-        fix_mmap_threshold()  # before the big buffers: a fragmented heap grew review to 4.8 GiB
-        module, _, function = target.partition(":")
+        fix_mmap_threshold()  # before the big buffers: a fragmented heap grows long feature runs
         params = load_params()
-        getattr(importlib.import_module(module), function)(params)
+        importlib.import_module(STAGES[name]).run(params)
 
     run_main(body)
 

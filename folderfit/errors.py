@@ -11,4 +11,4 @@ class PipelineError(Exception):
 class OutputError(PipelineError, OSError):
     """An output could not be written (full disk, read-only folder, a file where a folder
     should be). Also an OSError, so code that tolerates unwritable optional files (the feature
-    cache, checkpoints) keeps catching it as one. Made by folderfit.fileio.output_error."""
+    cache, checkpoints) keeps catching it as one. Made by folderfit.support.fileio.output_error."""

@@ -7,7 +7,7 @@ Every key must be present; a missing one is an error naming it.
 Every stage goes through `load_params()`, so a typo or a wrong type is reported once, with
 the key's full name and what to do, before any work starts. Unknown keys are rejected
 (with a close-match suggestion) because a silently ignored knob is worse than an error.
-The `preflight` stage (folderfit.preflight) runs this same validation first in `dvc repro`,
+The `preflight` stage (folderfit.pipeline.preflight) runs this same validation first in `dvc repro`,
 so a bad hand edit or `dvc exp run -S` (also `-S +new_key`) stops before any stage works.
 
 Numbers: `1e-3` is a float in YAML 1.2 (and for DVC) but text for PyYAML (YAML 1.1 wants
@@ -37,7 +37,7 @@ DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
 DEVICE_CHOICES = "auto, cpu, cuda, cuda:N, mps"
 ON_LEAK = ("warn", "fail")
 TTA = ("auto", "flip", "none")
-CPU_ENGINES = ("auto", "onnxruntime", "torch")  # folderfit.cpu_engine
+CPU_ENGINES = ("auto", "onnxruntime", "torch")  # folderfit.compute.cpu_engine
 DEMO_MAX_PER_CLASS = 174  # scikit-learn's digits: the rarest digit (8) has 174 scans
 SEED_MAX = 2**32 - 1  # numpy's seed range, the narrowest of the seeded libraries
 COUNT_MAX = 1_000_000  # upper bound of epochs, patience, batch sizes: far beyond any real use
@@ -188,7 +188,7 @@ def _check_choice(value: str, choices, key: str) -> None:
 
 
 def _check_device(value: str) -> None:
-    """Whether the device is present is checked where it is used (folderfit.runtime)."""
+    """Whether the device is present is checked where it is used (folderfit.compute.runtime)."""
     if not DEVICE_PATTERN.fullmatch(value):
         raise PipelineError(f"params.yaml: 'device' is '{value}'; choose one of: {DEVICE_CHOICES}")
 

@@ -26,9 +26,9 @@ REPO_FILES = ["stages", "folderfit", "dvc.yaml", "params.yaml", ".gitignore", ".
 os.environ.setdefault("FOLDERFIT_CACHE", tempfile.mkdtemp(prefix="folderfit-test-cache-"))
 # Stage commands say `python`: make that the interpreter running the tests.
 ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-STAGE_MODULES = {"demo_data": "folderfit.demo", "prepare": "folderfit.prepare",
-                 "train": "folderfit.training", "evaluate": "folderfit.evaluation",
-                 "review": "folderfit.review"}
+STAGE_MODULES = {"demo_data": "folderfit.pipeline.demo_data", "prepare": "folderfit.pipeline.prepare",
+                 "train": "folderfit.pipeline.train", "evaluate": "folderfit.pipeline.evaluate",
+                 "review": "folderfit.pipeline.review"}
 
 
 def nested(dotted: dict) -> dict:

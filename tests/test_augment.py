@@ -1,4 +1,4 @@
-"""Batched random-resized crop and flip (folderfit.augment): the crops follow
+"""Batched random-resized crop and flip (folderfit.tuning.augment): the crops follow
 RandomResizedCrop's rules, the resampling is exact where it should be, flips mirror exactly
 the chosen images, and everything is driven by the generator."""
 
@@ -9,8 +9,8 @@ import math
 import pytest
 import torch
 
-from folderfit import augment as A
-from folderfit.batches import with_border
+from folderfit.tuning import augment as batch_augment
+from folderfit.tuning.batches import with_border
 
 
 def sizes_of(*pairs) -> torch.Tensor:
@@ -19,7 +19,7 @@ def sizes_of(*pairs) -> torch.Tensor:
 
 def test_boxes_follow_random_resized_crop_rules():
     sizes = sizes_of(*[(60 + 7 * k, 90 - 3 * k) for k in range(10)] * 20)
-    boxes = A.sample_boxes(sizes, 0.4, torch.Generator().manual_seed(0))
+    boxes = batch_augment.sample_boxes(sizes, 0.4, torch.Generator().manual_seed(0))
     x1, y1, x2, y2 = boxes.unbind(1)
     h, w = sizes[:, 0].double(), sizes[:, 1].double()
     assert torch.equal(boxes, boxes.round())  # whole pixels
@@ -34,9 +34,9 @@ def test_boxes_follow_random_resized_crop_rules():
 
 def test_boxes_are_the_generators():
     sizes = sizes_of((50, 70), (64, 64), (80, 40))
-    a = A.sample_boxes(sizes, 0.3, torch.Generator().manual_seed(5))
-    b = A.sample_boxes(sizes, 0.3, torch.Generator().manual_seed(5))
-    c = A.sample_boxes(sizes, 0.3, torch.Generator().manual_seed(6))
+    a = batch_augment.sample_boxes(sizes, 0.3, torch.Generator().manual_seed(5))
+    b = batch_augment.sample_boxes(sizes, 0.3, torch.Generator().manual_seed(5))
+    c = batch_augment.sample_boxes(sizes, 0.3, torch.Generator().manual_seed(6))
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
@@ -44,7 +44,7 @@ def test_fallback_is_torchvisions_centre_crop():
     """No try can fit a very long image at scale 1 with a ratio in [3/4, 4/3]: the fallback is
     the largest centre crop whose ratio is within range."""
     sizes = sizes_of((10, 200), (200, 10), (30, 30))
-    boxes = A.sample_boxes(sizes, 1.0, torch.Generator().manual_seed(0))
+    boxes = batch_augment.sample_boxes(sizes, 1.0, torch.Generator().manual_seed(0))
     # width 200 > 10 * 4/3: width 13 (round(13.33)) centred; height 200: height round(10 / 0.75) = 13
     assert boxes[0].tolist() == [93, 0, 106, 10]
     assert boxes[1].tolist() == [0, 93, 10, 106]
@@ -54,9 +54,9 @@ def test_fallback_is_torchvisions_centre_crop():
 def test_same_size_box_copies_pixels_exactly():
     image = torch.randint(0, 256, (3, 20, 30), dtype=torch.uint8)
     canvas = with_border(image).float().unsqueeze(0)
-    whole = A.crop_resize(canvas, torch.tensor([[0.0, 0, 30, 20]]).double(), 20)
+    whole = batch_augment.crop_resize(canvas, torch.tensor([[0.0, 0, 30, 20]]).double(), 20)
     # a square output from a 30x20 box is a resize; a 20x20 box is a copy
-    part = A.crop_resize(canvas, torch.tensor([[7.0, 0, 27, 20]]).double(), 20)
+    part = batch_augment.crop_resize(canvas, torch.tensor([[7.0, 0, 27, 20]]).double(), 20)
     assert torch.equal(part[0], image[:, :, 7:27].float())
     assert whole.shape == (1, 3, 20, 20)
 
@@ -68,7 +68,7 @@ def test_crops_at_the_edge_do_not_mix_in_padding():
     canvas[:, :, :13, :10] = with_border(image).float()
     boxes = torch.tensor([[4.0, 6, 9, 12], [0.0, 0, 9, 12]]).double()  # bottom-right corner; all
     for size in (5, 31):
-        out = A.crop_resize(canvas, boxes, size)
+        out = batch_augment.crop_resize(canvas, boxes, size)
         assert torch.allclose(out, torch.full_like(out, 200.0)), size
 
 
@@ -77,13 +77,13 @@ def test_shrinking_averages_like_antialiasing():
     0 and 255, the adaptive sampling averages them to mid-grey."""
     board = ((torch.arange(64)[:, None] + torch.arange(64)[None, :]) % 2 * 255).float()
     canvas = board.expand(1, 3, 64, 64).contiguous()
-    out = A.crop_resize(canvas, torch.tensor([[0.0, 0, 64, 64]]).double(), 16)
+    out = batch_augment.crop_resize(canvas, torch.tensor([[0.0, 0, 64, 64]]).double(), 16)
     assert out.std() < 1 and abs(float(out.mean()) - 127.5) < 1
 
 
 def test_flip_mirrors_exactly_the_chosen_images():
     images = torch.rand(4, 3, 5, 6)
-    out = A.flip_where(images, torch.tensor([True, False, True, False]))
+    out = batch_augment.flip_where(images, torch.tensor([True, False, True, False]))
     assert torch.equal(out[0], images[0].flip(-1)) and torch.equal(out[2], images[2].flip(-1))
     assert torch.equal(out[1], images[1]) and torch.equal(out[3], images[3])
 
@@ -95,7 +95,7 @@ def test_batch_augment_is_seeded_and_shaped(hflip):
     for k, image in enumerate(images):
         canvas[k, :, :image.shape[1] + 1, :image.shape[2] + 1] = with_border(image).float()
     sizes = torch.tensor([list(i.shape[1:]) for i in images])
-    augment = A.BatchAugment(24, 0.5, hflip)
+    augment = batch_augment.BatchAugment(24, 0.5, hflip)
     a = augment(canvas, sizes, torch.Generator().manual_seed(1))
     b = augment(canvas, sizes, torch.Generator().manual_seed(1))
     c = augment(canvas, sizes, torch.Generator().manual_seed(2))
@@ -109,8 +109,8 @@ def test_flips_come_after_the_same_crops():
     one with some images mirrored, and over many images about half are."""
     canvas = torch.rand(64, 3, 21, 31) * 255
     sizes = torch.tensor([[20, 30]] * 64)
-    plain = A.BatchAugment(16, 0.5, False)(canvas, sizes, torch.Generator().manual_seed(3))
-    flipped = A.BatchAugment(16, 0.5, True)(canvas, sizes, torch.Generator().manual_seed(3))
+    plain = batch_augment.BatchAugment(16, 0.5, False)(canvas, sizes, torch.Generator().manual_seed(3))
+    flipped = batch_augment.BatchAugment(16, 0.5, True)(canvas, sizes, torch.Generator().manual_seed(3))
     mirrored = [bool(torch.equal(f, p.flip(-1))) for f, p in zip(flipped, plain)]
     same = [bool(torch.equal(f, p)) for f, p in zip(flipped, plain)]
     assert all(m != s for m, s in zip(mirrored, same))

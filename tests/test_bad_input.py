@@ -7,9 +7,9 @@ from __future__ import annotations
 import csv
 import errno
 import io
-import re
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -20,13 +20,12 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import repo_params, run_stage
 from PIL import Image
 
-from folderfit import imageio as IO
 from folderfit.errors import PipelineError
+from folderfit.images import decode
 from folderfit.params import parse_params
-
-from conftest import repo_params, run_stage
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -241,14 +240,14 @@ def test_bad_params(changes, fragments):
 
 
 def test_unknown_model_name_lists_close_choices():
-    from folderfit.models import resolve_family
+    from folderfit.backbone.architecture import resolve_family
 
     with pytest.raises(PipelineError, match=r"unknown model_name 'resnet5'; close matches: .*resnet50"):
         resolve_family("resnet5")
 
 
 def test_freeze_layers_out_of_range():
-    from folderfit.models import frozen_stage_count
+    from folderfit.tuning.freezing import frozen_stage_count
 
     with pytest.raises(PipelineError, match=r"'freeze_layers' is 9 but this backbone has 9 stages "
                                             r"\(0..8 allowed for fine_tune\)"):
@@ -277,12 +276,12 @@ def test_batch_size_larger_than_training_set_trains_one_batch(prepared_tiny, cap
 
 
 def test_gpu_out_of_memory_suggests_a_smaller_batch(prepared_tiny, monkeypatch):
-    from folderfit import engine
+    from folderfit.tuning import epoch_loop
 
     def out_of_memory(*args, **kwargs):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(engine, "set_train_mode", out_of_memory)  # first call inside the loop
+    monkeypatch.setattr(epoch_loop, "set_train_mode", out_of_memory)  # first call inside the loop
     with pytest.raises(PipelineError) as info:
         run_stage("train", prepared_tiny)
     assert str(info.value).startswith("out of GPU memory with batch_size: 1000; lower it")
@@ -369,15 +368,15 @@ def test_split_folders_without_train_are_refused(tmp_path, monkeypatch):
 def test_label_conflicts_never_leave_a_class_without_a_split_silently():
     """b's images are all copies of a's: a places them, b counts them; for every seed b either
     gets every split or the error names the class and the split it would miss."""
-    from folderfit import data as D
+    from folderfit.images import image_folder
 
-    items = [D.Item(f"a/{i}.png", "a", f"h{i:02d}") for i in range(20)]
-    items += [D.Item(f"b/{i}.png", "b", f"h{i:02d}") for i in (3, 7, 11)]
-    items += [D.Item(f"c/{i}.png", "c", f"c{i}") for i in range(10)]
+    items = [image_folder.Item(f"a/{i}.png", "a", f"h{i:02d}") for i in range(20)]
+    items += [image_folder.Item(f"b/{i}.png", "b", f"h{i:02d}") for i in (3, 7, 11)]
+    items += [image_folder.Item(f"c/{i}.png", "c", f"c{i}") for i in range(10)]
     failures = 0
     for seed in range(40):
         try:
-            out = D.stratified_split(items, 0.15, 0.15, seed)
+            out = image_folder.stratified_split(items, 0.15, 0.15, seed)
         except PipelineError as exc:
             failures += 1
             assert re.search(r"class 'b' gets no image in (train|val|test): 3 of its 3 distinct "
@@ -522,7 +521,7 @@ def test_nested_names_flattened_past_255_bytes_are_cut_and_stay_distinct(odd_nam
     assert names[0] != names[1]
     for name in names:
         assert len(name.encode()) <= 255 and name.startswith("n" * 200 + "__")
-        assert re.search(r"~[0-9a-f]{8}" + re.escape(IO.STORED_FORMAT) + "$", name)
+        assert re.search(r"~[0-9a-f]{8}" + re.escape(decode.STORED_FORMAT) + "$", name)
 
 
 @pytest.mark.parametrize("rel,reason", [
@@ -633,14 +632,14 @@ def test_every_number_is_range_checked(key, value, message):
 
 
 def test_largest_seed_runs_every_seeded_step():
-    from folderfit import data as D
-    from folderfit.runtime import seed_everything
+    from folderfit.compute.runtime import seed_everything
+    from folderfit.images import image_folder
 
     seed = 2**32 - 1
     assert parse_params(params_with(seed=seed)).seed == seed
     seed_everything(seed)
-    items = [D.Item(f"{c}/{i}", c, f"{c}{i}") for c in "ab" for i in range(6)]
-    assert sum(map(len, D.stratified_split(items, 0.2, 0.2, seed).values())) == 12
+    items = [image_folder.Item(f"{c}/{i}", c, f"{c}{i}") for c in "ab" for i in range(6)]
+    assert sum(map(len, image_folder.stratified_split(items, 0.2, 0.2, seed).values())) == 12
 
 
 def test_tilde_in_data_source_is_refused_with_the_full_path():
@@ -653,7 +652,7 @@ def test_tilde_in_data_source_is_refused_with_the_full_path():
 
 # ------------------------------------------------------------------ unwritable outputs
 def test_output_below_a_regular_file_is_one_line(tmp_path):
-    from folderfit.fileio import write_json
+    from folderfit.support.fileio import write_json
 
     (tmp_path / "metrics").write_text("a file where a folder should be")
     with pytest.raises(PipelineError) as info:
@@ -671,14 +670,14 @@ def test_output_below_a_regular_file_is_one_line(tmp_path):
 def test_write_error_messages_name_the_output_and_the_fix(code, message):
     """The errors a test machine cannot make on demand (a quota, a permission for root) go
     through the same function as the full disk and read-only cases tested with DVC."""
-    from folderfit.fileio import output_error
+    from folderfit.support.fileio import output_error
 
     error = output_error(OSError(code, os.strerror(code)), Path("out/model.pt"), 2_000_000)
     assert str(error).startswith(message) and isinstance(error, PipelineError)
 
 
 def test_temp_files_of_a_killed_writer_are_removed_by_the_next_write(tmp_path):
-    from folderfit.fileio import write_json
+    from folderfit.support.fileio import write_json
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True).stdout.strip()
@@ -752,7 +751,7 @@ MODEL_FILE_CASES = [
 
 @pytest.mark.parametrize("change,message", MODEL_FILE_CASES)
 def test_model_file_is_checked_against_its_schema(model_payload, tmp_path, change, message):
-    from folderfit.models import load_model_file
+    from folderfit.artifacts.model_file import load_model_file
 
     path = tmp_path / "model.pt"
     torch.save(corrupt(model_payload, change), path)
@@ -763,7 +762,7 @@ def test_model_file_is_checked_against_its_schema(model_payload, tmp_path, chang
 
 
 def test_a_file_that_is_no_model_file_is_one_line(tmp_path):
-    from folderfit.models import load_model_file
+    from folderfit.artifacts.model_file import load_model_file
 
     (tmp_path / "model.pt").write_bytes(b"not a zip archive at all")
     with pytest.raises(PipelineError) as info:
@@ -792,8 +791,8 @@ def test_every_command_reports_a_bad_model_file_in_one_line(model_payload, tmp_p
 
 def test_predict_writes_a_row_for_every_readable_image_whatever_its_name(odd_names, model_payload,
                                                                          capsys):
-    from folderfit import predict as PD
     from folderfit.cli import build_parser
+    from folderfit.commands import predict
 
     tmp, _ = odd_names
     model = tmp / "model.pt"
@@ -801,7 +800,7 @@ def test_predict_writes_a_row_for_every_readable_image_whatever_its_name(odd_nam
     src = tmp / "src"
     for out in ("preds.csv", "preds.jsonl"):
         with pytest.raises(SystemExit) as stop:  # exit code 1: some files were skipped
-            PD.command(build_parser().parse_args(
+            predict.command(build_parser().parse_args(
                 ["predict", str(src), "--model", str(model), "--output", str(tmp / out)]))
         assert stop.value.code == 1
     with open(tmp / "preds.csv", newline="", encoding="utf-8", errors="strict") as fh:

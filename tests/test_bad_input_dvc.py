@@ -8,9 +8,9 @@ every case; each case changes one thing, runs DVC and compares every output file
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
-import json
 import re
 import shutil
 import subprocess
@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import ENV, make_repo, run, write_image_folder
 
 pytestmark = pytest.mark.slow  # dvc runs in temp repositories

@@ -1,4 +1,4 @@
-"""The epoch loop's data path (folderfit.batches) on the CPU, the same code a GPU runs:
+"""The epoch loop's data path (folderfit.tuning.batches) on the CPU, the same code a GPU runs:
 decode once, padded canvases, fixed batch shapes, every image each epoch, seeded batches
 that a restored generator reproduces, and validation batches equal to the old loader's."""
 
@@ -6,15 +6,15 @@ from __future__ import annotations
 
 from collections import Counter
 
+import tiny_project as T
 import torch
 
-from folderfit import batches as B
-from folderfit import datasets as DS
-from folderfit import inference
-from folderfit.augment import BatchAugment
-from folderfit.runtime import Runtime
-from folderfit.weights import Preprocess
-import tiny_project as T
+from folderfit.backbone.weights import Preprocess
+from folderfit.compute import inference
+from folderfit.compute.runtime import Runtime
+from folderfit.images import datasets
+from folderfit.tuning import batches as batch_data
+from folderfit.tuning.augment import BatchAugment
 
 CPU = torch.device("cpu")
 
@@ -35,9 +35,9 @@ def files(tmp_path, per_class=4):
 def test_store_decodes_once_and_gathers_padded_canvases(tmp_path, monkeypatch):
     paths = files(tmp_path)
     calls = []
-    real = DS.decode_file
-    monkeypatch.setattr(DS, "decode_file", lambda p: calls.append(p) or real(p))
-    store = B.ImageStore(paths, CPU)
+    real = datasets.decode_file
+    monkeypatch.setattr(datasets, "decode_file", lambda p: calls.append(p) or real(p))
+    store = batch_data.ImageStore(paths, CPU)
     assert store.where == "host" and store.resident == len(paths)
     for _ in range(3):
         canvas, sizes = store.gather([2, 0, 1])
@@ -47,14 +47,14 @@ def test_store_decodes_once_and_gathers_padded_canvases(tmp_path, monkeypatch):
         image = real(paths[i])
         h, w = image.shape[1:]
         assert sizes[k].tolist() == [h, w]
-        assert torch.equal(canvas[k, :, :h + 1, :w + 1], B.with_border(image).float())
+        assert torch.equal(canvas[k, :, :h + 1, :w + 1], batch_data.with_border(image).float())
         assert canvas[k, :, h + 1:].abs().sum() == 0 and canvas[k, :, :, w + 1:].abs().sum() == 0
 
 
 def test_images_over_the_budget_are_decoded_when_needed(tmp_path):
     paths = files(tmp_path)
-    full = B.ImageStore(paths, CPU)
-    small = B.ImageStore(paths, CPU, budget=3 * 41 * 41 * 2)  # room for about two images
+    full = batch_data.ImageStore(paths, CPU)
+    small = batch_data.ImageStore(paths, CPU, budget=3 * 41 * 41 * 2)  # room for about two images
     assert 0 < small.resident < len(paths)
     assert "decoded in every epoch" in small.describe()
     indices = list(range(len(paths)))
@@ -63,12 +63,12 @@ def test_images_over_the_budget_are_decoded_when_needed(tmp_path):
 
 def train_batches(store, seed, batch_size=5, sampler=None, hflip=True):
     labels = list(range(len(store)))  # label = index: shows which image a row is
-    return B.TrainBatches(store, labels, batch_size, BatchAugment(16, 0.5, hflip),
+    return batch_data.TrainBatches(store, labels, batch_size, BatchAugment(16, 0.5, hflip),
                           torch.Generator().manual_seed(seed), sampler)
 
 
 def test_every_batch_has_one_shape_and_every_image_comes_each_epoch(tmp_path):
-    store = B.ImageStore(files(tmp_path), CPU)  # 12 images, batches of 5: 5, 5, 2 + 3 topped up
+    store = batch_data.ImageStore(files(tmp_path), CPU)  # 12 images, batches of 5: 5, 5, 2 + 3 topped up
     batches = train_batches(store, 0)
     assert len(batches) == 3
     for _ in range(2):
@@ -84,7 +84,7 @@ def test_every_batch_has_one_shape_and_every_image_comes_each_epoch(tmp_path):
 
 
 def test_batches_are_the_generators_and_a_restored_generator_repeats_them(tmp_path):
-    store = B.ImageStore(files(tmp_path), CPU)
+    store = batch_data.ImageStore(files(tmp_path), CPU)
     a, b, c = train_batches(store, 7), train_batches(store, 7), train_batches(store, 8)
     first_a, first_b, first_c = list(a), list(b), list(c)
     assert all(torch.equal(x[0], y[0]) and torch.equal(x[1], y[1]) for x, y in zip(first_a, first_b))
@@ -100,7 +100,7 @@ def test_batches_are_the_generators_and_a_restored_generator_repeats_them(tmp_pa
 def test_a_distributed_sampler_shards_the_epoch(tmp_path):
     from torch.utils.data.distributed import DistributedSampler
 
-    store = B.ImageStore(files(tmp_path), CPU)
+    store = batch_data.ImageStore(files(tmp_path), CPU)
     shards = {}
     for epoch in (1, 2):
         for rank in range(2):
@@ -116,8 +116,8 @@ def test_validation_batches_equal_the_old_loaders_and_padding_is_dropped(tmp_pat
     paths = files(tmp_path, per_class=3)  # 9 images in batches of 4: 4, 4, 1 (+3 padding)
     samples = [(p, k % 3) for k, p in enumerate(paths)]
     pre = Preprocess(24, 28, (0.5,) * 3, (0.5,) * 3, "bicubic")
-    new = B.EvalBatches(samples, DS.eval_geometry(pre), 4, CPU)
-    old = torch.utils.data.DataLoader(DS.ImageTensorDataset(samples, DS.eval_geometry(pre)), batch_size=4)
+    new = batch_data.EvalBatches(samples, datasets.eval_geometry(pre), 4, CPU)
+    old = torch.utils.data.DataLoader(datasets.ImageTensorDataset(samples, datasets.eval_geometry(pre)), batch_size=4)
     new_images = [images for images, _ in new]
     assert [tuple(i.shape) for i in new_images] == [(4, 3, 24, 24)] * 3
     old_images = torch.cat([images for images, _ in old])
@@ -125,7 +125,7 @@ def test_validation_batches_equal_the_old_loaders_and_padding_is_dropped(tmp_pat
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 24 * 24, 3))
     rt = Runtime(CPU, None)
-    norm = DS.Normalizer(pre.mean, pre.std)
+    norm = datasets.Normalizer(pre.mean, pre.std)
     new_out, new_labels = inference.infer_labelled(model, new, norm, rt)
     old_out, old_labels = inference.infer_labelled(model, old, norm, rt)
     assert new_out.shape == (9, 3) and torch.equal(new_labels, old_labels)

@@ -5,25 +5,25 @@ ended in a traceback; negated vectors were used silently)."""
 from __future__ import annotations
 
 import pytest
+import tiny_project as T
 import torch
 
-from folderfit import features as F
-from folderfit import models as M
-from folderfit.runtime import Runtime
-import tiny_project as T
+from folderfit.backbone import architecture
+from folderfit.compute.runtime import Runtime
+from folderfit.frozen import feature_cache
 
 CPU = Runtime(torch.device("cpu"), None)
 CPU_BF16 = Runtime(torch.device("cpu"), torch.bfloat16)
 
 
-def extractor(rt=CPU, batch_size=4, poison=False) -> F.FeatureExtractor:
+def extractor(rt=CPU, batch_size=4, poison=False) -> feature_cache.FeatureExtractor:
     torch.manual_seed(0)
-    built = M.build_model("mobilenet_v3_small", 3, "none", 0)
-    backbone, _ = F.backbone_only(built.model, built.head_name)
+    built = architecture.build_model("mobilenet_v3_small", 3, "none", 0)
+    backbone, _ = feature_cache.backbone_only(built.model, built.head_name)
     if poison:
         with torch.no_grad():
             next(backbone.parameters()).fill_(float("nan"))
-    return F.FeatureExtractor(backbone, built.preprocess.with_image_size(32), rt,
+    return feature_cache.FeatureExtractor(backbone, built.preprocess.with_image_size(32), rt,
                               batch_size=batch_size, engine="torch")
 
 
@@ -39,8 +39,8 @@ def test_precision_device_batch_and_engine_version_are_in_the_key(files):
     other_device = extractor()
     other_device.rt = Runtime(torch.device("cuda"), None)  # only the key is asked for here
     other_device._reset()
-    digests = {base.spec_digest(F.CLEAN), extractor(CPU_BF16).spec_digest(F.CLEAN),
-               other_device.spec_digest(F.CLEAN), extractor(batch_size=8).spec_digest(F.CLEAN)}
+    digests = {base.spec_digest(feature_cache.CLEAN), extractor(CPU_BF16).spec_digest(feature_cache.CLEAN),
+               other_device.spec_digest(feature_cache.CLEAN), extractor(batch_size=8).spec_digest(feature_cache.CLEAN)}
     assert len(digests) == 4
     assert base.base_spec["engine"] == f"torch {torch.__version__}"
     assert "crop" in base.base_spec["preprocess"] and "torchvision" in base.base_spec["preprocess"]
@@ -62,7 +62,7 @@ def rewrite_pack(tmp_path, change, keep_checksum=False):
     payload = torch.load(pack, weights_only=True)
     payload["features"] = change(payload["features"])
     if not keep_checksum:  # as if someone fixed up the checksum too: width and NaN still caught
-        payload["sha256"] = F.pack_checksum(payload["keys"], payload["features"])
+        payload["sha256"] = feature_cache.pack_checksum(payload["keys"], payload["features"])
     torch.save(payload, pack)
     return pack
 

@@ -1,15 +1,13 @@
 """The delivered feature_extract head's confidences: one temperature fitted on val
-(folderfit.head.temperature, applied by folderfit.probe.solve with calibrate=True)."""
+(folderfit.frozen.head.temperature, applied by folderfit.frozen.probe.solve with calibrate=True)."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from folderfit import features as F
-from folderfit import head as H
-from folderfit import probe
-from folderfit.metrics import expected_calibration_error
+from folderfit.frozen import feature_cache, head, probe
+from folderfit.results.metrics import expected_calibration_error
 
 K, DIM = 4, 32
 
@@ -25,7 +23,7 @@ def calibrated_logits(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 def test_temperature_recovers_the_scale_that_made_logits_overconfident_or_flat():
     z, y = calibrated_logits(20000, seed=1)
     for scale in (0.25, 1.0, 3.0):
-        t = H.temperature(z * scale, y)
+        t = head.temperature(z * scale, y)
         assert abs(t / scale - 1) < 0.05, (scale, t)
 
 
@@ -33,15 +31,15 @@ def test_a_val_set_without_mistakes_leaves_the_confidences_alone():
     y = torch.arange(12) % K
     z = torch.zeros(12, K)
     z[torch.arange(12), y] = 4.0  # every image right: the loss would only fall as T -> 0
-    assert H.temperature(z, y) == 1.0
+    assert head.temperature(z, y) == 1.0
     z[0] = torch.tensor([0.0, 4.0, 0.0, 0.0])  # one mistake: now there is something to fit
-    t = H.temperature(z, y)
-    assert H.TEMPERATURE_BOUNDS[0] < t < H.TEMPERATURE_BOUNDS[1] and t != 1.0
+    t = head.temperature(z, y)
+    assert head.TEMPERATURE_BOUNDS[0] < t < head.TEMPERATURE_BOUNDS[1] and t != 1.0
 
 
 def test_temperature_is_deterministic():
     z, y = calibrated_logits(500, seed=2)
-    assert H.temperature(z * 2, y) == H.temperature(z * 2, y)
+    assert head.temperature(z * 2, y) == head.temperature(z * 2, y)
 
 
 def blobs(n_per_class: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,7 +53,7 @@ def blobs(n_per_class: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 def solved(calibrate: bool):
     vectors, labels = {}, {}
     for split, n, seed in (("train", 40, 0), ("val", 15, 1)):
-        vectors[split, F.CLEAN], labels[split] = blobs(n, seed)
+        vectors[split, feature_cache.CLEAN], labels[split] = blobs(n, seed)
     settings = dict(hflip=False, n_views=1, min_scale=0.6, seed=0, tta="none", refit=True)
     return probe.solve(probe.tensor_source(vectors), labels["train"], labels["val"], K,
                        calibrate=calibrate, **settings)
@@ -88,7 +86,7 @@ def test_calibrated_confidences_are_closer_to_the_truth_on_new_images():
 def test_cross_validation_calibrates_inside_each_fold():
     vectors, labels = {}, {}
     for split, n, seed in (("train", 40, 0), ("val", 15, 1)):
-        vectors[split, F.CLEAN], labels[split] = blobs(n, seed)
+        vectors[split, feature_cache.CLEAN], labels[split] = blobs(n, seed)
     settings = dict(hflip=False, n_views=1, min_scale=0.6, seed=0, tta="none", refit=True)
     groups = np.arange(len(labels["train"]) + len(labels["val"]))
     cv = {c: probe.cross_validate(probe.tensor_source(vectors), labels["train"], labels["val"], K,
@@ -101,7 +99,7 @@ def test_cross_validation_calibrates_inside_each_fold():
 def test_too_few_val_images_leave_the_head_as_solved():
     vectors, labels = {}, {}
     for split, n, seed in (("train", 40, 0), ("val", 4, 1)):  # 16 val images < CALIBRATION_MIN_VAL
-        vectors[split, F.CLEAN], labels[split] = blobs(n, seed)
+        vectors[split, feature_cache.CLEAN], labels[split] = blobs(n, seed)
     settings = dict(hflip=False, n_views=1, min_scale=0.6, seed=0, tta="none", refit=True)
     out = {c: probe.solve(probe.tensor_source(vectors), labels["train"], labels["val"], K,
                           calibrate=c, **settings) for c in (False, True)}

@@ -10,7 +10,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ENV, REPO, run_stage, write_image_folder, write_params
 
 
@@ -97,33 +96,33 @@ def test_a_bad_row_is_one_line_naming_it(tmp_path, row, message):
 
 
 def test_duplicate_rows_and_a_missing_header_are_errors(tmp_path):
-    from folderfit import corrections as C
+    from folderfit.artifacts import corrections as corrections_file
     from folderfit.errors import PipelineError
 
     work, source = project(tmp_path)
     corrections(work, "digit0/img001.png,drop", "digit0/img001.png,relabel:digit1")
     with pytest.raises(PipelineError, match="corrections.csv:3: 'digit0/img001.png' already has a row "
                                             r"\(line 2\)"):
-        C.read(source, work / "data/corrections.csv")
+        corrections_file.read(source, work / "data/corrections.csv")
     (work / "data/corrections.csv").write_text("digit0/img001.png,drop\n")
     with pytest.raises(PipelineError, match="corrections.csv:1: the first row must be the header"):
-        C.read(source, work / "data/corrections.csv")
+        corrections_file.read(source, work / "data/corrections.csv")
 
 
 def test_the_shipped_file_is_an_empty_table(tmp_path):
-    from folderfit import corrections as C
+    from folderfit.artifacts import corrections as corrections_file
 
     shipped = REPO / "data/corrections.csv"
     assert shipped.read_text() == "path,action\n"
     _, source = project(tmp_path)
-    assert C.read(source, shipped) == {}
+    assert corrections_file.read(source, shipped) == {}
 
 
 # ------------------------------------------------------------------ issue 24: splits, test fixes
 # the fix sits in prepare.collect (split first, then corrections.apply_to_splits); until the
 # lead wires that call these two fail, so they are expected to (strict: they must pass after)
 NEEDS_PREPARE_WIRING = pytest.mark.xfail(
-    "apply_to_splits" not in (REPO / "folderfit/prepare.py").read_text(), strict=True,
+    "apply_to_splits" not in (REPO / "folderfit/pipeline/prepare.py").read_text(), strict=True,
     reason="prepare.collect must split before applying corrections (issue 24)")
 
 
@@ -169,16 +168,16 @@ def test_a_fix_of_a_test_image_is_kept_apart_and_a_no_op_is_not_counted(tmp_path
 
 @pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16", "utf-16-le"])
 def test_utf8_bom_and_utf16_files_are_read(tmp_path, encoding):
-    from folderfit import corrections as C
+    from folderfit.artifacts import corrections as corrections_file
 
     work, source = project(tmp_path)
     path = work / "data/corrections.csv"
     path.write_bytes("path,action\r\ndigit0/img001.png,drop\r\n".encode(encoding))
-    assert list(C.read(source, path)) == ["digit0/img001.png"]
+    assert list(corrections_file.read(source, path)) == ["digit0/img001.png"]
 
 
 def test_a_latin1_file_is_one_line_saying_save_as_utf8(tmp_path):
-    from folderfit import corrections as C
+    from folderfit.artifacts import corrections as corrections_file
     from folderfit.errors import PipelineError
 
     work, source = project(tmp_path)
@@ -186,28 +185,28 @@ def test_a_latin1_file_is_one_line_saying_save_as_utf8(tmp_path):
     path.write_bytes("path,action\n# café\ndigit0/img001.png,drop\n".encode("latin-1"))
     with pytest.raises(PipelineError, match=r"corrections.csv:2: not UTF-8 text.*save the file "
                                             r"as UTF-8") as caught:
-        C.read(source, path)
+        corrections_file.read(source, path)
     assert "\n" not in str(caught.value)
 
 
 def test_a_class_folder_starting_with_hash_is_a_row_not_a_comment(tmp_path):
-    from folderfit import corrections as C
+    from folderfit.artifacts import corrections as corrections_file
 
     work, source = project(tmp_path)
     (source / "digit0").rename(source / "#zero")
     corrections(work, "#zero/img001.png,relabel:digit1", "# digit1/img002.png,drop",
                 "#digit1/img003.png,drop", "# just a note, with a comma")
-    fixes = C.read(source, work / "data/corrections.csv")
+    fixes = corrections_file.read(source, work / "data/corrections.csv")
     # '#digit1/...' is no file (the folder is digit1): a commented-out row, as before
     assert {p: f.describe() for p, f in fixes.items()} == {"#zero/img001.png": "relabel:digit1"}
 
 
 def test_a_class_with_a_comma_survives_the_csv_round_trip(tmp_path):
-    from folderfit import corrections as C
+    from folderfit.artifacts import corrections as corrections_file
 
     work, source = project(tmp_path)
     (source / "digit2").rename(source / "cats, dogs")
     (work / "data/corrections.csv").write_text(
-        "path,action\n" + C.format_row("digit0/img001.png", "relabel:cats, dogs") + "\n")
-    fixes = C.read(source, work / "data/corrections.csv")
+        "path,action\n" + corrections_file.format_row("digit0/img001.png", "relabel:cats, dogs") + "\n")
+    fixes = corrections_file.read(source, work / "data/corrections.csv")
     assert fixes["digit0/img001.png"].new_class == "cats, dogs"

@@ -1,4 +1,4 @@
-"""ONNX Runtime as the CPU engine of feature extraction (folderfit.cpu_engine): the same
+"""ONNX Runtime as the CPU engine of feature extraction (folderfit.compute.cpu_engine): the same
 features as torch up to float rounding, under their own cache keys, identical from run to
 run, and a backbone it cannot run falls back to torch with a note (auto) or stops with one
 line (onnxruntime), never silently."""
@@ -6,25 +6,25 @@ line (onnxruntime), never silently."""
 from __future__ import annotations
 
 import pytest
+import tiny_project as T
 import torch
 from torch import nn
 
-from folderfit import cpu_engine as CE
-from folderfit import features as F
-from folderfit import models as M
+from folderfit.backbone import architecture
+from folderfit.compute import cpu_engine
+from folderfit.compute.runtime import Runtime
 from folderfit.errors import PipelineError
-from folderfit.runtime import Runtime
-import tiny_project as T
+from folderfit.frozen import feature_cache
 
 CPU = Runtime(torch.device("cpu"), None)
 
 
 def extractor(engine: str, seed: int = 0, backbone: nn.Module | None = None, rt: Runtime = CPU):
     torch.manual_seed(seed)
-    built = M.build_model("mobilenet_v3_small", 3, "none", seed)
+    built = architecture.build_model("mobilenet_v3_small", 3, "none", seed)
     if backbone is None:
-        backbone, _ = F.backbone_only(built.model, built.head_name)
-    return F.FeatureExtractor(backbone, built.preprocess.with_image_size(32), rt, batch_size=4,
+        backbone, _ = feature_cache.backbone_only(built.model, built.head_name)
+    return feature_cache.FeatureExtractor(backbone, built.preprocess.with_image_size(32), rt, batch_size=4,
                               engine=engine)
 
 
@@ -35,7 +35,7 @@ def image_files(tmp_path):
 def test_onnxruntime_features_match_torch_under_their_own_keys(tmp_path, monkeypatch):
     monkeypatch.setenv("FOLDERFIT_CACHE", str(tmp_path / "cache"))
     files = image_files(tmp_path)
-    view = F.View("augment", 1, 0.5, True, seed=3)
+    view = feature_cache.View("augment", 1, 0.5, True, seed=3)
     ort, eager = extractor("auto"), extractor("torch")
     assert ort.engine == "onnxruntime" and eager.engine == "torch"
     assert ort.spec_digest(view) != eager.spec_digest(view)  # never served each other's vectors
@@ -50,9 +50,9 @@ def test_onnxruntime_features_are_identical_from_run_to_run(tmp_path, monkeypatc
     files = image_files(tmp_path)
     first, second = extractor("onnxruntime"), extractor("onnxruntime")
     first.root = second.root = None  # both compute: a fresh export and session each
-    clean, flipped = first.features_of([(files, F.CLEAN), (files, F.FLIP)])
-    assert torch.equal(second.features(files[::-1], F.CLEAN), clean.flip(0))
-    assert torch.equal(second.features(files, F.FLIP), flipped)
+    clean, flipped = first.features_of([(files, feature_cache.CLEAN), (files, feature_cache.FLIP)])
+    assert torch.equal(second.features(files[::-1], feature_cache.CLEAN), clean.flip(0))
+    assert torch.equal(second.features(files, feature_cache.FLIP), flipped)
 
 
 class Unexportable(nn.Module):
@@ -83,9 +83,9 @@ def test_onnxruntime_is_only_for_fp32_on_the_cpu():
     with pytest.raises(PipelineError, match=r"'cpu_engine' is 'onnxruntime', but features are "
                                             r"computed on cpu in bf16"):
         extractor("onnxruntime", rt=bf16)
-    assert CE.planned_engine("auto", CPU) == "onnxruntime"
+    assert cpu_engine.planned_engine("auto", CPU) == "onnxruntime"
     with pytest.raises(PipelineError, match=r"'cpu_engine' is 'onnx'; choose one of: auto, onnxruntime, torch"):
-        CE.planned_engine("onnx", CPU)
+        cpu_engine.planned_engine("onnx", CPU)
 
 
 def test_a_graph_that_computes_something_else_is_refused():
@@ -95,5 +95,5 @@ def test_a_graph_that_computes_something_else_is_refused():
         def forward(self, x):  # the exporter's trace records another function than eager runs
             return x.mean(dim=(2, 3)) * (1.0 if torch.jit.is_tracing() else 2.0)
 
-    with pytest.raises(CE.EngineUnavailable, match="differs from torch"):
-        CE.export_backbone(TracesOneWay(), 16, 4)
+    with pytest.raises(cpu_engine.EngineUnavailable, match="differs from torch"):
+        cpu_engine.export_backbone(TracesOneWay(), 16, 4)

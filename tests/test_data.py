@@ -7,21 +7,20 @@ from collections import Counter
 import pytest
 from PIL import Image
 
-from folderfit import data as D
-from folderfit import datasets as DS
 from folderfit.errors import PipelineError
+from folderfit.images import datasets, image_folder
 
 
-def items(per_class: dict) -> list[D.Item]:
-    return [D.Item(f"{label}/{i}.png", label, f"{label}-{i}") for label, n in per_class.items()
+def items(per_class: dict) -> list[image_folder.Item]:
+    return [image_folder.Item(f"{label}/{i}.png", label, f"{label}-{i}") for label, n in per_class.items()
             for i in range(n)]
 
 
 def test_split_is_stratified_deterministic_and_disjoint():
     source = items({"a": 40, "b": 20, "c": 11})
-    first = D.stratified_split(source, 0.15, 0.15, seed=7)
-    again = D.stratified_split(source, 0.15, 0.15, seed=7)
-    other = D.stratified_split(source, 0.15, 0.15, seed=8)
+    first = image_folder.stratified_split(source, 0.15, 0.15, seed=7)
+    again = image_folder.stratified_split(source, 0.15, 0.15, seed=7)
+    other = image_folder.stratified_split(source, 0.15, 0.15, seed=8)
     assert first == again
     assert first != other
     files = [it.rel for split in first.values() for it in split]
@@ -34,15 +33,15 @@ def test_split_is_stratified_deterministic_and_disjoint():
 
 def test_identical_images_stay_in_one_split():
     source = items({"a": 30, "b": 30})
-    twins = [D.Item(f"a/copy{i}.png", "a", "a-3") for i in range(4)]  # same content as a/3.png
-    split = D.stratified_split(source + twins, 0.2, 0.2, seed=0)
+    twins = [image_folder.Item(f"a/copy{i}.png", "a", "a-3") for i in range(4)]  # same content as a/3.png
+    split = image_folder.stratified_split(source + twins, 0.2, 0.2, seed=0)
     where = {s for s, v in split.items() for it in v if it.sha256 == "a-3"}
     assert len(where) == 1
 
 
 def test_too_small_class_is_a_clear_error():
     with pytest.raises(PipelineError, match="class 'b' has 2 distinct image"):
-        D.stratified_split(items({"a": 10, "b": 2}), 0.2, 0.2, seed=0)
+        image_folder.stratified_split(items({"a": 10, "b": 2}), 0.2, 0.2, seed=0)
 
 
 def test_exif_orientation_is_applied(tmp_path):
@@ -51,7 +50,7 @@ def test_exif_orientation_is_applied(tmp_path):
     exif[0x0112] = 6  # rotate 90 degrees clockwise on display
     path = tmp_path / "rotated.jpg"
     img.save(path, exif=exif.tobytes())
-    assert D.load_rgb(path).size == (20, 40)
+    assert image_folder.load_rgb(path).size == (20, 40)
 
 
 @pytest.mark.parametrize("mode", ["RGBA", "LA", "P", "L", "I;16", "CMYK"])
@@ -59,19 +58,19 @@ def test_modes_become_rgb(tmp_path, mode):
     img = Image.new(mode, (8, 8))
     path = tmp_path / ("x.tif" if mode == "CMYK" else "x.png")
     img.save(path)
-    assert D.load_rgb(path).mode == "RGB"
+    assert image_folder.load_rgb(path).mode == "RGB"
 
 
 def test_non_image_raises_bad_image(tmp_path):
     path = tmp_path / "notes.jpg"
     path.write_text("not a picture")
-    with pytest.raises(D.BadImage, match="not an image"):
-        D.load_rgb(path)
+    with pytest.raises(image_folder.BadImage, match="not an image"):
+        image_folder.load_rgb(path)
 
 
 def test_bounded_never_enlarges():
-    assert D.bounded(Image.new("RGB", (1000, 500)), 224).size == (560, 280)
-    assert D.bounded(Image.new("RGB", (64, 48)), 224).size == (64, 48)
+    assert image_folder.bounded(Image.new("RGB", (1000, 500)), 224).size == (560, 280)
+    assert image_folder.bounded(Image.new("RGB", (64, 48)), 224).size == (64, 48)
 
 
 @pytest.mark.parametrize("folders,splits", [
@@ -85,7 +84,7 @@ def test_bounded_never_enlarges():
 def test_layout_is_detected_from_split_folder_names(tmp_path, folders, splits):
     for name in folders:
         (tmp_path / name / "a").mkdir(parents=True)
-    layout = D.detect_layout(tmp_path)
+    layout = image_folder.detect_layout(tmp_path)
     found = None if layout.splits is None else {s: p.name for s, p in layout.splits.items()}
     assert found == splits
 
@@ -100,7 +99,7 @@ def test_ambiguous_layouts_are_refused_in_one_line(tmp_path, folders, message):
     for name in folders:
         (tmp_path / name / "a").mkdir(parents=True)
     with pytest.raises(PipelineError) as info:
-        D.detect_layout(tmp_path)
+        image_folder.detect_layout(tmp_path)
     assert message in str(info.value) and "\n" not in str(info.value)
 
 
@@ -110,13 +109,13 @@ def test_views_share_one_decode_per_image(tmp_path, monkeypatch):
         paths.append(tmp_path / f"{i}.png")
         Image.new("RGB", (40, 30), (i * 50, 0, 0)).save(paths[-1])
     calls = []
-    real = DS.decode_file
-    monkeypatch.setattr(DS, "decode_file", lambda p: calls.append(p) or real(p))
-    from folderfit.weights import Preprocess
+    real = datasets.decode_file
+    monkeypatch.setattr(datasets, "decode_file", lambda p: calls.append(p) or real(p))
+    from folderfit.backbone.weights import Preprocess
 
     pre = Preprocess(16, 18, (0.5,) * 3, (0.5,) * 3, "bicubic")
-    clean = DS.ImageTensorDataset([(p, 0) for p in paths], DS.eval_geometry(pre))
-    augmented = clean.with_geometry(DS.train_geometry(pre, hflip=True, min_scale=0.5))
+    clean = datasets.ImageTensorDataset([(p, 0) for p in paths], datasets.eval_geometry(pre))
+    augmented = clean.with_geometry(datasets.train_geometry(pre, hflip=True, min_scale=0.5))
     for dataset in (clean, augmented, augmented):
         shapes = {tuple(dataset[i][0].shape) for i in range(len(dataset))}
         assert shapes == {(3, 16, 16)}

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import params_with, run_stage, write_params
 from PIL import Image
 
-from folderfit import data as D
+from folderfit.artifacts import manifest
 from folderfit.cli import run_main
 from folderfit.errors import PipelineError
-from folderfit.imageio import STORED_FORMAT
-
-from conftest import params_with, run_stage, write_params
+from folderfit.images import image_folder as image_folders
+from folderfit.images.decode import STORED_FORMAT
 
 
 def noise_image(seed: int) -> Image.Image:
@@ -43,7 +43,7 @@ def run_prepare(workdir: Path, monkeypatch, source: Path, **data) -> dict:
 
 
 def manifest_splits(workdir: Path) -> dict[str, str]:
-    with open(workdir / "data/prepared" / D.MANIFEST, newline="") as fh:
+    with open(workdir / "data/prepared" / manifest.MANIFEST, newline="") as fh:
         return {row["source"]: row["split"] for row in csv.DictReader(fh)}
 
 
@@ -72,12 +72,12 @@ def test_byte_and_pixel_duplicates_share_one_split(tmp_path, monkeypatch):
 def test_split_keeps_every_duplicate_group_together_for_any_seed():
     items = []
     for label in ("a", "b", "c"):
-        items += [D.Item(f"{label}/{i}.png", label, f"{label}{i}") for i in range(20)]
-    items += [D.Item("a/dup.png", "a", "a3"), D.Item("a/dup2.png", "a", "a3")]  # within a class
-    items += [D.Item("b/x.png", "b", "conflict"), D.Item("c/x.png", "c", "conflict"),
-              D.Item("a/x.png", "a", "conflict")]  # one image filed under three classes
+        items += [image_folders.Item(f"{label}/{i}.png", label, f"{label}{i}") for i in range(20)]
+    items += [image_folders.Item("a/dup.png", "a", "a3"), image_folders.Item("a/dup2.png", "a", "a3")]  # within a class
+    items += [image_folders.Item("b/x.png", "b", "conflict"), image_folders.Item("c/x.png", "c", "conflict"),
+              image_folders.Item("a/x.png", "a", "conflict")]  # one image filed under three classes
     for seed in range(25):
-        out = D.stratified_split(items, 0.2, 0.2, seed)
+        out = image_folders.stratified_split(items, 0.2, 0.2, seed)
         where: dict[str, set] = {}
         for split, members in out.items():
             for it in members:
@@ -163,7 +163,7 @@ def test_two_prepares_at_once_the_second_stops_clearly(tmp_path, monkeypatch):
     import fcntl
     import os
 
-    from folderfit import prepare as PR
+    from folderfit.pipeline import prepare
 
     source = image_folder(tmp_path / "src", per_class=4)
     (tmp_path / "data").mkdir()
@@ -177,18 +177,18 @@ def test_two_prepares_at_once_the_second_stops_clearly(tmp_path, monkeypatch):
         os.close(fd)
     report = run_prepare(tmp_path, monkeypatch, source, test_fraction=0.0)  # free again: runs
     assert report["n_images"] == 12
-    assert PR.workers(1000) >= 1 and PR.workers(3) == 1
+    assert prepare.workers(1000) >= 1 and prepare.workers(3) == 1
 
 
 def test_parallel_decoding_gives_the_same_output(tmp_path, monkeypatch):
     """A pool of decoding processes gives byte-identical prepared files and manifest."""
-    from folderfit import prepare as PR
+    from folderfit.pipeline import prepare
 
     source = image_folder(tmp_path / "src", per_class=8)
     outputs = {}
     for pool in (False, True):
-        monkeypatch.setattr(PR, "MIN_POOL_JOBS", 1 if pool else 10**9)
-        monkeypatch.setattr(PR, "workers", lambda n, pool=pool: 2 if pool else 1)
+        monkeypatch.setattr(prepare, "MIN_POOL_JOBS", 1 if pool else 10**9)
+        monkeypatch.setattr(prepare, "workers", lambda n, pool=pool: 2 if pool else 1)
         work = tmp_path / f"run{pool}"
         work.mkdir()
         run_prepare(work, monkeypatch, source)

@@ -7,10 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-
-from folderfit.demo import NOT_USED, demo_is_used
-
 from conftest import ENV, make_repo, run, write_image_folder
+
+from folderfit.pipeline.demo_data import NOT_USED, demo_is_used
 
 
 def set_source(repo: Path, source: str) -> None:

@@ -19,11 +19,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import tiny_project as T
 import torch
 
-from folderfit import distributed as DD
 from folderfit.errors import PipelineError
-import tiny_project as T
+from folderfit.tuning import distributed
 
 REPO = Path(__file__).resolve().parents[1]
 TOLERANCE = 1e-5
@@ -89,18 +89,18 @@ def test_ddp_two_processes_match_single_process(runs):
 
 def test_helpers_without_torchrun(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    ctx = DD.init_from_env()
-    assert not ctx.enabled and ctx.is_main and DD.reducer(ctx, torch.device("cpu")) is None
+    ctx = distributed.init_from_env()
+    assert not ctx.enabled and ctx.is_main and distributed.reducer(ctx, torch.device("cpu")) is None
     model = torch.nn.Linear(2, 2)
-    assert DD.wrap(model, ctx) is model and DD.train_sampler([1, 2], ctx, 0) is None
+    assert distributed.wrap(model, ctx) is model and distributed.train_sampler([1, 2], ctx, 0) is None
 
 
 def test_shards_and_global_batch():
     data = list(range(7))
-    shards = [list(DD.shard(data, DD.DistContext(r, 3))) for r in range(3)]
+    shards = [list(distributed.shard(data, distributed.DistContext(r, 3))) for r in range(3)]
     assert sorted(sum(shards, [])) == data  # every validation image counted exactly once
-    assert DD.per_rank_batch(32, DD.DistContext(0, 4)) == 8
+    assert distributed.per_rank_batch(32, distributed.DistContext(0, 4)) == 8
     with pytest.raises(PipelineError, match="below the number of processes"):
-        DD.per_rank_batch(2, DD.DistContext(0, 4))
+        distributed.per_rank_batch(2, distributed.DistContext(0, 4))
     with pytest.raises(PipelineError, match="validation image"):
-        DD.shard([1], DD.DistContext(0, 2))
+        distributed.shard([1], distributed.DistContext(0, 2))

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import pytest
-
 import csv
 import json
 
+import pytest
 import torch
-
 from conftest import run
 
 pytestmark = pytest.mark.slow  # dvc runs in temp repositories

@@ -8,15 +8,15 @@ import pytest
 import torch
 from torch import nn
 
-from folderfit import engine
-from folderfit import models as M
-from folderfit.datasets import Normalizer
-from folderfit.runtime import Runtime
+from folderfit.backbone import architecture
+from folderfit.compute.runtime import Runtime
+from folderfit.images.datasets import Normalizer
+from folderfit.tuning import epoch_loop, freezing
 
 
 def test_early_stopping_keeps_a_deep_copy():
     layer = nn.Linear(2, 2)
-    stopper = engine.EarlyStopping(patience=2)
+    stopper = epoch_loop.EarlyStopping(patience=2)
     stopper.update(1, 0.9, 0.1, layer)
     saved = stopper.best_state["weight"].clone()
     with torch.no_grad():
@@ -40,9 +40,9 @@ def test_best_epoch_weights_are_restored_not_the_last():
 
     train = torch.utils.data.DataLoader(list(zip(x, y)), batch_size=16)
     val = torch.utils.data.DataLoader(list(zip(x, 1 - y)), batch_size=64)
-    run = engine.RunContext(Runtime(torch.device("cpu"), None), torch.Generator().manual_seed(1), log=log)
-    result = engine.fit(model, torch.optim.SGD(model.parameters(), lr=0.5), train, val,
-                   Normalizer((0.5,) * 3, (0.5,) * 3), engine.FitConfig(num_epochs=8, patience=3), run, [])
+    run = epoch_loop.RunContext(Runtime(torch.device("cpu"), None), torch.Generator().manual_seed(1), log=log)
+    result = epoch_loop.fit(model, torch.optim.SGD(model.parameters(), lr=0.5), train, val,
+                   Normalizer((0.5,) * 3, (0.5,) * 3), epoch_loop.FitConfig(num_epochs=8, patience=3), run, [])
     assert result.best_epoch < result.epochs_run
     final = model.state_dict()
     assert all(torch.equal(final[k], snapshots[result.best_epoch][k]) for k in final)
@@ -53,18 +53,18 @@ def test_best_epoch_weights_are_restored_not_the_last():
 
 
 def test_frozen_batchnorm_statistics_do_not_change():
-    built = M.build_model("resnet18", 2, "none", seed=0)
+    built = architecture.build_model("resnet18", 2, "none", seed=0)
     model = built.model
-    frozen = M.apply_freezing(model, built.stages, 3)  # stem, layer1, layer2
+    frozen = freezing.apply_freezing(model, built.stages, 3)  # stem, layer1, layer2
     before = {n: b.clone() for n, b in model.named_buffers() if "running_mean" in n}
     images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
     labels = torch.tensor([0, 1] * 4)
     loader = torch.utils.data.DataLoader(list(zip(images, labels)), batch_size=4)
-    groups = M.parameter_groups(model, built.stages, built.head_name, lr=0.01, backbone_lr=0.01,
+    groups = freezing.parameter_groups(model, built.stages, built.head_name, lr=0.01, backbone_lr=0.01,
                                 lr_decay=0.5, weight_decay=0.0)
-    run = engine.RunContext(Runtime(torch.device("cpu"), None), torch.Generator().manual_seed(0))
-    engine.fit(model, torch.optim.AdamW(groups), loader, loader, Normalizer((0.5,) * 3, (0.5,) * 3),
-          engine.FitConfig(num_epochs=1, patience=1, score_start=False), run, frozen)
+    run = epoch_loop.RunContext(Runtime(torch.device("cpu"), None), torch.Generator().manual_seed(0))
+    epoch_loop.fit(model, torch.optim.AdamW(groups), loader, loader, Normalizer((0.5,) * 3, (0.5,) * 3),
+          epoch_loop.FitConfig(num_epochs=1, patience=1, score_start=False), run, frozen)
     after = dict(model.named_buffers())
     for name, value in before.items():
         changed = not torch.equal(after[name], value)
@@ -76,7 +76,7 @@ def test_frozen_batchnorm_statistics_do_not_change():
 def test_compiled_training_matches_eager_training():
     """compile: true trains the same model (to float rounding) and the saved weights come
     from the plain module (no "_orig_mod." prefixes)."""
-    from folderfit.distributed import unwrap
+    from folderfit.tuning.distributed import unwrap
 
     gen = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (16, 3, 8, 8), dtype=torch.uint8, generator=gen)
@@ -89,9 +89,9 @@ def test_compiled_training_matches_eager_training():
                               nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
         net = torch.compile(model, dynamic=False) if compiled else model
         assert unwrap(net) is model
-        run = engine.RunContext(Runtime(torch.device("cpu"), None), torch.Generator().manual_seed(1))
-        engine.fit(net, torch.optim.SGD(model.parameters(), lr=0.1), loader, loader,
-              Normalizer((0.5,) * 3, (0.5,) * 3), engine.FitConfig(num_epochs=2, patience=5), run, [])
+        run = epoch_loop.RunContext(Runtime(torch.device("cpu"), None), torch.Generator().manual_seed(1))
+        epoch_loop.fit(net, torch.optim.SGD(model.parameters(), lr=0.1), loader, loader,
+              Normalizer((0.5,) * 3, (0.5,) * 3), epoch_loop.FitConfig(num_epochs=2, patience=5), run, [])
         results[compiled] = unwrap(net).state_dict()
     assert results[True].keys() == results[False].keys()
     for name, value in results[False].items():
@@ -118,11 +118,11 @@ def test_the_starting_weights_win_when_training_only_makes_them_worse():
     loader = _separable()
     model = _solved_linear()
     start = {k: v.clone() for k, v in model.state_dict().items()}
-    run = engine.RunContext(Runtime(torch.device("cpu"), None), torch.Generator().manual_seed(0))
+    run = epoch_loop.RunContext(Runtime(torch.device("cpu"), None), torch.Generator().manual_seed(0))
     # a learning rate that wrecks the solved head within the first epoch
-    result = engine.fit(model, torch.optim.SGD(model.parameters(), lr=1e4), loader, loader,
+    result = epoch_loop.fit(model, torch.optim.SGD(model.parameters(), lr=1e4), loader, loader,
                    Normalizer((0.5,) * 3, (0.5,) * 3),
-                   engine.FitConfig(num_epochs=2, patience=5, warmup_epochs=0), run, [])
+                   epoch_loop.FitConfig(num_epochs=2, patience=5, warmup_epochs=0), run, [])
     start_accuracy = result.history[0]["val_accuracy"]
     assert result.history[0]["epoch"] == 0 and start_accuracy > 0.9
     assert max(r["val_accuracy"] for r in result.history[1:]) < start_accuracy  # training hurt
@@ -143,8 +143,8 @@ def test_learning_rates_warm_up_linearly_over_the_first_epoch():
         return step(*args, **kwargs)
 
     optimizer.step = recording_step
-    run = engine.RunContext(Runtime(torch.device("cpu"), None), torch.Generator().manual_seed(0))
-    engine.fit(model, optimizer, loader, loader, Normalizer((0.5,) * 3, (0.5,) * 3),
-          engine.FitConfig(num_epochs=2, patience=5), run, [])
+    run = epoch_loop.RunContext(Runtime(torch.device("cpu"), None), torch.Generator().manual_seed(0))
+    epoch_loop.fit(model, optimizer, loader, loader, Normalizer((0.5,) * 3, (0.5,) * 3),
+          epoch_loop.FitConfig(num_epochs=2, patience=5), run, [])
     assert seen[:4] == pytest.approx([0.025, 0.05, 0.075, 0.1])
     assert seen[4:] == pytest.approx([0.1] * 4)

@@ -1,4 +1,4 @@
-"""The measured choice of the CPU inference engine (folderfit.cpu_engine.choose_engine), on
+"""The measured choice of the CPU inference engine (folderfit.compute.cpu_engine.choose_engine), on
 machines faked by replacing the CPU's bf16 detection and the trial's timing function: the
 fastest allowed engine wins (the more exact one unless another is clearly faster), bf16 only
 where it is native, a failed export leaves torch, explicit settings are honoured unmeasured,
@@ -12,11 +12,11 @@ import pytest
 import torch
 from torch import nn
 
-from folderfit import cpu_engine as CE
-from folderfit import features as F
-from folderfit import runtime
+from folderfit.compute import cpu_engine as cpu_engines
+from folderfit.compute import runtime
+from folderfit.compute.runtime import Runtime
 from folderfit.errors import PipelineError
-from folderfit.runtime import Runtime
+from folderfit.frozen import feature_cache
 
 CPU = Runtime(torch.device("cpu"), None)
 CPU_BF16 = Runtime(torch.device("cpu"), torch.bfloat16)
@@ -50,14 +50,14 @@ def machine(tmp_path, monkeypatch):
             return self.speeds[name]
 
     m = Machine()
-    monkeypatch.setattr(CE, "time_runner", m.time)
+    monkeypatch.setattr(cpu_engines, "time_runner", m.time)
     return m
 
 
 def choose(precision="auto", cpu_engine="auto", rt=CPU, net=None, **kw):
     spec = dict(model_name="tiny", image_size=16, batch_size=8)
     spec.update(kw)
-    return CE.choose_engine(net or network(), rt, precision=precision, cpu_engine=cpu_engine, **spec)
+    return cpu_engines.choose_engine(net or network(), rt, precision=precision, cpu_engine=cpu_engine, **spec)
 
 
 speeds = dict(onnxruntime_fp32=25.8, torch_fp32=110.0, torch_bf16=137.0)  # lite2 @ 260 here
@@ -72,7 +72,7 @@ def test_bf16_cpu_where_onnxruntime_is_fastest_picks_onnxruntime(machine):
     assert choice.ms_per_image == {"onnxruntime-fp32": 25.8, "torch-fp32": 110.0, "torch-bf16": 137.0}
     assert choice.to_dict() == {"engine": "onnxruntime-fp32", "how": "measured", "notes": [],
                                 "ms_per_image": choice.ms_per_image}
-    extractor = F.FeatureExtractor(network(), _preprocess(), choice.rt, 4, use_cache=False,
+    extractor = feature_cache.FeatureExtractor(network(), _preprocess(), choice.rt, 4, use_cache=False,
                                    engine=choice.cpu_engine)
     assert extractor.engine == "onnxruntime"
 
@@ -98,9 +98,9 @@ def test_a_failed_export_leaves_torch_fp32(machine, monkeypatch):
     machine.set(bf16=True, onnxruntime_fp32=1.0, torch_fp32=100.0, torch_bf16=105.0)
 
     def fail(*args, **kwargs):
-        raise CE.EngineUnavailable("export failed (UnsupportedOperatorError: svd)")
+        raise cpu_engines.EngineUnavailable("export failed (UnsupportedOperatorError: svd)")
 
-    monkeypatch.setattr(CE, "export_backbone", fail)
+    monkeypatch.setattr(cpu_engines, "export_backbone", fail)
     choice = choose()
     assert machine.timed == ["torch-fp32", "torch-bf16"]
     assert choice.engine == "torch-fp32" and choice.cpu_engine == "torch"
@@ -144,27 +144,27 @@ def test_the_choice_is_measured_once_per_machine_and_setting(machine, tmp_path):
     again = choose()
     assert machine.timed == []  # not measured again: the same answer, however loaded the CPU
     assert (again.engine, again.how, again.ms_per_image) == (first.engine, "cached", first.ms_per_image)
-    stored = json.loads((tmp_path / "cache" / CE.CHOICE_FILE).read_text())
+    stored = json.loads((tmp_path / "cache" / cpu_engines.CHOICE_FILE).read_text())
     assert [record["engine"] for record in stored.values()] == ["onnxruntime-fp32"]
     # another batch size, model or CPU is another key
     assert choose(batch_size=16).engine == "torch-fp32" and machine.timed
     machine.set(bf16=False, onnxruntime_fp32=500.0, torch_fp32=10.0)
     assert choose().how == "measured"
     # a damaged file or record costs a new trial, not an error
-    (tmp_path / "cache" / CE.CHOICE_FILE).write_text("{not json")
+    (tmp_path / "cache" / cpu_engines.CHOICE_FILE).write_text("{not json")
     machine.set(bf16=True, **speeds)
     assert choose().how == "measured" and machine.timed
-    stored = json.loads((tmp_path / "cache" / CE.CHOICE_FILE).read_text())
+    stored = json.loads((tmp_path / "cache" / cpu_engines.CHOICE_FILE).read_text())
     for record in stored.values():
         record["ms_per_image"] = {"onnxruntime-fp32": "fast"}
-    (tmp_path / "cache" / CE.CHOICE_FILE).write_text(json.dumps(stored))
+    (tmp_path / "cache" / cpu_engines.CHOICE_FILE).write_text(json.dumps(stored))
     machine.set(bf16=True, **speeds)
     assert choose().how == "measured" and machine.timed
 
 
 def test_the_trial_times_the_batch_size_the_extraction_uses(machine):
     """torch's speed per image depends on the batch (at 32 lite2 images every activation is
-    mapped afresh, folderfit.memory): a trial on smaller batches chose torch bf16 where it
+    mapped afresh, folderfit.support.memory): a trial on smaller batches chose torch bf16 where it
     then ran 3x slower than its trial."""
     machine.set(True, **speeds)
     choose(batch_size=32)
@@ -186,21 +186,22 @@ def test_a_real_trial_times_every_candidate_and_exports_once(tmp_path, monkeypat
     exports = []
     real_export = torch.onnx.export
     monkeypatch.setattr(torch.onnx, "export", lambda *a, **k: exports.append(1) or real_export(*a, **k))
-    session = CE.export_backbone(net, 16, 8)  # the extractor's batch: a new session, same graph
+    session = cpu_engines.export_backbone(net, 16, 8)  # the extractor's batch: a new session, same graph
     assert exports == [] and session(torch.zeros(8, 3, 16, 16)).shape == (8, 4)
     with torch.no_grad():
         net[0].weight.mul_(2)  # changed weights: exported again
-    CE.export_backbone(net, 16, 8)
+    cpu_engines.export_backbone(net, 16, 8)
     assert exports == [1]
     del net  # another module, perhaps at the same address: never served the old graph
-    CE.export_backbone(network(), 16, 8)
+    cpu_engines.export_backbone(network(), 16, 8)
     assert exports == [1, 1]
 
 
 def _preprocess():
-    from folderfit import models as M
+    from folderfit.artifacts import model_file
+    from folderfit.backbone import architecture
 
-    return M.build_model("mobilenet_v3_small", 2, "none", 0).preprocess.with_image_size(16)
+    return architecture.build_model("mobilenet_v3_small", 2, "none", 0).preprocess.with_image_size(16)
 
 
 PIPELINE_EXTRAS = ("sklearn", "scipy", "dvc", "dvclive", "cleanlab", "matplotlib", "onnx",
@@ -222,16 +223,18 @@ for name in {PIPELINE_EXTRAS!r}:
 import torch
 from PIL import Image
 import folderfit
-from folderfit import cpu_engine as CE, models as M
-from folderfit.runtime import Runtime
-built = M.build_model("mobilenet_v3_small", 2, "none", 0)
+from folderfit.compute import cpu_engine as cpu_engines
+from folderfit.backbone import architecture
+from folderfit.artifacts import model_file
+from folderfit.compute.runtime import Runtime
+built = architecture.build_model("mobilenet_v3_small", 2, "none", 0)
 pre = built.preprocess.with_image_size(32)
-M.save_model_file({str(tmp_path / 'model.pt')!r}, built, ["cat", "dog"], pre)
+model_file.save_model_file({str(tmp_path / 'model.pt')!r}, built, ["cat", "dog"], pre)
 top = folderfit.load({str(tmp_path / 'model.pt')!r}, device="cpu", precision="fp32").classify(
     Image.new("RGB", (40, 40), (200, 10, 10)))
 assert [name for name, _ in top] in (["cat", "dog"], ["dog", "cat"]), top
 net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
-choice = CE.choose_engine(net, Runtime(torch.device("cpu"), None), precision="fp32",
+choice = cpu_engines.choose_engine(net, Runtime(torch.device("cpu"), None), precision="fp32",
                          cpu_engine="auto", model_name="tiny", image_size=16, batch_size=4, store=False)
 assert choice.engine == "torch-fp32", choice
 assert "onnxruntime is not installed" in choice.notes[0], choice.notes
@@ -256,16 +259,16 @@ def test_the_timing_stops_early_for_clear_losers(monkeypatch):
         for _ in range(step - 1):
             clock()
 
-    monkeypatch.setattr(CE, "perf_counter", fake_perf_counter)
+    monkeypatch.setattr(cpu_engines, "perf_counter", fake_perf_counter)
     images = torch.zeros(2, 3, 4, 4)
     durations[:] = [40, 20, 10]  # ms for the batch of 2: warm-up, then two rounds
-    assert CE.time_runner("x", run, images, 2, None) == pytest.approx(5.0) and durations == []
+    assert cpu_engines.time_runner("x", run, images, 2, None) == pytest.approx(5.0) and durations == []
     durations[:] = [24, 20, 10]
-    assert CE.time_runner("x", run, images, 2, best_so_far=5.0) == pytest.approx(12.0)  # warm-up 12/img > 2 x 5
+    assert cpu_engines.time_runner("x", run, images, 2, best_so_far=5.0) == pytest.approx(12.0)  # warm-up 12/img > 2 x 5
     assert durations == [20, 10]
     durations[:] = [18, 20, 10]  # warm-up 9/img: timed; 10/img > 5: cannot win, no 2nd round
-    assert CE.time_runner("x", run, images, 2, best_so_far=5.0) == pytest.approx(10.0)
+    assert cpu_engines.time_runner("x", run, images, 2, best_so_far=5.0) == pytest.approx(10.0)
     assert durations == [10]
     durations[:] = [18, 9, 8]  # rounds faster than the best so far go on: the fastest counts
-    assert CE.time_runner("x", run, images, 2, best_so_far=5.0) == pytest.approx(4.0)
+    assert cpu_engines.time_runner("x", run, images, 2, best_so_far=5.0) == pytest.approx(4.0)
     assert durations == []

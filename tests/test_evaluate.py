@@ -11,12 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import make_repo, run
 from PIL import Image, ImageDraw
 
-from folderfit import metrics as S
-from folderfit import reports
-
-from conftest import make_repo, run
+from folderfit.results import metrics, reports
 
 SHAPES = ("circle", "square", "triangle")
 
@@ -155,9 +153,9 @@ def test_bootstrap_is_reproducible_for_a_seed():
     rng = np.random.default_rng(1)
     labels = rng.integers(0, 4, 200)
     preds = np.where(rng.random(200) < 0.7, labels, rng.integers(0, 4, 200))
-    first = S.bootstrap_ci(labels, preds, 4, 300, seed=7)
-    assert first == S.bootstrap_ci(labels, preds, 4, 300, seed=7)
-    assert first != S.bootstrap_ci(labels, preds, 4, 300, seed=8)
+    first = metrics.bootstrap_ci(labels, preds, 4, 300, seed=7)
+    assert first == metrics.bootstrap_ci(labels, preds, 4, 300, seed=7)
+    assert first != metrics.bootstrap_ci(labels, preds, 4, 300, seed=8)
     accuracy = float(np.mean(labels == preds))
     low, high = first["accuracy"]
     assert low < accuracy < high and 0.05 < high - low < 0.2  # ~ +-1.96 sqrt(p(1-p)/n)
@@ -172,7 +170,7 @@ def test_batched_macro_f1_matches_scikit_learn():
     labels[1][labels[1] == 3] = 0  # class 3 absent from the truth of one row
     expected = [f1_score(y, p, average="macro", labels=range(5), zero_division=0)
                 for y, p in zip(labels, preds)]
-    assert S.macro_f1_rows(labels, preds, 5) == pytest.approx(expected, abs=1e-12)
+    assert metrics.macro_f1_rows(labels, preds, 5) == pytest.approx(expected, abs=1e-12)
 
 
 def test_ece_of_a_perfectly_calibrated_input_is_zero():
@@ -181,19 +179,19 @@ def test_ece_of_a_perfectly_calibrated_input_is_zero():
         confidence += [level] * 100
         correct += [True] * round(level * 100) + [False] * round((1 - level) * 100)
     confidence, correct = np.array(confidence), np.array(correct)
-    assert S.expected_calibration_error(confidence, correct) == pytest.approx(0.0, abs=1e-12)
+    assert metrics.expected_calibration_error(confidence, correct) == pytest.approx(0.0, abs=1e-12)
     # always 90% sure, right half the time: off by 0.4
-    assert S.expected_calibration_error(np.full(10, 0.9), np.arange(10) < 5) == pytest.approx(0.4)
+    assert metrics.expected_calibration_error(np.full(10, 0.9), np.arange(10) < 5) == pytest.approx(0.4)
 
 
 def test_roc_auc_skips_classes_absent_from_the_scored_split():
     probs = np.array([[0.8, 0.1, 0.1], [0.3, 0.6, 0.1], [0.6, 0.3, 0.1], [0.2, 0.7, 0.1]])
     labels = np.array([0, 1, 0, 1])  # class 2 never occurs
-    summary = S.summary(probs, labels, seed=0, resamples=0)
+    summary = metrics.summary(probs, labels, seed=0, resamples=0)
     assert summary["roc_auc_ovr_macro"] == 1.0 and summary["roc_auc_classes"] == 2
-    report = S.per_class_report(probs, labels, ["a", "b", "c"])
+    report = metrics.per_class_report(probs, labels, ["a", "b", "c"])
     assert report["c"]["roc_auc"] is None and report["c"]["support"] == 0
-    roc, pr = S.class_curves(probs, labels, ["a", "b", "c"])
+    roc, pr = metrics.class_curves(probs, labels, ["a", "b", "c"])
     assert {p["class"] for p in roc} == {p["class"] for p in pr} == {"a", "b"}
 
 

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 import tiny_project as T
 from conftest import run_stage
 
@@ -40,10 +39,11 @@ def project(tmp_path_factory, request) -> Path:
 
 def save_model(project: Path, extra: dict | None) -> None:
     """lite0's pretrained backbone (as train keeps it) with a seeded 3-class head."""
-    from folderfit import models as M
+    from folderfit.artifacts import model_file
+    from folderfit.backbone import architecture
 
-    built = M.build_model("tf_efficientnet_lite0", len(T.CLASSES), "default", 0)
-    M.save_model_file(project / "models/model.pt", built, list(T.CLASSES),
+    built = architecture.build_model("tf_efficientnet_lite0", len(T.CLASSES), "default", 0)
+    model_file.save_model_file(project / "models/model.pt", built, list(T.CLASSES),
                       built.preprocess.with_image_size(32), extra=extra,
                       tta=(project / "tta").read_text())
 
@@ -79,14 +79,14 @@ def test_features_route_equals_model_file(project, capsys):
 def test_disagreement_falls_back_to_the_model_file(project, monkeypatch, capsys):
     """Features that do not belong to the model file (here: rows shuffled) are caught by the
     sample check, and every image is scored with the model file instead."""
-    from folderfit import evaluation as EV
+    from folderfit.pipeline import evaluate
 
     save_model(project, None)
     run_stage("evaluate", project)
     reference = predictions(project)
     save_model(project, FEATURE_EXTRACT)
-    real = EV.score_from_features
-    monkeypatch.setattr(EV, "score_from_features", lambda *a: real(*a)[::-1].copy())
+    real = evaluate.score_from_features
+    monkeypatch.setattr(evaluate, "score_from_features", lambda *a: real(*a)[::-1].copy())
     run_stage("evaluate", project)
     assert "scoring every image with the model file instead" in capsys.readouterr().err
     assert summary(project)["scored_with"] == "the model file (fp32)"
@@ -102,9 +102,9 @@ def test_other_strategies_use_the_model_file(project):
 def test_bf16_features_from_another_machine_use_the_model_file(project, monkeypatch):
     """Features recorded in bf16 on a CPU where bf16 is not native would be emulated (slow):
     the model file scores instead."""
-    from folderfit import evaluation as EV
+    from folderfit.pipeline import evaluate
 
-    monkeypatch.setattr(EV, "cpu_supports_bf16", lambda: False)
+    monkeypatch.setattr(evaluate, "cpu_supports_bf16", lambda: False)
     save_model(project, {"strategy": "feature_extract", "feature_engine": "torch-bf16"})
     run_stage("evaluate", project)
     assert summary(project)["scored_with"] == "the model file (fp32)"

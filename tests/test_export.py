@@ -5,21 +5,21 @@ from __future__ import annotations
 import json
 
 import pytest
+import tiny_project as T
 import torch
 
-from folderfit import export as X
-from folderfit import predict as PD
+from folderfit.artifacts.model_file import load_model_file
 from folderfit.cli import build_parser
+from folderfit.commands import export as export_command
+from folderfit.compute import classifier
 from folderfit.errors import PipelineError
-from folderfit.models import load_model_file
-import tiny_project as T
 
 pytestmark = pytest.mark.slow  # torch.export + ONNX translation take a while
 
 
 def export(*argv: str) -> None:
     """`folderfit export ARGV` in-process, errors raised."""
-    X.command(build_parser().parse_args(["export", *argv]))
+    export_command.command(build_parser().parse_args(["export", *argv]))
 
 
 @pytest.fixture(scope="module")
@@ -52,19 +52,19 @@ def test_export_parity_and_contract(model_and_images, tmp_path, capsys):
 
     # a consumer following the contract gets predict's probabilities, at another batch size
     files = sorted(images.rglob("*.png"))[:3]
-    batch = X.preprocessed_batch(loaded, files)
-    probs, order, failed = PD.predict_files(loaded, files, batch_size=3, precision="fp32")
+    batch = export_command.preprocessed_batch(loaded, files)
+    probs, order, failed = classifier.predict_files(loaded, files, batch_size=3, precision="fp32")
     assert order == [0, 1, 2] and not failed
     program = torch.export.load(str(out / contract["files"]["torch_export"])).module()
     assert torch.allclose(program(batch).softmax(1), probs, atol=1e-5)
-    assert torch.allclose(X.run_onnx(out / contract["files"]["onnx"], batch[:1]).softmax(1),
+    assert torch.allclose(export_command.run_onnx(out / contract["files"]["onnx"], batch[:1]).softmax(1),
                           probs[:1], atol=1e-3)  # onnxruntime kernels: fp32 rounding differs
 
 
 def test_parity_failure_is_loud(model_and_images, tmp_path, monkeypatch):
     model_file, images = model_and_images
-    real = X.run_program
-    monkeypatch.setattr(X, "run_program", lambda path, batch: real(path, batch) + 0.01)
+    real = export_command.run_program
+    monkeypatch.setattr(export_command, "run_program", lambda path, batch: real(path, batch) + 0.01)
     with pytest.raises(PipelineError, match=r"parity check FAILED .*torch_export: max abs logit difference 0\.01 \(allowed"):
         export("--model", str(model_file), "--out-dir", str(tmp_path), "--images", str(images),
                "--n-images", "2", "--formats", "torch_export")

@@ -8,18 +8,18 @@ import json
 from pathlib import Path
 
 import pytest
+import tiny_project as T
 import torch
 
-from folderfit import export as X
 from folderfit.cli import build_parser
+from folderfit.commands import export as export_command
 from folderfit.errors import PipelineError
-import tiny_project as T
 
 OLD = {"model.pt2": b"old program", "preprocess.json": b'{"old": 1}\n', "parity.json": b'{"old": 2}\n'}
 
 
 def export(*argv: str) -> None:
-    X.command(build_parser().parse_args(["export", *argv]))
+    export_command.command(build_parser().parse_args(["export", *argv]))
 
 
 @pytest.fixture(scope="module")
@@ -39,20 +39,20 @@ def fake_tracing(monkeypatch):
         calls.append("save")
         Path(path).write_bytes(b"new program")
 
-    monkeypatch.setattr(X, "export_program", lambda model, example: calls.append("trace") or model)
-    monkeypatch.setattr(X, "save_program", save)
+    monkeypatch.setattr(export_command, "export_program", lambda model, example: calls.append("trace") or model)
+    monkeypatch.setattr(export_command, "save_program", save)
     state = {"offset": 0.0}
-    monkeypatch.setattr(X, "run_program", lambda path, batch: state["model"](batch).float() + state["offset"])
-    real_export_into = X._export_into
+    monkeypatch.setattr(export_command, "run_program", lambda path, batch: state["model"](batch).float() + state["offset"])
+    real_export_into = export_command._export_into
 
     def export_into(tmp, model_file, *args):
-        from folderfit.models import load_model_file
+        from folderfit.artifacts.model_file import load_model_file
 
         state["model"] = load_model_file(model_file).model.float().eval()
         with torch.no_grad():
             return real_export_into(tmp, model_file, *args)
 
-    monkeypatch.setattr(X, "_export_into", export_into)
+    monkeypatch.setattr(export_command, "_export_into", export_into)
     return calls, state
 
 
@@ -96,7 +96,7 @@ def test_failed_parity_keeps_the_previous_export(model_and_images, tmp_path, fak
 def test_crash_midway_keeps_the_previous_export(model_and_images, tmp_path, fake_tracing, monkeypatch):
     out = tmp_path / "export"
     old_export(out)
-    monkeypatch.setattr(X, "write_json", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+    monkeypatch.setattr(export_command, "write_json", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
     with pytest.raises(KeyboardInterrupt):
         export(*args(*model_and_images, out))
     assert_old(out)

@@ -1,23 +1,23 @@
-"""The feature cache (folderfit.features): a hit returns exactly what a computation would,
+"""The feature cache (folderfit.frozen.feature_cache): a hit returns exactly what a computation would,
 keys change with everything that changes a feature, and the cache never changes results."""
 
 from __future__ import annotations
 
+import tiny_project as T
 import torch
 
-from folderfit import features as F
-from folderfit import models as M
-from folderfit.runtime import Runtime
-import tiny_project as T
+from folderfit.backbone import architecture
+from folderfit.compute.runtime import Runtime
+from folderfit.frozen import feature_cache
 
 CPU = Runtime(torch.device("cpu"), None)
 
 
-def extractor(seed: int = 0, image_size: int = 32) -> F.FeatureExtractor:
+def extractor(seed: int = 0, image_size: int = 32) -> feature_cache.FeatureExtractor:
     torch.manual_seed(seed)
-    built = M.build_model("mobilenet_v3_small", 3, "none", seed)
-    backbone, _ = F.backbone_only(built.model, built.head_name)
-    return F.FeatureExtractor(backbone, built.preprocess.with_image_size(image_size), CPU, batch_size=4)
+    built = architecture.build_model("mobilenet_v3_small", 3, "none", seed)
+    backbone, _ = feature_cache.backbone_only(built.model, built.head_name)
+    return feature_cache.FeatureExtractor(backbone, built.preprocess.with_image_size(image_size), CPU, batch_size=4)
 
 
 def image_files(tmp_path, n_per_class=3):
@@ -28,7 +28,7 @@ def image_files(tmp_path, n_per_class=3):
 def test_cached_features_equal_computed_ones(tmp_path, monkeypatch):
     monkeypatch.setenv("FOLDERFIT_CACHE", str(tmp_path / "cache"))
     files = image_files(tmp_path)
-    view = F.View("augment", 1, 0.5, True, seed=3)
+    view = feature_cache.View("augment", 1, 0.5, True, seed=3)
     cold = extractor()
     first = cold.features(files, view)
     assert cold.computed == len(files) and cold.reused == 0
@@ -44,7 +44,7 @@ def test_cached_features_equal_computed_ones(tmp_path, monkeypatch):
 def test_augmented_view_is_the_same_crop_whatever_the_batch(tmp_path, monkeypatch):
     monkeypatch.setenv("FOLDERFIT_CACHE", str(tmp_path / "cache"))
     files = image_files(tmp_path)
-    view = F.View("augment", 2, 0.3, True, seed=1)
+    view = feature_cache.View("augment", 2, 0.3, True, seed=1)
     whole = extractor()
     whole.root = None
     subset = extractor()
@@ -56,14 +56,14 @@ def test_augmented_view_is_the_same_crop_whatever_the_batch(tmp_path, monkeypatc
 def test_keys_follow_everything_that_changes_a_feature(tmp_path, monkeypatch):
     monkeypatch.setenv("FOLDERFIT_CACHE", str(tmp_path / "cache"))
     base = extractor()
-    digests = {base.spec_digest(F.CLEAN), base.spec_digest(F.FLIP),
-               base.spec_digest(F.View("augment", 1, 0.5, True, 0)),
-               base.spec_digest(F.View("augment", 2, 0.5, True, 0)),
-               base.spec_digest(F.View("augment", 1, 0.5, True, 1)),
-               extractor(seed=1).spec_digest(F.CLEAN),  # other random weights
-               extractor(image_size=48).spec_digest(F.CLEAN)}
+    digests = {base.spec_digest(feature_cache.CLEAN), base.spec_digest(feature_cache.FLIP),
+               base.spec_digest(feature_cache.View("augment", 1, 0.5, True, 0)),
+               base.spec_digest(feature_cache.View("augment", 2, 0.5, True, 0)),
+               base.spec_digest(feature_cache.View("augment", 1, 0.5, True, 1)),
+               extractor(seed=1).spec_digest(feature_cache.CLEAN),  # other random weights
+               extractor(image_size=48).spec_digest(feature_cache.CLEAN)}
     assert len(digests) == 7
-    assert extractor().spec_digest(F.CLEAN) == base.spec_digest(F.CLEAN)
+    assert extractor().spec_digest(feature_cache.CLEAN) == base.spec_digest(feature_cache.CLEAN)
     files = image_files(tmp_path, 1)
     edited = tmp_path / "edited.png"
     edited.write_bytes(files[0].read_bytes() + b"\0")  # other bytes: another image key
@@ -77,8 +77,8 @@ def test_extraction_leaves_the_global_random_stream_alone(tmp_path, monkeypatch)
     ex = extractor()
     torch.manual_seed(123)
     before = torch.get_rng_state()
-    ex.features(files, F.View("augment", 1, 0.5, True, 0))  # computed
-    ex.features(files, F.CLEAN)
+    ex.features(files, feature_cache.View("augment", 1, 0.5, True, 0))  # computed
+    ex.features(files, feature_cache.CLEAN)
     assert torch.equal(torch.get_rng_state(), before)
 
 
@@ -103,13 +103,13 @@ def test_several_views_in_one_stream_each_pair_computed_once(tmp_path, monkeypat
     files = image_files(tmp_path)
     ex = extractor()
     ex.root = None  # no disk cache: the extractor still remembers what it computed
-    clean, flipped, clean_again = ex.features_of([(files, F.CLEAN), (files, F.FLIP), (files, F.CLEAN)])
+    clean, flipped, clean_again = ex.features_of([(files, feature_cache.CLEAN), (files, feature_cache.FLIP), (files, feature_cache.CLEAN)])
     assert ex.computed == 2 * len(files) and torch.equal(clean, clean_again)
-    assert torch.equal(ex.features(files[:2], F.FLIP), flipped[:2])
+    assert torch.equal(ex.features(files[:2], feature_cache.FLIP), flipped[:2])
     assert ex.computed == 2 * len(files) and ex.reused == 0  # served from memory, not recomputed
     alone = extractor()
     alone.root = None
-    assert torch.equal(alone.features(files, F.FLIP), flipped)  # same numbers, batched alone
+    assert torch.equal(alone.features(files, feature_cache.FLIP), flipped)  # same numbers, batched alone
 
 
 def test_mirrored_views_reuse_the_clean_pixels_and_give_the_same_numbers(tmp_path, monkeypatch):
@@ -119,11 +119,11 @@ def test_mirrored_views_reuse_the_clean_pixels_and_give_the_same_numbers(tmp_pat
     files = image_files(tmp_path)
     ex = extractor()
     ex.root = None
-    ex.features(files, F.CLEAN)
+    ex.features(files, feature_cache.CLEAN)
     assert set(ex._pixels.images) == set(ex.keys(files))
     image = ex._pixels.images[ex.keys(files)[0]]
     assert image.dtype == torch.uint8 and tuple(image.shape) == (3, 32, 32)
-    reused = ex.features(files, F.FLIP)
+    reused = ex.features(files, feature_cache.FLIP)
     fresh = extractor()
     fresh.root = None
-    assert torch.equal(reused, fresh.features(files, F.FLIP)) and not fresh._pixels.images
+    assert torch.equal(reused, fresh.features(files, feature_cache.FLIP)) and not fresh._pixels.images

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from folderfit.fileio import atomic_path, replace_dir, write_json
+from folderfit.support.fileio import atomic_path, replace_dir, write_json
 
 
 def test_failed_write_keeps_the_old_file(tmp_path):

@@ -18,14 +18,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import nested, repo_params, run_stage
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from folderfit import data as D
 from folderfit.errors import PipelineError
-
-from conftest import nested, repo_params, run_stage
+from folderfit.images import image_folder
 
 EXTENSIONS = [b".png", b".jpg", b".JPEG", b".gif", b".bmp", b".webp", b".txt", b""]
 
@@ -113,8 +112,8 @@ def covered(rel: str, listed: set[str]) -> bool:
                                  HealthCheck.function_scoped_fixture])
 @given(source=source_files())
 def test_random_names_and_bytes_through_prepare_and_predict(source, model_file):
-    from folderfit import predict as PD
     from folderfit.cli import build_parser
+    from folderfit.commands import predict
 
     folders, files = source
     with tempfile.TemporaryDirectory() as tmp_name, contextlib.chdir(tmp_name):
@@ -141,7 +140,7 @@ def test_random_names_and_bytes_through_prepare_and_predict(source, model_file):
         for dirpath, _, names in os.walk(os.fsencode(src)):
             for name in names:
                 rel = os.path.relpath(os.path.join(dirpath, name), os.fsencode(src))
-                on_disk.add(D.printable(os.fsdecode(rel)))
+                on_disk.add(image_folder.printable(os.fsdecode(rel)))
         for rel in on_disk:  # every file is used or listed with its reason
             assert rel in used or covered(rel, listed), rel
         assert report["n_images"] == len(rows) == len(used)
@@ -151,7 +150,7 @@ def test_random_names_and_bytes_through_prepare_and_predict(source, model_file):
 
         out = tmp / "preds.csv"
         with contextlib.suppress(SystemExit):  # exit code 1 when some file was unreadable
-            PD.command(build_parser().parse_args(
+            predict.command(build_parser().parse_args(
                 ["predict", "src", "--model", str(model_file), "--output", str(out),
                  "--precision", "fp32"]))
         with open(out, newline="", encoding="utf-8", errors="strict") as fh:

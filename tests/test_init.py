@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import ENV, REPO, TINY, run
-from folderfit import preflight, project
+
+from folderfit import project
 from folderfit.params import merge_overrides
+from folderfit.pipeline import preflight
 
 SYNC = "run `python -m folderfit.project --sync` after editing the repository's project files"
 
@@ -85,7 +86,7 @@ def test_library_digest_follows_code_only(tmp_path):
     (lib / "__pycache__" / "x.cpython-311.pyc").write_bytes(b"compiled")
     (lib / "project" / "files" / "stages" / "train.py").write_text("# a template, not code\n")
     assert preflight.library_digest(lib) == before
-    with open(lib / "training.py", "a") as f:
+    with open(lib / "pipeline" / "train.py", "a") as f:
         f.write("# changed\n")
     assert preflight.library_digest(lib) != before
     stamp = preflight.stamp(lib, "9.9.9")

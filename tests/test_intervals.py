@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from folderfit import metrics
+from folderfit.results import metrics
 
 Z = 1.959963984540054  # the 97.5% normal quantile
 
@@ -61,6 +61,7 @@ def test_accuracy_interval_is_there_without_bootstrap_and_bootstrap_needs_enough
                                        (1000, True), (100_001, False)])
 def test_params_bootstrap_is_off_or_at_least_the_minimum(value, ok):
     from conftest import params_with
+
     from folderfit.errors import PipelineError
 
     if ok:

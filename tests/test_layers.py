@@ -16,8 +16,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "folderfit"
-STAGE_MODULES = {"folderfit.preflight", "folderfit.demo", "folderfit.prepare", "folderfit.review",
-                 "folderfit.training", "folderfit.evaluation"}
+STAGE_MODULES = {"folderfit.pipeline.preflight", "folderfit.pipeline.demo_data", "folderfit.pipeline.prepare", "folderfit.pipeline.review",
+                 "folderfit.pipeline.train", "folderfit.pipeline.evaluate"}
 
 
 def module_name(path: Path) -> str:
@@ -52,7 +52,7 @@ def graph() -> dict[str, set[str]]:
 
 def test_the_graph_is_read():
     edges = graph()
-    assert "folderfit.training" in edges and "folderfit.engine" in edges["folderfit.training"]
+    assert "folderfit.pipeline.train" in edges and "folderfit.tuning.epoch_loop" in edges["folderfit.pipeline.train"]
 
 
 def test_stage_scripts_are_thin_and_nothing_imports_them():
@@ -74,7 +74,7 @@ def test_errors_import_nothing_from_the_package():
 
 
 def test_inference_knows_nothing_of_training():
-    assert not graph()["folderfit.inference"] & {"folderfit.engine", "folderfit.training"}
+    assert not graph()["folderfit.compute.inference"] & {"folderfit.tuning.epoch_loop", "folderfit.pipeline.train"}
 
 
 def test_no_import_cycles():
@@ -101,7 +101,7 @@ def test_a_module_alias_means_one_module_everywhere():
     for path in [*PACKAGE.rglob("*.py"), *(REPO / "tests").glob("*.py"), *(REPO / "bench").glob("*.py")]:
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             # `from folderfit import data as D`: a module under an alias
-            if isinstance(node, ast.ImportFrom) and node.module in ("folderfit", "folderfit.pages"):
+            if isinstance(node, ast.ImportFrom) and node.module in ("folderfit", "folderfit.results.pages"):
                 for alias in node.names:
                     if alias.asname:
                         meaning.setdefault(alias.asname, set()).add(f"{node.module}.{alias.name}")

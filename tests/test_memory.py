@@ -1,4 +1,4 @@
-"""folderfit.memory: glibc's mmap threshold is fixed in stage processes, so batch-sized
+"""folderfit.support.memory: glibc's mmap threshold is fixed in stage processes, so batch-sized
 buffers leave the heap when freed instead of fragmenting it around long-lived images."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from folderfit import memory
+from folderfit.support import memory
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc only")
@@ -18,7 +18,7 @@ def test_fixed_threshold_returns_freed_buffers():
     objects are kept. With the threshold fixed, the heap does not grow batch after batch."""
     script = textwrap.dedent("""
         import random, sys
-        from folderfit import memory
+        from folderfit.support import memory
         if sys.argv[1] == "fixed":
             assert memory.fix_mmap_threshold()
         def rss():
@@ -49,7 +49,7 @@ def test_torch_compute_heap_reuses_step_buffers_and_restores_the_fixed_threshold
     threshold holds again."""
     script = textwrap.dedent("""
         import resource
-        from folderfit import memory
+        from folderfit.support import memory
         def faults_of_steps():
             before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             for _ in range(40):

@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 
 import pytest
-
 import tiny_project as T
 from conftest import run_stage, write_params
-from folderfit import probe
+
+from folderfit.frozen import probe
 
 
 def test_rule():

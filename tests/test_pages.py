@@ -1,4 +1,4 @@
-"""The review and results pages (folderfit.pages) and the --serve server, on a small synthetic
+"""The review and results pages (folderfit.results.pages) and the --serve server, on a small synthetic
 project built in a temp dir (images, manifest, review and eval outputs; no training)."""
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from folderfit import corrections as C
+from folderfit.artifacts import corrections as corrections_file
+from folderfit.commands import review_server
 from folderfit.errors import PipelineError
-from folderfit.pages import results_page, review_page, serve, thumbs
+from folderfit.results.pages import results_page, review_page, thumbs
 
 CLASSES = ("birds", "cats", "dogs")
 ODD = "cats/odd, \"name\".png"  # a comma and quotes: the CSV export must quote it
@@ -152,7 +153,8 @@ def test_broken_image_gets_empty_tile(tmp_path):
     _img(good, 1, (400, 300))
     uris = thumbs.data_uris([bad, good, good])
     assert uris[0] is None and uris[1] == uris[2]
-    import base64, io
+    import base64
+    import io
     img = Image.open(io.BytesIO(base64.b64decode(uris[1].split(",", 1)[1])))
     assert max(img.size) == thumbs.THUMB_PX
 
@@ -181,11 +183,11 @@ def test_estimate_kind(summary, kind):
 
 
 def test_reliability_bins_match_the_evaluation():
-    from folderfit import metrics as S
+    from folderfit.results import metrics
 
     conf = np.array([0.1, 0.2, 0.2, 0.55, 0.99, 1.0, 0.35])
     ok = np.array([1, 0, 1, 1, 1, 0, 0], bool)
-    ref = S.reliability_bins(conf, ok, 10)
+    ref = metrics.reliability_bins(conf, ok, 10)
     ours = results_page.reliability(list(conf), list(ok), 10)
     assert [b["count"] for b in ours] == list(ref["count"])
     assert [b["accuracy"] or 0 for b in ours] == pytest.approx(list(ref["accuracy"]))
@@ -196,8 +198,8 @@ def test_reliability_bins_match_the_evaluation():
 def server(project):
     corrections = project["root"] / "data/corrections.csv"
     corrections.write_text("path,action\n# a comment the user wrote\nbirds/005.png,drop\n")
-    store = serve.Corrections(corrections, project["source"], project["manifest"])
-    srv, token = serve.make_server(b"<html>page</html>", store=store, port=0)
+    store = review_server.Corrections(corrections, project["source"], project["manifest"])
+    srv, token = review_server.make_server(b"<html>page</html>", store=store, port=0)
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
     yield {"port": srv.server_address[1], "token": token, "file": corrections, **project}
@@ -222,13 +224,13 @@ def test_serve_merges_decisions_atomically_and_prepare_accepts_them(server):
         {"path": "birds/005.png", "action": "relabel:cats"},  # replaces the existing drop
         {"path": "birds/001.png", "action": "relabel:cats"}]}, token=s["token"])  # later one wins
     assert st == 200, body
-    fixes = C.read(s["source"], s["file"])
+    fixes = corrections_file.read(s["source"], s["file"])
     assert {p: f.describe() for p, f in fixes.items()} == {
         ODD: "relabel:dogs", "birds/001.png": "relabel:cats", "birds/005.png": "relabel:cats"}
     text = s["file"].read_text()
     assert "# a comment the user wrote" in text and '"cats/odd, ""name"".png",relabel:dogs' in text
     st, _ = request(s, "POST", "/api/decisions", {"decisions": [{"path": ODD, "action": "keep"}]}, token=s["token"])
-    assert st == 200 and ODD not in C.read(s["source"], s["file"])
+    assert st == 200 and ODD not in corrections_file.read(s["source"], s["file"])
     st, body = request(s, "GET", "/api/decisions", token=s["token"])
     assert st == 200 and {d["path"] for d in json.loads(body)["decisions"]} == {"birds/001.png", "birds/005.png"}
     assert not [p for p in s["file"].parent.iterdir() if p.name.endswith(".tmp")]
@@ -256,7 +258,7 @@ def test_serve_refuses_bad_token_host_and_path_tricks(server):
     conn = http.client.HTTPConnection("127.0.0.1", s["port"], timeout=10)
     conn.putrequest("POST", "/api/decisions")
     for k, v in (("Content-Type", "application/json"), ("X-Folderfit-Token", s["token"]),
-                 ("Content-Length", str(serve.MAX_BODY + 1))):
+                 ("Content-Length", str(review_server.MAX_BODY + 1))):
         conn.putheader(k, v)
     conn.endheaders(b"{")
     assert conn.getresponse().status == 413
@@ -267,12 +269,12 @@ def test_serve_refuses_bad_token_host_and_path_tricks(server):
 
 
 def test_serve_binds_loopback_and_port_in_use_is_one_line(project):
-    store = serve.Corrections(project["root"] / "c.csv", project["source"], project["manifest"])
-    srv, token = serve.make_server(b"", store=store, port=0)
+    store = review_server.Corrections(project["root"] / "c.csv", project["source"], project["manifest"])
+    srv, token = review_server.make_server(b"", store=store, port=0)
     try:
         assert srv.server_address[0] == "127.0.0.1" and len(token) >= 32
         with pytest.raises(PipelineError, match=r"port \d+ on 127.0.0.1 is already in use; choose another with --port"):
-            serve.make_server(b"", store=store, port=srv.server_address[1])
+            review_server.make_server(b"", store=store, port=srv.server_address[1])
     finally:
         srv.server_close()
 

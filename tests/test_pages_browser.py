@@ -19,12 +19,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from folderfit import corrections as C
-from folderfit.pages import results_page, review_page
-
 from conftest import ENV, make_repo, repo_params, run
 from test_pages import CLASSES, ODD, make_project
+
+from folderfit.artifacts import corrections
+from folderfit.results.pages import results_page, review_page
 
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")
                  if shutil.which(n)), None)
@@ -134,7 +133,7 @@ def test_review_page_from_disk(browser, tmp_path):
     d.find_element("id", "show-csv").click()
     text = d.find_element("id", "csv").get_attribute("value")
     (tmp_path / "corrections.csv").write_text(text, encoding="utf-8")
-    fixes = C.read(p["source"], tmp_path / "corrections.csv")
+    fixes = corrections.read(p["source"], tmp_path / "corrections.csv")
     assert {k: f.describe() for k, f in fixes.items()} == {ODD: "relabel:dogs", "birds/001.png": "drop"}
     # the Export button downloads the same rows (the page's CSP allows it: no console error)
     saved = d.downloads / "corrections.csv"
@@ -196,7 +195,7 @@ def test_serve_relabel_click_writes_corrections(browser, tmp_path):
         cards = {c.get_attribute("data-path"): c for c in d.find_elements("css selector", "#issues .card")}
         cards[ODD].find_element("css selector", "button.relabel").click()
         wait_for(d, lambda d: "saved" in d.find_element("id", "status").text, "relabel saved")
-        fixes = C.read(p["source"], tmp_path / "data/corrections.csv")
+        fixes = corrections.read(p["source"], tmp_path / "data/corrections.csv")
         assert {k: f.describe() for k, f in fixes.items()} == {"birds/005.png": "drop", ODD: "relabel:dogs"}
         # the test image: relabel only through the picker, as the person decides
         from selenium.webdriver.support.ui import Select
@@ -204,7 +203,7 @@ def test_serve_relabel_click_writes_corrections(browser, tmp_path):
         Select(cards["dogs/004.png"].find_element("css selector", "select.relabel-to")).select_by_value("birds")
         wait_for(d, lambda d: "relabel:birds" in (tmp_path / "data/corrections.csv").read_text(), "picker saved")
         cards[ODD].find_element("css selector", "button.keep").click()  # keep: the row goes
-        wait_for(d, lambda d: ODD not in C.read(p["source"], tmp_path / "data/corrections.csv"), "keep saved")
+        wait_for(d, lambda d: ODD not in corrections.read(p["source"], tmp_path / "data/corrections.csv"), "keep saved")
         assert errors(d) == []
         # a bad token: 403, and the page is not served
         for bad in (url.replace(token, "x" + token[1:]), url.split("?")[0]):

@@ -7,11 +7,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import repo_params
 
 from folderfit.errors import PipelineError
 from folderfit.params import Params, load_params, parse_params
-
-from conftest import repo_params
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -62,9 +61,9 @@ def test_the_code_holds_no_defaults():
     """params.yaml is the one source of defaults: no dataclass field has a default."""
     import dataclasses
 
-    from folderfit import params as PM
+    from folderfit import params
 
-    for cls in (PM.Params, PM.DataParams, PM.AugmentParams, PM.EvaluateParams, PM.DemoParams):
+    for cls in (params.Params, params.DataParams, params.AugmentParams, params.EvaluateParams, params.DemoParams):
         for f in dataclasses.fields(cls):
             assert f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING, \
                 f"{cls.__name__}.{f.name} has a default in code"

@@ -11,19 +11,18 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from folderfit import predict as PD
-from folderfit.cli import build_parser
-from folderfit.errors import PipelineError
-from folderfit.imageio import STORED_FORMAT
 import tiny_project as T
-
 from conftest import run_stage
+
+from folderfit.cli import build_parser
+from folderfit.commands import predict as predict_command
+from folderfit.errors import PipelineError
+from folderfit.images.decode import STORED_FORMAT
 
 
 def predict(*argv: str) -> None:
     """`folderfit predict ARGV` in-process, errors raised (not turned into exit codes)."""
-    PD.command(build_parser().parse_args(["predict", *argv]))
+    predict_command.command(build_parser().parse_args(["predict", *argv]))
 
 REPO = Path(__file__).resolve().parents[1]
 

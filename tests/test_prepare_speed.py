@@ -8,9 +8,9 @@ import io
 import numpy as np
 from PIL import Image
 
-from folderfit import imageio as IO
-from folderfit import prepare as PR
-from folderfit.progress import progress
+from folderfit.images import decode
+from folderfit.pipeline import prepare
+from folderfit.support.progress import progress
 
 
 def big_jpeg(path, size=(2400, 1800)):
@@ -22,32 +22,32 @@ def big_jpeg(path, size=(2400, 1800)):
 def test_large_jpeg_is_drafted_and_keeps_its_size(tmp_path):
     path = tmp_path / "big.jpg"
     big_jpeg(path)
-    img, size = IO.decode_upright(path, IO.store_side(64))  # stored side 80: 1/8 keeps 225 >= 160
+    img, size = decode.decode_upright(path, decode.store_side(64))  # stored side 80: 1/8 keeps 225 >= 160
     assert size == (2400, 1800) and img.size == (300, 225)
-    full, _ = IO.decode_upright(path, None)
+    full, _ = decode.decode_upright(path, None)
     assert full.size == (2400, 1800)
     # prepare and predict take the same (drafted) path: its stored copy is the same
-    _, stored, _ = IO.stored_image(path, 64)
-    assert stored.size == (107, 80) and stored.tobytes() == IO.shrink(img, 64).tobytes()
+    _, stored, _ = decode.stored_image(path, 64)
+    assert stored.size == (107, 80) and stored.tobytes() == decode.shrink(img, 64).tobytes()
 
 
 def test_decode_one_returns_the_stored_copy_losslessly_encoded(tmp_path):
     path = tmp_path / "big.jpg"
     big_jpeg(path)
-    pixel_hash, blob, (size, thumbnail) = PR.decode_one(path, 64)
+    pixel_hash, blob, (size, thumbnail) = prepare.decode_one(path, 64)
     assert size == (2400, 1800) and len(pixel_hash) == 64
     assert thumbnail.shape == (32 * 32,) and thumbnail.dtype == np.uint8
     back = Image.open(io.BytesIO(blob))
-    assert "." + back.format.lower() == IO.STORED_FORMAT
-    assert back.tobytes() == IO.stored_image(path, 64)[1].tobytes()
-    assert PR.decode_one(tmp_path / "missing.jpg", 64)[0] is None
+    assert "." + back.format.lower() == decode.STORED_FORMAT
+    assert back.tobytes() == decode.stored_image(path, 64)[1].tobytes()
+    assert prepare.decode_one(tmp_path / "missing.jpg", 64)[0] is None
 
 
 def test_progress_prints_plain_lines_when_not_a_terminal(monkeypatch):
     """tqdm stays silent when stderr is a file (CI logs): plain lines are printed instead."""
     out = io.StringIO()
     ticks = iter(range(0, 1000, 4))  # each step takes 4 "seconds"
-    monkeypatch.setattr("folderfit.progress.time.monotonic", lambda: next(ticks))
+    monkeypatch.setattr("folderfit.support.progress.time.monotonic", lambda: next(ticks))
     items = list(progress(range(10), total=10, desc="prepare", unit="images", interval=10, stream=out,
                           enabled=True))
     assert items == list(range(10))

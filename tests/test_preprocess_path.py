@@ -8,13 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tiny_project as T
 import torch
 from PIL import Image
 
-from folderfit import datasets as DS
-from folderfit import imageio as IO
-from folderfit.models import load_model_file
-import tiny_project as T
+from folderfit.artifacts.model_file import load_model_file
+from folderfit.images import datasets, decode
 
 SIZES = {"big": (1024, 768), "small": (300, 168), "tall": (168, 300)}
 
@@ -53,47 +52,47 @@ def test_prepared_copy_gives_predicts_input(project):
     """Eval path on the prepared copy == predict path on the original, pixel for pixel."""
     loaded = load_model_file(project / "models/model.pt")
     rows = manifest(project)
-    assert len(rows) == 12 and all(r["file"].endswith(IO.STORED_FORMAT) for r in rows)
+    assert len(rows) == 12 and all(r["file"].endswith(decode.STORED_FORMAT) for r in rows)
     samples = [(project / "data/prepared" / r["file"], 0) for r in rows]
-    evaluated = DS.ImageTensorDataset(samples, DS.eval_geometry(loaded.preprocess))
+    evaluated = datasets.ImageTensorDataset(samples, datasets.eval_geometry(loaded.preprocess))
     for k, row in enumerate(rows):
         original = project / "src" / row["source"]
-        assert torch.equal(evaluated[k][0], IO.network_image(original, loaded.preprocess)), row["file"]
+        assert torch.equal(evaluated[k][0], decode.network_image(original, loaded.preprocess)), row["file"]
         # the manifest keeps the original's size
         assert (int(row["width"]), int(row["height"])) == Image.open(original).size
 
 
 def test_probabilities_agree(project):
     """A model's probabilities: predict on the originals == evaluate's on the prepared copies."""
-    from folderfit import predict as PD
+    from folderfit.compute import classifier as model_classifier
 
     loaded = load_model_file(project / "models/model.pt")
     rows = manifest(project)
     originals = [project / "src" / r["source"] for r in rows]
-    probs, order, failed = PD.predict_files(loaded, originals, 5, "fp32", progress=False, device="cpu")
+    probs, order, failed = model_classifier.predict_files(loaded, originals, 5, "fp32", progress=False, device="cpu")
     assert not failed and order == list(range(len(rows)))
     samples = [(project / "data/prepared" / r["file"], 0) for r in rows]
-    dataset = DS.ImageTensorDataset(samples, DS.eval_geometry(loaded.preprocess))
+    dataset = datasets.ImageTensorDataset(samples, datasets.eval_geometry(loaded.preprocess))
     batch = torch.stack([dataset[i][0] for i in range(len(dataset))])
-    normalizer = DS.Normalizer(loaded.preprocess.mean, loaded.preprocess.std)
+    normalizer = datasets.Normalizer(loaded.preprocess.mean, loaded.preprocess.std)
     with torch.no_grad():
         expected = torch.softmax(loaded.model.float().eval()(normalizer(batch)), 1)
     assert (probs - expected).abs().max() < 1e-5
     # the folderfit.load API: an opened (unloaded) JPEG takes the same path as its file
-    classifier = PD.Classifier(loaded, "fp32", "cpu")
+    classifier = model_classifier.Classifier(loaded, "fp32", "cpu")
     got = classifier.probabilities([Image.open(originals[0])])
     assert (got[0] - expected[0]).abs().max() < 1e-5
 
 
 def test_draft_rule_is_shared():
     """A large JPEG is drafted (decoded at a reduced scale) by the one rule."""
-    assert IO.draft_factor(4000, 3000, 325) == 8  # 375 >= 325
-    assert IO.draft_factor(2048, 1536, 325) == 4  # 384 >= 325, 192 is not
-    assert IO.draft_factor(1300, 650, 325) == 2
-    assert IO.draft_factor(1299, 649, 325) == 1
-    assert IO.draft_factor(1024, 768, 80) == 8
-    assert IO.draft_factor(300, 168, 80) == 2
-    assert IO.draft_factor(4000, 3000, None) == 1
+    assert decode.draft_factor(4000, 3000, 325) == 8  # 375 >= 325
+    assert decode.draft_factor(2048, 1536, 325) == 4  # 384 >= 325, 192 is not
+    assert decode.draft_factor(1300, 650, 325) == 2
+    assert decode.draft_factor(1299, 649, 325) == 1
+    assert decode.draft_factor(1024, 768, 80) == 8
+    assert decode.draft_factor(300, 168, 80) == 2
+    assert decode.draft_factor(4000, 3000, None) == 1
 
 
 def test_extreme_aspect_ratio_refused(tmp_path):
@@ -101,30 +100,30 @@ def test_extreme_aspect_ratio_refused(tmp_path):
     path = tmp_path / "line.png"
     Image.new("RGB", (6000, 1), (9, 9, 9)).save(path)
     assert path.stat().st_size < 200
-    with pytest.raises(IO.BadImage, match="aspect ratio 6000:1"):
-        IO.decode_upright(path, 40)
+    with pytest.raises(decode.BadImage, match="aspect ratio 6000:1"):
+        decode.decode_upright(path, 40)
     Image.new("RGB", (600, 40)).save(tmp_path / "wide.png")  # 15:1 is fine
-    assert IO.decode_upright(tmp_path / "wide.png", 40)[0].size == (600, 40)
+    assert decode.decode_upright(tmp_path / "wide.png", 40)[0].size == (600, 40)
 
 
 def test_decompression_bomb_message(tmp_path, monkeypatch):
     path = tmp_path / "big.png"
     Image.new("RGB", (200, 200)).save(path)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)
-    with pytest.raises(IO.BadImage, match="decompression bomb.*limit is 10000 pixels"):
-        IO.decode_upright(path, 40)
+    with pytest.raises(decode.BadImage, match="decompression bomb.*limit is 10000 pixels"):
+        decode.decode_upright(path, 40)
 
 
 def test_12_bit_png_keeps_its_brightness(tmp_path):
     """Samples 0..4095 in a 16-bit PNG (a 12-bit sensor) are scaled by 4095, not 65535."""
     ramp = np.tile(np.linspace(0, 4095, 64).round().astype(np.uint16), (8, 1))
     Image.fromarray(ramp).save(tmp_path / "12bit.png")
-    img, _ = IO.decode_upright(tmp_path / "12bit.png", None)
+    img, _ = decode.decode_upright(tmp_path / "12bit.png", None)
     arr = np.asarray(img)
     assert arr[0, -1].tolist() == [255, 255, 255] and arr[0, 0].tolist() == [0, 0, 0]
     assert abs(int(arr[0, 32, 0]) - round(ramp[0, 32] / 4095 * 255)) <= 1
     full = (ramp.astype(np.uint32) * 16).astype(np.uint16)  # the same picture at 16 bits
     full[0, -1] = 65535
     Image.fromarray(full).save(tmp_path / "16bit.png")
-    arr16 = np.asarray(IO.decode_upright(tmp_path / "16bit.png", None)[0])
+    arr16 = np.asarray(decode.decode_upright(tmp_path / "16bit.png", None)[0])
     assert np.abs(arr16.astype(int) - arr.astype(int)).max() <= 1

@@ -1,12 +1,10 @@
-"""folderfit.probe: views, the hflip auto decision on val, flip TTA, the refit on train + val."""
+"""folderfit.frozen.probe: views, the hflip auto decision on val, flip TTA, the refit on train + val."""
 
 from __future__ import annotations
 
 import torch
 
-from folderfit import features as F
-from folderfit import head as H
-from folderfit import probe
+from folderfit.frozen import feature_cache, head, probe
 
 N_CLASSES, DIM = 3, 16
 
@@ -29,10 +27,10 @@ def source(mirror_keeps_labels: bool, seed: int = 0):
         x, y = blobs(12 if split == "train" else 6, seed + i, CENTRES)
         mirrored, _ = blobs(12 if split == "train" else 6, seed + 10 + i,
                             CENTRES if mirror_keeps_labels else swapped)
-        vectors[split, F.CLEAN], vectors[split, F.FLIP], labels[split] = x, mirrored, y
+        vectors[split, feature_cache.CLEAN], vectors[split, feature_cache.FLIP], labels[split] = x, mirrored, y
         for k in (1, 2):
             for flip in (False, True):
-                view = F.View("augment", k, 0.6, flip, 42)
+                view = feature_cache.View("augment", k, 0.6, flip, 42)
                 vectors[split, view] = x + 0.1 * torch.randn(x.shape, generator=torch.Generator().manual_seed(k))
     asked = []
 
@@ -50,9 +48,9 @@ def solve(features, labels, **kw):
 
 
 def test_views_clean_then_mirror_then_crops():
-    assert probe.training_views(False, 1, 0.6, 42) == [F.CLEAN]
+    assert probe.training_views(False, 1, 0.6, 42) == [feature_cache.CLEAN]
     views = probe.training_views(True, 3, 0.6, 42)
-    assert views[:2] == [F.CLEAN, F.FLIP]
+    assert views[:2] == [feature_cache.CLEAN, feature_cache.FLIP]
     assert [(v.kind, v.index, v.hflip) for v in views[2:]] == [("augment", 1, True), ("augment", 2, True)]
 
 
@@ -70,22 +68,22 @@ def test_hflip_auto_drops_flips_when_mirroring_changes_the_class():
     assert not test["hflip"] and not solved.hflip
     assert test["val_accuracy"] - test["val_accuracy_mirrored"] > test["tolerance"]
     assert solved.views == ["clean"] and solved.tta == "none"
-    assert ("train", F.FLIP) not in asked  # the mirror images of training images are never computed
+    assert ("train", feature_cache.FLIP) not in asked  # the mirror images of training images are never computed
 
 
 def test_fixed_hflip_skips_the_test_and_the_mirror_views():
     features, labels, asked = source(mirror_keeps_labels=True)
     solved = solve(features, labels, hflip=False, tta="none")
     assert solved.mirror_test is None and not solved.hflip
-    assert all(view == F.CLEAN for _, view in asked)
+    assert all(view == feature_cache.CLEAN for _, view in asked)
 
 
 def test_flip_tta_scores_val_on_the_mean_of_both_views():
     features, labels, _ = source(mirror_keeps_labels=True)
     solved = solve(features, labels, hflip=True, tta="flip")
     train_clean, train_flip, val_clean, val_flip = features(
-        [("train", F.CLEAN), ("train", F.FLIP), ("val", F.CLEAN), ("val", F.FLIP)])
-    expected = H.fit_head(torch.cat([train_clean, train_flip]), labels["train"].repeat(2),
+        [("train", feature_cache.CLEAN), ("train", feature_cache.FLIP), ("val", feature_cache.CLEAN), ("val", feature_cache.FLIP)])
+    expected = head.fit_head(torch.cat([train_clean, train_flip]), labels["train"].repeat(2),
                           (val_clean + val_flip) / 2, labels["val"], N_CLASSES)
     assert solved.tta == "flip"
     assert solved.fit.l2 == expected.l2 and solved.fit.val_loss == expected.val_loss
@@ -103,7 +101,7 @@ def test_refit_solves_again_on_train_and_val_at_the_chosen_l2():
     # the same convex problem, solved from the train head instead of along the l2 path: the
     # same function to the solver's tolerance (a weak l2 leaves the weights loosely pinned),
     # and deterministic
-    weight, bias = H.refit(x, y, N_CLASSES, kept.fit.l2)
+    weight, bias = head.refit(x, y, N_CLASSES, kept.fit.l2)
     got, expected = x @ refit.fit.weight.T + refit.fit.bias, x @ weight.T + bias
     assert torch.equal(got.argmax(1), expected.argmax(1))
     assert (got - expected).abs().max() <= 0.02 * expected.abs().max()
@@ -123,7 +121,7 @@ def _noise_source(n_train: int, n_val: int, dim: int, seed: int):
     it learned from the very images it scores."""
     g = torch.Generator().manual_seed(seed)
     vectors = {(split, view): torch.randn(n, dim, generator=g)
-               for split, n in (("train", n_train), ("val", n_val)) for view in (F.CLEAN, F.FLIP)}
+               for split, n in (("train", n_train), ("val", n_val)) for view in (feature_cache.CLEAN, feature_cache.FLIP)}
     labels = {"train": torch.arange(n_train) % N_CLASSES, "val": torch.arange(n_val) % N_CLASSES}
     return probe.tensor_source(vectors), labels
 
@@ -133,7 +131,7 @@ def test_cross_validation_scores_only_images_outside_each_fit():
     features, labels = _noise_source(60, 30, 300, seed=3)
     settings = {"hflip": False, "n_views": 1, "min_scale": 0.6, "tta": "none", "refit": True}
     memorised = probe.solve(features, labels["train"], labels["val"], N_CLASSES, seed=0, **settings)
-    x = torch.cat([features([("train", F.CLEAN)])[0], features([("val", F.CLEAN)])[0]])
+    x = torch.cat([features([("train", feature_cache.CLEAN)])[0], features([("val", feature_cache.CLEAN)])[0]])
     y = torch.cat([labels["train"], labels["val"]])
     assert probe.accuracy(x @ memorised.fit.weight.T + memorised.fit.bias, y) > 0.9
     cv = probe.cross_validate(features, labels["train"], labels["val"], N_CLASSES, folds=5,

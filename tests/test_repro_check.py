@@ -1,4 +1,4 @@
-"""The reproducibility check (folderfit repro-check, folderfit/repro_check.py) and the CI workflow that runs it.
+"""The reproducibility check (folderfit repro-check, folderfit/commands/repro_check.py) and the CI workflow that runs it.
 
 The check on the real pipeline runs in .ci/run (.ci/workflow_selftest.py, tiny config). Here it
 runs on small DVC pipelines built in the test, one deterministic and one not, so that both
@@ -83,7 +83,7 @@ def test_set_overrides_are_validated(tmp_path):
 
 
 def test_set_writes_the_copy_params(tmp_path):
-    from folderfit.repro_check import apply_overrides
+    from folderfit.commands.repro_check import apply_overrides
 
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
     shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")

@@ -15,9 +15,9 @@ import pytest
 import torch
 import yaml
 
-from folderfit.checkpoint import CHECKPOINT, Checkpointer
-from folderfit.engine import EarlyStopping, make_scheduler
-from folderfit.repro_check import make_copy
+from folderfit.commands.repro_check import make_copy
+from folderfit.tuning.checkpoint import CHECKPOINT, Checkpointer
+from folderfit.tuning.epoch_loop import EarlyStopping, make_scheduler
 
 ROOT = Path(__file__).resolve().parents[1]
 # A small random-init torchvision model keeps each process short; resuming does not depend

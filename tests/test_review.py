@@ -1,4 +1,4 @@
-"""The label review (stage `review`, folderfit.review / crossfit / similarity): planted wrong
+"""The label review (stage `review`, folderfit.pipeline.review / crossfit / similarity): planted wrong
 labels come out on top, scores are out of sample, copies and off-topic images are found, the
 paths are data.source's exactly, reruns are identical, and train reuses the review's features."""
 
@@ -10,11 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from PIL import Image
-
 import tiny_project as T
+import torch
 from conftest import run_stage, write_params
+from PIL import Image
 
 PLANTED = {"bars/007.png": "blobs", "blobs/011.png": "checks", "checks/003.png": "bars"}
 
@@ -152,8 +151,7 @@ def test_no_image_is_scored_by_a_head_that_saw_its_label(monkeypatch):
     """Random features with random labels: a head that saw an image's label would give it a
     high probability (in-sample fit: near 1); out of sample it is chance. And every refit's
     training rows exclude the fold it scores and every copy of its images."""
-    from folderfit import crossfit as CF
-    from folderfit import head as H
+    from folderfit.frozen import crossfit, head
 
     rng = np.random.default_rng(0)
     n, d, c = 90, 40, 3
@@ -163,14 +161,14 @@ def test_no_image_is_scored_by_a_head_that_saw_its_label(monkeypatch):
     groups = np.arange(n)
     groups[1] = 0
     seen = []
-    real_refit = H.refit
+    real_refit = head.refit
 
     def spying_refit(rows_x, rows_y, *args, **kwargs):
         seen.append(rows_x)
         return real_refit(rows_x, rows_y, *args, **kwargs)
 
-    monkeypatch.setattr(H, "refit", spying_refit)
-    fit = CF.cross_fit([x, x + 0.01], labels, c, groups, k=5, seed=1)
+    monkeypatch.setattr(head, "refit", spying_refit)
+    fit = crossfit.cross_fit([x, x + 0.01], labels, c, groups, k=5, seed=1)
     assert fit.fold[0] == fit.fold[1]
     in_sample = real_refit(x, torch.from_numpy(labels), c, 1e-4)
     p_in = torch.softmax(x @ in_sample[0].T + in_sample[1], 1).numpy()[np.arange(n), labels]
@@ -183,14 +181,14 @@ def test_no_image_is_scored_by_a_head_that_saw_its_label(monkeypatch):
 
 
 def test_folds_are_stratified_seeded_and_keep_copies_together():
-    from folderfit import crossfit as CF
+    from folderfit.frozen import crossfit
 
     labels = np.repeat([0, 1, 2], 20)
     groups = np.arange(60)
     groups[[5, 25, 45]] = 5  # one image under three classes
-    a = CF.assign_folds(labels, groups, 5, seed=7)
-    assert np.array_equal(a, CF.assign_folds(labels, groups, 5, seed=7))
-    assert not np.array_equal(a, CF.assign_folds(labels, groups, 5, seed=8))
+    a = crossfit.assign_folds(labels, groups, 5, seed=7)
+    assert np.array_equal(a, crossfit.assign_folds(labels, groups, 5, seed=7))
+    assert not np.array_equal(a, crossfit.assign_folds(labels, groups, 5, seed=8))
     assert len(set(a[[5, 25, 45]])) == 1
     for f in range(5):
         counts = np.bincount(labels[a == f], minlength=3)
@@ -198,17 +196,17 @@ def test_folds_are_stratified_seeded_and_keep_copies_together():
 
 
 def test_folds_split_every_class_evenly_and_copies_stay_together_at_scale():
-    from folderfit import crossfit as CF
+    from folderfit.frozen import crossfit
 
     rng = np.random.default_rng(3)
     labels = rng.integers(0, 7, 3000)
     groups = np.arange(3000)
     copies = rng.choice(3000, 200, replace=False)
     groups[copies] = groups[rng.choice(3000, 200)]  # ~200 copies, some across classes
-    fold = CF.assign_folds(labels, groups, 5, seed=1)
+    fold = crossfit.assign_folds(labels, groups, 5, seed=1)
     for g in np.unique(groups):
         assert len(set(fold[groups == g])) == 1
-    no_copies = CF.assign_folds(labels, np.arange(3000), 5, seed=1)
+    no_copies = crossfit.assign_folds(labels, np.arange(3000), 5, seed=1)
     for c in range(7):
         per_fold = np.bincount(no_copies[labels == c], minlength=5)
         assert per_fold.max() - per_fold.min() <= 1
@@ -217,22 +215,22 @@ def test_folds_split_every_class_evenly_and_copies_stay_together_at_scale():
 
 
 def test_similar_pairs_groups_and_outlier_rule():
-    from folderfit import similarity as SIM
+    from folderfit.frozen import similarity
 
-    z = SIM.normalise(np.array([[1, 0, 0], [0.99, 0.05, 0], [0, 1, 0], [0, 0.8, 0.6], [0, 0, 1]]))
-    pairs = SIM.similar_pairs(z, 0.95)
+    z = similarity.normalise(np.array([[1, 0, 0], [0.99, 0.05, 0], [0, 1, 0], [0, 0.8, 0.6], [0, 0, 1]]))
+    pairs = similarity.similar_pairs(z, 0.95)
     assert [(i, j) for i, j, _ in pairs] == [(0, 1)]
-    assert SIM.groups(5, pairs).tolist() == [0, 0, 2, 3, 4]
-    index, sim = SIM.nearest(z, 2)
+    assert similarity.groups(5, pairs).tolist() == [0, 0, 2, 3, 4]
+    index, sim = similarity.nearest(z, 2)
     assert index[0, 0] == 1 and 0 not in index[0]
-    flags, threshold = SIM.outlier_flags(np.array([0.3, 0.31, 0.32, 0.33, 0.34, 0.9]), 1.7)
+    flags, threshold = similarity.outlier_flags(np.array([0.3, 0.31, 0.32, 0.33, 0.34, 0.9]), 1.7)
     assert flags.tolist() == [False] * 5 + [True] and 0.34 < threshold < 0.9
 
 
 def test_thumbnails_find_resized_and_reencoded_copies_only(tmp_path):
     """Backbone-free copies: a JPEG re-encode and a downsized copy of one picture correlate
     >= 0.998 with it at 32x32; other pictures of the same class, and a flat image, do not."""
-    from folderfit import similarity as SIM
+    from folderfit.frozen import similarity
 
     rng = np.random.default_rng(5)
     original = T.picture("blobs", 96, rng)
@@ -243,13 +241,13 @@ def test_thumbnails_find_resized_and_reencoded_copies_only(tmp_path):
     T.picture("blobs", 96, rng).save(files[3])
     T.picture("bars", 96, rng).save(files[4])
     Image.new("RGB", (96, 96), (90, 90, 90)).save(files[5])
-    pairs = SIM.pairs_above(SIM.thumbnails(files), SIM.THUMBNAIL_CORRELATION)
+    pairs = similarity.pairs_above(similarity.thumbnails(files), similarity.THUMBNAIL_CORRELATION)
     assert [(i, j) for i, j, _ in pairs] == [(0, 1), (0, 2), (1, 2)], pairs
 
 
 # ------------------------------------------------------------------ the console command
 def test_review_command_prints_the_lists_and_writes_a_template(reviewed, tmp_path, capsys):
-    from folderfit import corrections as C
+    from folderfit.artifacts import corrections
     from folderfit.cli import main
 
     work, source, plants = reviewed
@@ -258,7 +256,7 @@ def test_review_command_prints_the_lists_and_writes_a_template(reviewed, tmp_pat
     out = capsys.readouterr().out
     assert "label issues:" in out and "near-duplicates:" in out and "outliers:" in out
     assert all(p in out for p in plants["moved"].values()), out
-    fixes = C.read(source, template)  # a valid corrections file, as it is
+    fixes = corrections.read(source, template)  # a valid corrections file, as it is
     _, scores = read_csv(work / "metrics/review/scores.csv")
     split = {r["path"]: r["split"] for r in scores}
     top = {*plants["moved"].values(), plants["copy"][1]}
@@ -277,12 +275,12 @@ class FakeExtractor:
         self.keeps = mirror_keeps_class
 
     def features_of(self, requests, desc=""):
-        from folderfit import features as F
+        from folderfit.frozen import feature_cache
 
         out = []
         for files, view in requests:
             signs = torch.tensor([1.0 if "a/" in str(f) else -1.0 for f in files])
-            if view == F.FLIP and not self.keeps:
+            if view == feature_cache.FLIP and not self.keeps:
                 signs = -signs
             out.append(torch.stack([signs, torch.ones_like(signs)], 1))
         return out
@@ -290,12 +288,12 @@ class FakeExtractor:
 
 @pytest.mark.parametrize("keeps", [True, False])
 def test_hflip_auto_follows_trains_mirror_test(keeps):
-    from folderfit import features as F
-    from folderfit.review import follow_mirror_test
+    from folderfit.frozen import feature_cache
+    from folderfit.pipeline.review import follow_mirror_test
 
     rows = [{"split": s, "class": c} for s in ("train", "val") for c in "ab" for _ in range(6)]
     files = [Path(f"{r['class']}/{i}.png") for i, r in enumerate(rows)]
     labels = np.array([0 if r["class"] == "a" else 1 for r in rows])
     views, test = follow_mirror_test(FakeExtractor(keeps), files, rows, labels, 2)
-    assert views == ([F.CLEAN, F.FLIP] if keeps else [F.CLEAN])
+    assert views == ([feature_cache.CLEAN, feature_cache.FLIP] if keeps else [feature_cache.CLEAN])
     assert test["hflip"] is keeps and test["val_accuracy"] == 1.0

@@ -8,9 +8,8 @@ import json
 
 import numpy as np
 import pytest
-import torch
-
 import tiny_project as T
+import torch
 from conftest import run_stage, write_params
 
 
@@ -29,7 +28,7 @@ def test_review_with_fewer_images_per_class_than_folds_reduces_the_folds(tmp_pat
 
 
 def test_a_class_too_small_to_cross_fit_is_reported_not_fatal():
-    from folderfit import review as RV
+    from folderfit.pipeline import review as review_stage
 
     rng = np.random.default_rng(0)
     labels = np.array([0] * 6 + [1] * 6 + [2])  # class 2: one image
@@ -38,11 +37,11 @@ def test_a_class_too_small_to_cross_fit_is_reported_not_fatal():
     centres = np.eye(3, 3) * 4
     features = [torch.tensor(centres[labels] + rng.normal(0, 0.3, (13, 3)), dtype=torch.float32)]
     rows = [{"source": f"c{c}/{i}.png", "class": f"c{c}"} for i, c in enumerate(labels)]
-    plan = RV.plan_review(rows, ["c0", "c1", "c2"], labels, wanted_folds=5)
+    plan = review_stage.plan_review(rows, ["c0", "c1", "c2"], labels, wanted_folds=5)
     assert plan["folds"] == 5 and len(plan["reviewable"]) == 12
     assert [s["path"] for s in plan["skipped"]] == ["c2/12.png"]
     index = np.array([[(i + 1) % 13, (i + 2) % 13] for i in range(13)])
-    fit, probs, issues = RV.review_labels(features, labels, 3, np.arange(13), index, plan, seed=0)
+    fit, probs, issues = review_stage.review_labels(features, labels, 3, np.arange(13), index, plan, seed=0)
     assert np.isnan(probs[12]).all() and issues["suggested"][12] == -1
     assert 12 not in issues["order"]
     assert np.allclose(probs[:12].sum(1), 1.0) and (probs[:12, 2] == 0).all()
@@ -62,8 +61,8 @@ def write_review_folder(folder, issues, splits):
 
 
 def test_template_never_suggests_a_relabel_of_a_test_image_and_quotes_cells(tmp_path):
-    from folderfit import corrections as C
-    from folderfit import review as RV
+    from folderfit.artifacts import corrections
+    from folderfit.commands import review as review_command
 
     source = tmp_path / "images"
     for cls in ("cats, dogs", "birds"):
@@ -76,8 +75,8 @@ def test_template_never_suggests_a_relabel_of_a_test_image_and_quotes_cells(tmp_
                                  ["cats, dogs/2.png", "cats, dogs", "birds", "0.03"]],
                         {"birds/0.png": "train", "birds/1.png": "test", "cats, dogs/2.png": "val"})
     template = tmp_path / "todo.csv"
-    assert RV.write_template(folder, template, top=10) == (2, 1)
-    fixes = C.read(source, template)
+    assert review_command.write_template(folder, template, top=10) == (2, 1)
+    fixes = corrections.read(source, template)
     assert {p: f.describe() for p, f in fixes.items()} == {
         "birds/0.png": "relabel:cats, dogs", "cats, dogs/2.png": "relabel:birds"}
     assert "birds/1.png" in template.read_text()  # listed for a human look, no row
@@ -85,7 +84,7 @@ def test_template_never_suggests_a_relabel_of_a_test_image_and_quotes_cells(tmp_
 
 @pytest.mark.parametrize("n_per_class, folds, expected", [(4, 5, 4), (10, 5, 5), (2, 5, 2)])
 def test_plan_folds(n_per_class, folds, expected):
-    from folderfit import crossfit as CF
+    from folderfit.frozen import crossfit
 
-    k, note = CF.plan_folds([n_per_class, n_per_class + 3, 1], folds)
+    k, note = crossfit.plan_folds([n_per_class, n_per_class + 3, 1], folds)
     assert k == expected and (note is None) == (k == folds)

@@ -1,4 +1,4 @@
-"""Device and precision (folderfit.runtime): what auto picks on each kind of machine (GPUs
+"""Device and precision (folderfit.compute.runtime): what auto picks on each kind of machine (GPUs
 simulated by replacing torch.cuda's queries), the one-line refusals, and the fp16 path's
 gradient scaler in the epoch loop."""
 
@@ -8,16 +8,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import repo_params
 from torch import nn
 
-from folderfit import engine
-from folderfit import runtime
-from folderfit.checkpoint import Checkpointer
-from folderfit.datasets import Normalizer
+from folderfit.compute import runtime
 from folderfit.errors import PipelineError
+from folderfit.images.datasets import Normalizer
 from folderfit.params import parse_params
-
-from conftest import repo_params
+from folderfit.tuning import epoch_loop
+from folderfit.tuning.checkpoint import Checkpointer
 
 
 def fake_gpus(monkeypatch, capability=(7, 5), name="Tesla T4", count=1):
@@ -161,17 +160,17 @@ def test_fp16_training_steps_through_the_grad_scaler_and_checkpoints_it(monkeypa
     model = nn.Sequential(nn.Flatten(), nn.Linear(48, 2))
     train = torch.utils.data.DataLoader(list(zip(x, y)), batch_size=8)
     path = tmp_path / "train.pt"
-    run = engine.RunContext(rt, gen, checkpointer=Checkpointer(path, "f", gen))
-    engine.fit(model, torch.optim.SGD(model.parameters(), lr=0.1), train, train,
-          Normalizer((0.5,) * 3, (0.5,) * 3), engine.FitConfig(num_epochs=2, patience=5), run, [])
+    run = epoch_loop.RunContext(rt, gen, checkpointer=Checkpointer(path, "f", gen))
+    epoch_loop.fit(model, torch.optim.SGD(model.parameters(), lr=0.1), train, train,
+          Normalizer((0.5,) * 3, (0.5,) * 3), epoch_loop.FitConfig(num_epochs=2, patience=5), run, [])
     assert RecordingScaler.calls == ["scale", "step", "update"] * 6  # 3 steps x 2 epochs
     saved = torch.load(path, weights_only=True)["scaler"]
     assert saved["scale"] > 0 and saved["_growth_tracker"] == 6
     restored = rt.grad_scaler()
     module = nn.Sequential(nn.Flatten(), nn.Linear(48, 2))
     optimizer = torch.optim.SGD(module.parameters(), lr=0.1)
-    Checkpointer(path, "f", None).restore(module, optimizer, engine.make_scheduler(optimizer, 5),
-                                          engine.EarlyStopping(5), restored)
+    Checkpointer(path, "f", None).restore(module, optimizer, epoch_loop.make_scheduler(optimizer, 5),
+                                          epoch_loop.EarlyStopping(5), restored)
     assert restored.get_scale() == saved["scale"] and restored.state_dict() == saved
 
 
@@ -191,7 +190,7 @@ def test_determinism_reaches_eager_kernels_and_inductor_without_loading_inductor
 
     script = (
         "import sys, torch\n"
-        "from folderfit.runtime import seed_everything\n"
+        "from folderfit.compute.runtime import seed_everything\n"
         "seed_everything(0)\n"
         "assert torch.are_deterministic_algorithms_enabled()\n"
         "assert torch.is_deterministic_algorithms_warn_only_enabled()\n"

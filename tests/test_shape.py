@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from folderfit import provenance
+from folderfit.support import provenance
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]

@@ -4,13 +4,13 @@ review uses it instead of reading every image again, with the same numbers."""
 from __future__ import annotations
 
 import numpy as np
-
 import tiny_project as T
 from conftest import run_stage, write_params
-from folderfit import similarity as SIM
-from folderfit.imageio import STORED_FORMAT
+
+from folderfit.frozen import similarity
+from folderfit.images.decode import STORED_FORMAT
 from folderfit.paths import THUMBNAILS_NAME
-from folderfit.review import prepared_thumbnails, read_rows
+from folderfit.pipeline.review import prepared_thumbnails, read_rows
 
 
 def test_prepared_thumbnails_equal_the_files(tmp_path, monkeypatch):
@@ -22,7 +22,7 @@ def test_prepared_thumbnails_equal_the_files(tmp_path, monkeypatch):
     files = sorted(p.relative_to(tmp_path) for p in prepared.rglob("*" + STORED_FORMAT))
     known = prepared_thumbnails(read_rows())
     assert sorted(known) == sorted(f.as_posix() for f in files)
-    assert np.array_equal(SIM.thumbnails(files, known), SIM.thumbnails(files))
+    assert np.array_equal(similarity.thumbnails(files, known), similarity.thumbnails(files))
     # a thumbnails file that does not match the manifest is ignored (the images are read)
     np.save(prepared / THUMBNAILS_NAME, np.zeros((3, 1024), np.uint8))
     assert prepared_thumbnails(read_rows()) == {}
@@ -32,10 +32,10 @@ def test_prepared_thumbnails_equal_the_files(tmp_path, monkeypatch):
 
 def test_pairs_above_matches_brute_force():
     rng = np.random.default_rng(0)
-    z = SIM.normalise(rng.normal(size=(300, 8)) + np.repeat(rng.normal(size=(30, 8)), 10, axis=0) * 3)
+    z = similarity.normalise(rng.normal(size=(300, 8)) + np.repeat(rng.normal(size=(30, 8)), 10, axis=0) * 3)
     threshold = 0.9
     expected = sorted((i, j, float(min(1.0, z[i] @ z[j]))) for i in range(len(z))
                       for j in range(i + 1, len(z)) if z[i] @ z[j] >= threshold)
-    got = SIM.pairs_above(z, threshold)
+    got = similarity.pairs_above(z, threshold)
     assert [(i, j) for i, j, _ in got] == [(i, j) for i, j, _ in expected] and len(got) > 100
     assert np.allclose([s for *_, s in got], [s for *_, s in expected], atol=1e-6)

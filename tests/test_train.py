@@ -6,10 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from folderfit.training import class_weights
-
 from conftest import params_with
+
+from folderfit.pipeline.train import class_weights
 
 
 def test_balanced_class_weights_follow_inverse_frequency():

@@ -15,11 +15,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-
-from folderfit import estimate as EST
-
 from conftest import make_repo, run
 from tiny_project import make_image_folder
+
+from folderfit.artifacts import learned_from
 
 
 def _rows(path: Path) -> list[dict]:
@@ -73,7 +72,7 @@ def test_no_scored_image_was_learned_from(tmp_path, layout):
     by_split = {}
     for row in manifest:
         by_split.setdefault(row["split"], set()).add(f"data/prepared/{row['file']}")
-    learned = EST.read_learned_from(repo / "metrics/train")
+    learned = learned_from.read_learned_from(repo / "metrics/train")
     scored = {row["prepared_file"] for row in _rows(repo / "metrics/eval/predictions.csv")}
     headline = json.loads((repo / "metrics/eval.json").read_text())
 
@@ -85,7 +84,7 @@ def test_no_scored_image_was_learned_from(tmp_path, layout):
         assert "test" not in by_split
         assert scored == by_split["train"] | by_split["val"]  # every image, each out of fold
         assert "cross-validation" in headline["estimate"]
-        folds = {row["fold"] for row in _rows(repo / "metrics/train" / EST.CV_PREDICTIONS)}
+        folds = {row["fold"] for row in _rows(repo / "metrics/train" / learned_from.CV_PREDICTIONS)}
         assert len(folds) == 3
     else:
         assert not scored & learned, sorted(scored & learned)[:3]

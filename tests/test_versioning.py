@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import make_repo
 from PIL import Image
 
-from conftest import make_repo
 from folderfit.params import merge_overrides
 
 pytestmark = pytest.mark.slow  # dvc runs in temp repositories

@@ -59,15 +59,16 @@ def save_tiny_model(path: Path, model_name: str = "mobilenet_v3_small", image_si
     backbone with a seeded head; BatchNorm statistics are made non-trivial first."""
     import torch
 
-    from folderfit import models as M
+    from folderfit.artifacts import model_file
+    from folderfit.backbone import architecture
 
     torch.manual_seed(seed)
-    built = M.build_model(model_name, len(classes), weights, seed)
+    built = architecture.build_model(model_name, len(classes), weights, seed)
     with torch.no_grad():  # random-init BN running stats (0 mean, 1 var) make a dull net
         for module in built.model.modules():
             if isinstance(module, torch.nn.BatchNorm2d):
                 module.running_mean.uniform_(-0.1, 0.1)
                 module.running_var.uniform_(0.5, 1.5)
     pre = built.preprocess.with_image_size(image_size)
-    M.save_model_file(path, built, list(classes), pre, tta=tta, extra=extra)
+    model_file.save_model_file(path, built, list(classes), pre, tta=tta, extra=extra)
     return built, pre

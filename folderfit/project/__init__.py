@@ -84,7 +84,7 @@ def differences(root: Path, source: Path = TEMPLATES) -> list[str]:
 def sync(root: Path, dest: Path = TEMPLATES) -> list[str]:
     """Replace the shipped templates with the files of repository `root`; returns the paths."""
     from folderfit.errors import PipelineError
-    from folderfit.fileio import write_bytes
+    from folderfit.support.fileio import write_bytes
 
     paths = repo_paths(root)
     missing = [rel for rel in paths if not (root / rel).is_file()]

@@ -1,0 +1,164 @@
+"""TODO docstring"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from folderfit.backbone import weights
+from folderfit.backbone.architecture import (
+    BuiltModel,
+    create_architecture,
+    find_head,
+    replace_head,
+    resolve_family,
+)
+from folderfit.backbone.views import TTA_CHOICES, with_tta
+from folderfit.errors import PipelineError
+
+MODEL_FILE_FORMAT = 1
+
+
+# ------------------------------------------------------------------ model file
+def save_model_file(path, built: BuiltModel, class_names: list, preprocess: weights.Preprocess,
+                    extra: dict | None = None, tta: str = "none") -> None:
+    """One self-contained file: architecture name, classes, preprocessing, test-time
+    augmentation, weights. Plain types and tensors only, so it loads with
+    torch.load(weights_only=True)."""
+    from folderfit.support.fileio import save_torch
+
+    payload = {
+        "format": MODEL_FILE_FORMAT,
+        "model_name": built.model_name,
+        "head_name": built.head_name,
+        "class_names": list(class_names),
+        "preprocess": preprocess.to_dict(),
+        "tta": tta,
+        "weights": built.weights.to_dict(),
+        "state_dict": {k: v.detach().cpu().contiguous() for k, v in built.model.state_dict().items()},
+        "extra": extra or {},
+    }
+    save_torch(payload, path)
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module  # with the file's test-time augmentation applied inside (FlipTTA)
+    class_names: list
+    preprocess: weights.Preprocess
+    info: dict
+
+    @property
+    def tta(self) -> str:
+        return self.info.get("tta", "none")
+
+
+# The model file's schema: key -> type. Checked on every load, so a file of another version,
+# a damaged one or one edited by hand is one line naming what is wrong, never a traceback.
+MODEL_FILE_KEYS = {"format": int, "model_name": str, "head_name": str, "class_names": list,
+                   "preprocess": dict, "weights": dict, "state_dict": dict, "extra": dict}
+
+
+PREPROCESS_KEYS = {"image_size": int, "resize_size": int, "mean": list, "std": list,
+                   "interpolation": str}
+
+
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
+
+
+def check_model_file(payload, path) -> None:
+    """Raise a one-line PipelineError if `payload` (a loaded model file) breaks the schema."""
+    def bad(what: str) -> PipelineError:
+        return PipelineError(f"{path}: not a usable model file of this pipeline ({what}); "
+                             f"retrain with `dvc repro train` or pass the right --model")
+
+    if not isinstance(payload, dict):
+        raise bad(f"holds a {type(payload).__name__}, not a model file's dictionary")
+    if payload.get("format") != MODEL_FILE_FORMAT:
+        raise bad(f"format {payload.get('format')!r}, this version reads format {MODEL_FILE_FORMAT}")
+    for key, kind in MODEL_FILE_KEYS.items():
+        if key not in payload:
+            raise bad(f"no '{key}'")
+        if not isinstance(payload[key], kind) or isinstance(payload[key], bool):
+            raise bad(f"'{key}' is a {type(payload[key]).__name__}, not a {kind.__name__}")
+    classes = payload["class_names"]
+    if len(classes) < 2 or not all(isinstance(c, str) for c in classes) or len(set(classes)) < len(classes):
+        raise bad("'class_names' must be at least 2 different strings")
+    pre = payload["preprocess"]
+    for key, kind in PREPROCESS_KEYS.items():
+        if not isinstance(pre.get(key), kind):
+            raise bad(f"'preprocess.{key}' is missing or not a {kind.__name__}")
+    if not (0 < pre["image_size"] <= pre["resize_size"] <= 8192):
+        raise bad("'preprocess' sizes out of range")
+    for key in ("mean", "std"):
+        values = pre[key]
+        if len(values) != 3 or not all(isinstance(v, (int, float)) for v in values) or (
+                key == "std" and min(values) <= 0):
+            raise bad(f"'preprocess.{key}' must be 3 numbers")
+    if pre["interpolation"] not in INTERPOLATIONS:
+        raise bad(f"'preprocess.interpolation' is {pre['interpolation']!r}")
+    tensors = payload["state_dict"]
+    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in tensors.items()):
+        raise bad("'state_dict' must map names to tensors")
+    if payload.get("tta", "none") not in TTA_CHOICES:  # absent: a file from before TTA existed
+        raise bad(f"'tta' is {payload['tta']!r}, not one of {', '.join(TTA_CHOICES)}")
+
+
+def _check_weights_fit(model: nn.Module, payload: dict, path) -> None:
+    """The stored tensors must be exactly the architecture's: same names, same shapes, and a
+    head with one output per class name."""
+    name = payload["model_name"]
+    head = payload["head_name"]
+    if head != find_head(model):
+        raise PipelineError(f"{path}: weights do not fit {name} (its classifier is "
+                            f"'{find_head(model)}', the file's is '{head}'); the file was made for "
+                            f"another architecture or is damaged, retrain it")
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    stored = {k: tuple(v.shape) for k, v in payload["state_dict"].items()}
+    weight = stored.get(f"{head}.weight")
+    if weight is None or weight[0] != len(payload["class_names"]):
+        outputs = "no" if weight is None else weight[0]
+        raise PipelineError(f"{path}: the head has {outputs} outputs but the file lists "
+                            f"{len(payload['class_names'])} class names; the file is damaged or "
+                            f"edited, retrain it with `dvc repro train`")
+    missing = sorted(set(expected) - set(stored))
+    extra = sorted(set(stored) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(stored) if expected[k] != stored[k])
+    problems = ([f"missing {', '.join(missing[:3])}"] if missing else []) + \
+               ([f"unexpected {', '.join(extra[:3])}"] if extra else []) + \
+               ([f"shape of {', '.join(wrong[:3])}"] if wrong else [])
+    if problems:
+        raise PipelineError(f"{path}: weights do not fit {name} ({'; '.join(problems)}); the file "
+                            f"was made for another architecture or is damaged, retrain it")
+
+
+def load_model_file(path) -> LoadedModel:
+    """The model file `path`, checked against its schema and its architecture; every problem
+    is one PipelineError line naming the file."""
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(f"{path}: model file not found; run `dvc repro train` first or pass --model")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise PipelineError(f"{path}: not a model file of this pipeline ({type(exc).__name__}); "
+                            f"retrain with `dvc repro train` or pass the right --model") from None
+    check_model_file(payload, path)
+    try:
+        family, bare = resolve_family(payload["model_name"])
+    except PipelineError:
+        raise PipelineError(f"{path}: made for model_name '{payload['model_name']}', which neither "
+                            f"torchvision nor timm here provides; install the library version "
+                            f"that trained it, or retrain") from None
+    model = create_architecture(family, bare)
+    replace_head(model, len(payload["class_names"]), seed=0)
+    _check_weights_fit(model, payload, path)
+    model.load_state_dict(payload["state_dict"])
+    info = {k: v for k, v in payload.items() if k != "state_dict"}
+    info.setdefault("tta", "none")  # files written before test-time augmentation existed
+    model = with_tta(model, info["tta"]).eval()
+    return LoadedModel(model, payload["class_names"], weights.Preprocess.from_dict(payload["preprocess"]), info)

@@ -1,0 +1,112 @@
+"""TODO docstring"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from folderfit.artifacts.model_file import load_model_file
+from folderfit.compute.classifier import predict_files
+from folderfit.compute.runtime import Setting
+from folderfit.errors import PipelineError
+from folderfit.images import image_folder
+from folderfit.images.collect import collect_images
+from folderfit.support.fileio import write_text
+
+JSONL_SUFFIXES = (".jsonl", ".ndjson")
+
+
+def rows(files: list[Path], probs: torch.Tensor, order: list[int], class_names: list, k: int):
+    """One dict per predicted file: path, predicted, confidence, top_k [(class, prob)]."""
+    k = min(k, len(class_names))
+    top_p, top_i = probs.topk(k, dim=1)  # ties: lower class index first, like argmax
+    out = []
+    for row, index in enumerate(order):
+        top = [(class_names[int(c)], float(p)) for p, c in zip(top_p[row], top_i[row])]
+        out.append({"path": image_folder.printable(str(files[index])), "predicted": top[0][0],
+                    "confidence": top[0][1],
+                    "top_k": top})
+    return out
+
+
+def format_csv(records: list[dict], k: int) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    header = ["path", "predicted", "confidence"]
+    for j in range(1, k + 1):
+        header += [f"top{j}_class", f"top{j}_prob"]
+    writer.writerow(header)
+    for r in records:
+        line = [r["path"], r["predicted"], f"{r['confidence']:.6f}"]
+        for name, p in r["top_k"]:
+            line += [name, f"{p:.6f}"]
+        writer.writerow(line)
+    return buf.getvalue()
+
+
+def format_jsonl(records: list[dict]) -> str:
+    return "".join(json.dumps({"path": r["path"], "predicted": r["predicted"],
+                               "confidence": round(r["confidence"], 6),
+                               "top_k": [{"class": c, "prob": round(p, 6)} for c, p in r["top_k"]]})
+                   + "\n" for r in records)
+
+
+# ------------------------------------------------------------------ command
+def check_output(output: str | None, force: bool) -> None:
+    """An existing --output is never overwritten silently (it may be data/corrections.csv)."""
+    if not output:
+        return
+    path = Path(output)
+    if path.is_dir():
+        raise PipelineError(f"--output {output}: is a folder; give a file name (.csv, .jsonl, .ndjson)")
+    if (path.exists() or path.is_symlink()) and not force:
+        raise PipelineError(f"--output {output}: the file exists; choose a new name, or add "
+                            f"--force to replace it")
+
+
+def check_finite(probs: torch.Tensor, order: list[int], files: list[Path], model: str) -> None:
+    """NaN or infinite probabilities (a model file with NaN weights) are an error, not output."""
+    bad = ~torch.isfinite(probs).all(1) if len(probs) else torch.zeros(0, dtype=torch.bool)
+    if bool(bad.any()):
+        first = image_folder.printable(str(files[order[int(bad.nonzero()[0, 0])]]))
+        raise PipelineError(f"{model}: the model gives non-finite probabilities (NaN/inf) for "
+                            f"{int(bad.sum())} of {len(probs)} image(s), e.g. {first}; the model "
+                            f"file is broken (NaN weights?): retrain it or use another one")
+
+
+def command(args) -> None:
+    """`folderfit predict` (arguments: folderfit.cli)."""
+    if args.output and not args.output.lower().endswith((".csv",) + JSONL_SUFFIXES):
+        raise PipelineError(f"--output {args.output}: use a .csv, .jsonl or .ndjson file name")
+    check_output(args.output, getattr(args, "force", False))
+    loaded = load_model_file(args.model)
+    files, missing = collect_images(args.paths)
+    for path, reason in missing:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    if not files:
+        raise PipelineError(f"no image files found in {image_folder.printable(' '.join(args.paths))} (extensions: "
+                            f"{', '.join(sorted(image_folder.IMAGE_EXTENSIONS))}); pass image files or folders")
+    probs, order, failed = predict_files(loaded, files, args.batch_size, args.precision,
+                                         device=args.device, setting=Setting("cli"))
+    for index, reason in failed:
+        print(f"skipped {image_folder.printable(str(files[index]))}: {reason}", file=sys.stderr)
+    check_finite(probs, order, files, args.model)
+    records = rows(files, probs, order, loaded.class_names, args.top_k)
+    k = min(args.top_k, len(loaded.class_names))
+    jsonl = bool(args.output) and args.output.lower().endswith(JSONL_SUFFIXES)
+    text = format_jsonl(records) if jsonl else format_csv(records, k)
+    if args.output:
+        write_text(args.output, text)
+    else:
+        sys.stdout.write(text)
+    n_failed = len(failed) + len(missing)
+    print(f"predict: {len(records)} image(s) classified"
+          + (f" -> {args.output}" if args.output else "")
+          + (f"; {n_failed} skipped (see above)" if n_failed else ""), file=sys.stderr)
+    if n_failed:
+        sys.exit(1)

@@ -1,0 +1,98 @@
+"""TODO docstring"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from folderfit.artifacts.model_file import load_model_file
+from folderfit.compute.inference import infer, make_loader
+from folderfit.compute.runtime import Setting, pick_runtime, prepare_model
+from folderfit.errors import PipelineError
+from folderfit.images import datasets, decode
+
+
+class ImageFiles(torch.utils.data.Dataset):
+    """Item i: (uint8 CHW tensor after the eval geometry, or None, index, error or None).
+    The tensor comes from folderfit.images.decode.network_image: the path prepare's stored copy
+    takes, so evaluate's input for a prepared copy equals predict's for its original."""
+
+    def __init__(self, files: list[Path], preprocess):
+        self.files = files
+        self.preprocess = preprocess
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int):
+        try:
+            return decode.network_image(self.files[i], self.preprocess), i, None
+        except decode.BadImage as exc:
+            return None, i, str(exc)
+
+
+def collate(items):
+    """Stack the decoded images of a batch (None if none decoded); the meta is
+    (indices of the decoded files, [(index, reason)] of the unreadable ones)."""
+    good = [(t, i) for t, i, err in items if err is None]
+    bad = [(i, err) for t, i, err in items if err is not None]
+    images = torch.stack([t for t, _ in good]) if good else None
+    return images, ([i for _, i in good], bad)
+
+
+# ------------------------------------------------------------------ prediction
+def predict_files(loaded, files: list[Path], batch_size: int, precision: str = "auto",
+                  progress: bool | None = None, device: str = "auto", setting: Setting = Setting("api")):
+    """(probabilities [n_ok, classes] float32, indices of `files` they belong to,
+    [(index, reason)] of files that could not be read). The inference loop is evaluate's
+    (folderfit.tuning.epoch_loop.infer)."""
+    rt = pick_runtime(precision, device, setting)
+    model = prepare_model(loaded.model, rt)
+    normalizer = datasets.Normalizer(loaded.preprocess.mean, loaded.preprocess.std).to(rt.device)
+    loader = make_loader(ImageFiles(files, loaded.preprocess), batch_size, rt, collate_fn=collate)
+    logits, metas = infer(model, loader, normalizer, rt, desc="predict", show_progress=progress)
+    order = [i for indices, _ in metas for i in indices]
+    failed = [bad for _, bads in metas for bad in bads]
+    n_classes = len(loaded.class_names)
+    probs = torch.softmax(logits, 1) if len(order) else torch.zeros(0, n_classes)
+    return probs, order, failed
+
+
+class Classifier:
+    """A trained model file, ready to classify PIL images in memory (the Python API:
+    folderfit.load). Each image gets exactly predict's and evaluate's preprocessing.
+    `device` and `precision` as in params.yaml (folderfit.compute.runtime)."""
+
+    def __init__(self, loaded, precision: str = "auto", device: str = "auto"):
+        self.loaded = loaded
+        self.rt = pick_runtime(precision, device, Setting("api"))
+        self.model = prepare_model(loaded.model, self.rt).eval()
+        self.normalizer = datasets.Normalizer(loaded.preprocess.mean, loaded.preprocess.std).to(self.rt.device)
+
+    @classmethod
+    def from_file(cls, path, precision: str = "auto", device: str = "auto") -> "Classifier":
+        return cls(load_model_file(path), precision, device)
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.loaded.class_names)
+
+    def probabilities(self, images) -> torch.Tensor:
+        """[len(images), classes] float32 softmax probabilities for a list of PIL images."""
+        try:  # an opened, not yet loaded JPEG is drafted exactly as predict drafts its file
+            batch = torch.stack([decode.network_image(img, self.loaded.preprocess) for img in images])
+        except decode.BadImage as exc:
+            raise PipelineError(f"image refused: {exc}") from None
+        logits, _ = infer(self.model, [(batch, None)], self.normalizer, self.rt, show_progress=False)
+        probs = torch.softmax(logits, 1)
+        if not bool(torch.isfinite(probs).all()):
+            raise PipelineError("the model gives non-finite probabilities (NaN/inf); the model "
+                                "file is broken (NaN weights?): retrain it or use another one")
+        return probs
+
+    def classify(self, image, top_k: int = 3) -> list[tuple[str, float]]:
+        """[(class, probability)] for one PIL image, most probable first."""
+        probs = self.probabilities([image])[0]
+        top = probs.topk(min(top_k, len(probs)))
+        return [(self.class_names[int(i)], float(p)) for p, i in zip(top.values, top.indices)]

@@ -1,0 +1,399 @@
+"""The engine that runs a frozen network (backbone features; whole-model scoring) on the CPU:
+ONNX Runtime in fp32, torch in fp32 (channels_last) or torch under bf16 autocast, chosen by
+measurement.
+
+Which one is fastest depends on the machine: ONNX Runtime folds every batch norm into its
+convolution and fuses the activations, so it beat torch eager ~3x on a 2-core AVX2 EPYC; on a
+CPU with AVX-512 BF16, torch's bf16 autocast is native but still far slower than ONNX Runtime
+in fp32 for tf_efficientnet_lite2 (bench/engine_speed.py prints the table). A flag alone
+cannot tell, so `precision: auto` with `cpu_engine: auto` times each candidate on a few
+batches of the real network (random input, after a warm-up) and takes the fastest, preferring
+the more exact engine (ONNX Runtime fp32, then torch fp32, then torch bf16) unless a later one
+is faster by more than CHOICE_MARGIN: timings of the same machine wobble by ~10% under load,
+and a choice that flipped between runs would change the features' last bits. The choice is
+stored in `<cache root>/engine_choice.json` per (machine: CPU model, flags, threads; torch and
+onnxruntime versions; model, image size, batch; candidates), so a machine measures once and
+always gives the same answer afterwards. What was chosen, how, and the measured ms/image are
+returned as an EngineChoice for details.json.
+
+Explicit settings are honoured without measuring: `precision: fp32` leaves ONNX Runtime and
+torch fp32 to compare, `precision: bf16` is torch bf16, `cpu_engine: torch` never uses ONNX
+Runtime, `cpu_engine: onnxruntime` always does (an export that fails is then an error). On a
+GPU, torch runs the network under the runtime's autocast (not measured).
+
+ONNX Runtime's outputs agree with torch's to about 1e-5, not bit for bit, and bf16's to about
+1e-2, so the engine, precision included, is part of the feature cache's key
+(folderfit.frozen.feature_cache). The graph is exported from the torch module with the TorchScript-based
+exporter (~1-2 s for lite2; the torch.export-based one took ~20 s), its batch dimension free
+and fixed at session creation. Before use, one image goes through both engines: a graph that
+does not compute what the torch module computes is never used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import platform
+import sys
+import warnings
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+from time import perf_counter
+
+import torch
+from torch import nn
+
+from folderfit.compute import runtime
+from folderfit.compute.runtime import Runtime
+from folderfit.errors import PipelineError
+from folderfit.params import CPU_ENGINES
+
+ONNX_OPSET = 17
+# ONNX Runtime against torch on one image: the largest difference allowed, relative to the
+# largest feature (measured: ~2e-6 for lite2, ~1e-6 for mobilenet_v3_small and resnet18)
+PARITY_TOLERANCE = 1e-3
+
+
+class EngineUnavailable(Exception):
+    """ONNX Runtime cannot run this backbone (not installed, export or parity failed)."""
+
+
+def applies(rt: Runtime) -> bool:
+    """Whether ONNX Runtime can stand in for torch on this runtime: CPU, fp32."""
+    return rt.device.type == "cpu" and rt.dtype is None
+
+
+def planned_engine(choice: str, rt: Runtime) -> str:
+    """"onnxruntime" or "torch" for `cpu_engine: choice`, before any export is tried."""
+    if choice not in CPU_ENGINES:
+        raise PipelineError(f"params.yaml: 'cpu_engine' is '{choice}'; choose one of: {', '.join(CPU_ENGINES)}")
+    if choice == "torch":
+        return "torch"
+    if not applies(rt):
+        if choice == "onnxruntime":
+            raise PipelineError(
+                f"params.yaml: 'cpu_engine' is 'onnxruntime', but features are computed on "
+                f"{rt.device.type} in {rt.precision}; ONNX Runtime runs them on the CPU in fp32 "
+                f"only: set cpu_engine: auto (or device: cpu and precision: fp32)")
+        return "torch"
+    return "onnxruntime"
+
+
+def version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
+
+
+class OrtBackbone:
+    """Called like the torch backbone in eval mode: a float32 NCHW batch in, features out."""
+
+    def __init__(self, session):
+        self.session = session
+        self.input_name = session.get_inputs()[0].name
+
+    def eval(self) -> OrtBackbone:
+        return self
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        array = images.detach().to("cpu", torch.float32).contiguous().numpy()
+        return torch.from_numpy(self.session.run(None, {self.input_name: array})[0])
+
+
+def _session(graph: bytes, threads: int, batch_size: int | None):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # errors only
+    # idle threads sleep instead of spinning: the decoding process shares the cores
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if batch_size is not None:
+        options.add_free_dimension_override_by_name("batch", batch_size)
+    return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+
+
+def export_backbone(backbone: nn.Module, image_size: int, batch_size: int,
+                    threads: int | None = None) -> OrtBackbone:
+    """An ONNX Runtime session computing `backbone` (frozen, on the CPU) for batches of
+    `batch_size` square images of `image_size` px, checked against torch on one image.
+    Raises EngineUnavailable with the reason."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError as exc:
+        raise EngineUnavailable(f"onnxruntime is not installed ({exc.name}); pip install onnxruntime")
+    threads = threads or torch.get_num_threads()
+    backbone = backbone.eval()
+    memo_key = (image_size, _weights_fingerprint(backbone))
+    memo_ref = _GRAPH_MEMO.get("module")
+    if memo_ref is not None and memo_ref() is backbone and _GRAPH_MEMO["key"] == memo_key:
+        # the engine trial exported this very module (alive: not another one at its address)
+        return OrtBackbone(_session(_GRAPH_MEMO["graph"], threads, batch_size))
+    # a fixed, seeded image in the normalised range: the parity check must not depend on
+    # the global random stream (nor move it)
+    example = torch.rand(1, 3, image_size, image_size, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    buffer = io.BytesIO()
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+            torch.onnx.export(backbone, (example,), buffer, dynamo=False, opset_version=ONNX_OPSET,
+                              input_names=["images"], output_names=["features"],
+                              dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}})
+        graph = buffer.getvalue()
+        check = OrtBackbone(_session(graph, threads, None))(example)
+    except Exception as exc:  # any exporter or runtime failure means: use torch
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        raise EngineUnavailable(f"export failed ({type(exc).__name__}{': ' + reason if reason else ''})")
+    with torch.inference_mode():
+        expected = backbone(example).float()
+    if check.shape != expected.shape:
+        raise EngineUnavailable(f"the exported graph gives shape {tuple(check.shape)}, torch "
+                                f"{tuple(expected.shape)}")
+    scale = expected.abs().max().item() or 1.0
+    difference = (check - expected).abs().max().item()
+    if not difference <= PARITY_TOLERANCE * scale:
+        raise EngineUnavailable(f"the exported graph differs from torch by {difference:.3g} "
+                                f"(largest feature {scale:.3g})")
+    _GRAPH_MEMO.update(module=weakref.ref(backbone), key=memo_key, graph=graph)
+    return OrtBackbone(_session(graph, threads, batch_size))
+
+
+# the last graph that passed its parity check, so that the engine trial and the extraction
+# after it export once: for the same live module (a weak reference) with the same weights
+# (their storage and in-place version counters)
+_GRAPH_MEMO: dict = {}
+
+
+def _weights_fingerprint(module: nn.Module) -> tuple:
+    """Changes when a weight is replaced or modified in place (tensor version counters)."""
+    return tuple((name, t.data_ptr(), t._version) for name, t in module.state_dict().items())
+
+
+
+# ------------------------------------------------------------------ the choice
+# Candidates in order of preference: the more exact engine first (ONNX Runtime and torch fp32
+# agree to ~1e-5; bf16 rounds activations to 8 bits of mantissa).
+ORT_FP32, TORCH_FP32, TORCH_BF16 = "onnxruntime-fp32", "torch-fp32", "torch-bf16"
+PREFERENCE = (ORT_FP32, TORCH_FP32, TORCH_BF16)
+CHOICE_MARGIN = 1.2  # a less preferred engine must be this much faster to be chosen
+TRIAL_ROUNDS = 2  # timed batches per candidate after one warm-up batch (the fastest counts)
+# Losers stop early: the trial times whole batches of the real size (~0.5-2 s each for lite2).
+# A candidate must beat the best so far by CHOICE_MARGIN to be chosen, so one timed batch
+# slower than the best ends its rounds, and a warm-up batch (which also builds kernels) this
+# much slower means it is not timed at all.
+PRUNE_FACTOR = 1.0
+WARMUP_PRUNE_FACTOR = 2.0
+CHOICE_FILE = "engine_choice.json"
+CHOICE_FORMAT = 2  # 2: trials at the batch size used (format 1 timed batches of 4)
+
+
+@dataclass(frozen=True)
+class EngineChoice:
+    """Which engine runs a frozen network, and why. `engine` names it with its precision
+    ('onnxruntime-fp32', 'torch-fp32', 'torch-bf16'; 'torch-fp16' etc. on a GPU); `rt` is the
+    runtime to run it under (its dtype is the engine's precision); `cpu_engine` is the value
+    for FeatureExtractor(engine=...); `how`: measured | cached | explicit | gpu;
+    `ms_per_image`: the trial's times by engine (measured now or when cached); `notes`: the
+    candidates left out and why."""
+
+    engine: str
+    rt: Runtime
+    cpu_engine: str
+    how: str
+    ms_per_image: dict = field(default_factory=dict)
+    notes: tuple = ()
+
+    def to_dict(self) -> dict:
+        """For details.json: {"feature_engine": choice.engine, "engine_choice": choice.to_dict()}."""
+        return {"engine": self.engine, "how": self.how,
+                "ms_per_image": {k: round(v, 2) for k, v in self.ms_per_image.items()},
+                "notes": list(self.notes)}
+
+    def describe(self) -> str:
+        times = ", ".join(f"{k} {v:.1f}" for k, v in self.ms_per_image.items())
+        return f"{self.engine} ({self.how}{'; ms/image: ' + times if times else ''})"
+
+
+def _cpu_identity() -> dict:
+    """What makes one CPU faster than another at this: model, instruction sets, threads."""
+    model, flags = "", ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
+            for line in info:  # the first processor's block describes them all
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name" and not model:
+                    model = value.strip()
+                elif key in ("flags", "Features") and not flags:
+                    flags = " ".join(sorted(value.split()))
+                if model and flags:
+                    break
+    except OSError:  # not Linux: the processor string and torch's capability must do
+        model = platform.processor()
+    capability = getattr(torch.backends.cpu, "get_cpu_capability", lambda: "")()
+    return {"arch": platform.machine(), "model": model, "capability": capability,
+            "flags": hashlib.sha256(flags.encode()).hexdigest()[:16], "native_bf16": runtime.cpu_supports_bf16(),
+            "threads": torch.get_num_threads(), "cpus": os.cpu_count()}
+
+
+def _choice_key(candidates: list[str], model_name: str, image_size: int, batch_size: int) -> str:
+    try:
+        ort = version() if ORT_FP32 in candidates else None
+    except ImportError:
+        ort = None
+    spec = {"format": CHOICE_FORMAT, "cpu": _cpu_identity(), "torch": torch.__version__,
+            "onnxruntime": ort, "model": model_name, "image_size": image_size,
+            "batch": batch_size, "candidates": candidates}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def choice_file() -> Path:
+    from folderfit.paths import cache_root
+
+    return cache_root() / CHOICE_FILE
+
+
+def _read_choices(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):  # missing or damaged: it only costs a new trial
+        return {}
+
+
+def _store_choice(path: Path, key: str, record: dict) -> None:
+    from folderfit.support.fileio import write_json
+
+    choices = _read_choices(path)
+    choices[key] = record
+    try:
+        write_json(path, choices)
+    except (OSError, PipelineError) as exc:  # a memo: without it the next run measures again
+        print(f"note: engine choice not stored in {path} ({exc}); the next run measures again",
+              file=sys.stderr)
+
+
+def time_runner(name: str, run, images: torch.Tensor, rounds: int, best_so_far: float | None) -> float:
+    """ms per image of engine `name` running `run(images)`: one warm-up call, then the fastest
+    of `rounds` timed calls (the fastest is the least disturbed by other work on the machine).
+    Losers stop early: a warm-up call already WARMUP_PRUNE_FACTOR times slower than the best
+    engine so far returns its own time (an overestimate: first calls also build kernels), a
+    timed one PRUNE_FACTOR times slower ends the rounds."""
+    tick = perf_counter()
+    run(images)
+    warm_up = (perf_counter() - tick) * 1000 / len(images)
+    if best_so_far is not None and warm_up > WARMUP_PRUNE_FACTOR * best_so_far:
+        return warm_up
+    best = float("inf")
+    for _ in range(rounds):
+        tick = perf_counter()
+        run(images)
+        best = min(best, (perf_counter() - tick) * 1000 / len(images))
+        if best_so_far is not None and best > PRUNE_FACTOR * best_so_far:
+            break
+    return best
+
+
+def _torch_runner(network: nn.Module, dtype: torch.dtype | None):
+    def run(images):
+        with torch.inference_mode(), (torch.autocast("cpu", dtype=dtype) if dtype
+                                      else torch.autocast("cpu", enabled=False)):
+            return network(images)
+
+    return run
+
+
+def _candidates(precision: str, cpu_engine: str, rt: Runtime) -> list[str]:
+    """The engines `precision` and `cpu_engine` allow on this CPU, in order of preference."""
+    if precision == "auto":
+        allowed = [ORT_FP32, TORCH_FP32] + ([TORCH_BF16] if runtime.cpu_supports_bf16() else [])
+    else:  # resolved and checked by pick_runtime: fp32, or bf16 where native
+        allowed = [TORCH_BF16] if rt.dtype == torch.bfloat16 else [ORT_FP32, TORCH_FP32]
+    if cpu_engine == "torch":
+        allowed = [c for c in allowed if c != ORT_FP32]
+    elif cpu_engine == "onnxruntime":
+        planned_engine(cpu_engine, Runtime(rt.device, None if precision == "auto" else rt.dtype))
+        allowed = [ORT_FP32]
+    return [c for c in PREFERENCE if c in allowed]
+
+
+def _valid_record(record, candidates: list[str]) -> bool:
+    """A stored choice is used only if it is well formed (the file is a memo anyone can edit)."""
+    return (isinstance(record, dict) and record.get("engine") in candidates
+            and isinstance(record.get("ms_per_image"), dict)
+            and all(isinstance(v, (int, float)) for v in record["ms_per_image"].values())
+            and isinstance(record.get("notes", []), list)
+            and all(isinstance(n, str) for n in record.get("notes", [])))
+
+
+def _result(engine: str, rt: Runtime, cpu_engine: str, how: str, times=None, notes=()) -> EngineChoice:
+    dtype = torch.bfloat16 if engine == TORCH_BF16 else None
+    passed = "torch" if engine != ORT_FP32 else cpu_engine  # auto keeps its fallback to torch
+    return EngineChoice(engine, Runtime(rt.device, dtype), passed, how, dict(times or {}), tuple(notes))
+
+
+def choose_engine(network: nn.Module, rt: Runtime, *, precision: str, cpu_engine: str,
+                  model_name: str, image_size: int, batch_size: int,
+                  store: bool = True) -> EngineChoice:
+    """The engine for inference of the frozen `network` (eval mode, prepared for `rt`) on
+    batches of `batch_size` square images of `image_size` px, for params.yaml's `precision`
+    and `cpu_engine` (rt = pick_runtime(precision, device)): see the module docstring.
+    `store`: read and write the choice file (off: measure every time)."""
+    if cpu_engine not in CPU_ENGINES:
+        planned_engine(cpu_engine, rt)  # the one-line error naming the choices
+    if rt.device.type != "cpu":
+        planned_engine(cpu_engine, rt)  # onnxruntime on a GPU: the one-line refusal
+        return EngineChoice(f"torch-{rt.precision}", rt, "torch", "gpu")
+    candidates = _candidates(precision, cpu_engine, rt)
+    if len(candidates) == 1:
+        return _result(candidates[0], rt, cpu_engine, "explicit")
+    path = choice_file() if store else None
+    key = _choice_key(candidates, model_name, image_size, batch_size)
+    cached = _read_choices(path).get(key) if path else None
+    if _valid_record(cached, candidates):
+        return _result(cached["engine"], rt, cpu_engine, "cached", cached.get("ms_per_image"),
+                       cached.get("notes", ()))
+    # timed at the very batch size the extraction will use: torch's speed per image depends on
+    # it (a 26 MB batch of 32 lite2 inputs puts every activation above the fixed mmap
+    # threshold of folderfit.support.memory, so each one is mapped and zero-filled afresh). Timed on
+    # batches of 4, torch bf16 measured 12.2 ms/image against ONNX Runtime's 16.8 and was
+    # chosen; at batch 32 it then ran at ~37 ms/image, and review took 430 s on 10,000 photos
+    # (293 s with ONNX Runtime).
+    engine, times, notes = _measure(network, candidates, image_size, batch_size)
+    if path and engine is not None:
+        _store_choice(path, key, {"engine": engine, "ms_per_image": times, "notes": notes,
+                                  "measured_at_load": round(os.getloadavg()[0], 2)
+                                  if hasattr(os, "getloadavg") else None})
+    return _result(engine, rt, cpu_engine, "measured", times, notes)
+
+
+def _measure(network: nn.Module, candidates: list[str], image_size: int,
+             batch: int) -> tuple[str, dict, list]:
+    """Time every candidate on one random batch; (the chosen engine, ms/image by engine,
+    notes on candidates that could not run)."""
+    network = network.eval()
+    images = (torch.rand(batch, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
+              * 2 - 1).contiguous(memory_format=torch.channels_last)
+    times: dict[str, float] = {}
+    notes: list[str] = []
+    for name in candidates:
+        if name == ORT_FP32:
+            try:
+                run = export_backbone(network, image_size, batch)
+            except EngineUnavailable as exc:
+                notes.append(f"{ORT_FP32}: {exc}")
+                continue
+        else:
+            run = _torch_runner(network, torch.bfloat16 if name == TORCH_BF16 else None)
+        best = min(times.values()) if times else None
+        with torch.inference_mode():
+            times[name] = time_runner(name, run, images, TRIAL_ROUNDS, best)
+    chosen = None
+    for name in candidates:  # in order of preference: later ones must win by the margin
+        if name in times and (chosen is None or times[name] * CHOICE_MARGIN < times[chosen]):
+            chosen = name
+    return chosen, times, notes

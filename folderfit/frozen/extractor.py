@@ -1,0 +1,42 @@
+"""The frozen-backbone feature extractor exactly as the train stage builds it, shared by the
+stages that need the same vectors (train's feature_extract and warm start, review), so they
+compute the same numbers (model, weights, seed, preprocessing, batch shape, engine) and hit
+the same feature-cache entries. The engine is chosen by a timed trial on this machine
+(folderfit.compute.cpu_engine.choose_engine), recorded with the run."""
+
+from __future__ import annotations
+
+from folderfit.compute.cpu_engine import EngineChoice, choose_engine
+from folderfit.frozen import feature_cache
+
+CPU_EXTRACTION_BATCH = 32  # feature batches on CPU: as fast per image as 64, half the padding
+
+
+def extraction_batch(params, rt) -> int:
+    batch = params.evaluate.batch_size
+    return min(batch, CPU_EXTRACTION_BATCH) if rt.device.type == "cpu" else batch
+
+
+def feature_extractor(backbone, pre, params, rt) -> tuple[feature_cache.FeatureExtractor, EngineChoice]:
+    """(extractor of `backbone`'s features, the engine choice behind it)."""
+    batch = extraction_batch(params, rt)
+    choice = choose_engine(backbone, rt, precision=params.precision, cpu_engine=params.cpu_engine,
+                           model_name=params.model_name, image_size=pre.image_size,
+                           batch_size=batch)
+    return feature_cache.FeatureExtractor(backbone, pre, choice.rt, batch, engine=choice.cpu_engine), choice
+
+
+def train_feature_extractor(params, n_classes: int, rt) -> tuple[feature_cache.FeatureExtractor, EngineChoice]:
+    """The backbone built as `train` builds it, then feature_extractor()."""
+    from folderfit.backbone import architecture
+    from folderfit.compute.runtime import prepare_model
+
+    built = architecture.build_model(params.model_name, n_classes, params.weights, params.seed)
+    pre = built.preprocess.with_image_size(params.data.image_size)
+    backbone, _ = feature_cache.backbone_only(prepare_model(built.model, rt), built.head_name)
+    return feature_extractor(backbone, pre, params, rt)
+
+
+def engine_name(extractor: feature_cache.FeatureExtractor) -> str:
+    """What really ran the backbone, with its precision (a failed export falls back to torch)."""
+    return f"{extractor.engine}-{extractor.rt.precision}"

@@ -1,0 +1,222 @@
+"""The one path from an image file to the network's input, shared by prepare, evaluate (through
+the prepared copy), predict, folderfit.load and export's preprocessing contract.
+
+    file --decode--> upright 8-bit RGB --shrink--> stored copy --eval geometry--> network input
+                     (decode_upright)             (shrink)       (datasets.eval_geometry)
+
+* decode_upright: a JPEG much larger than needed is decoded at 1/2, 1/4 or 1/8 scale by
+  libjpeg (`Image.draft`; the largest factor that keeps the shorter side at least DRAFT_GAP x
+  the stored side); EXIF orientation applied; every mode made 8-bit RGB (to_rgb).
+* shrink: the shorter side is brought down to STORE_MARGIN x image_size (never enlarged),
+  PIL bicubic with reducing_gap 3.
+* prepare writes the stored copy losslessly (uncompressed BMP), so reading it back gives the
+  very pixels predict computes from the original file: evaluate's per-image probabilities equal
+  predict's on the original (tested in tests/test_preprocess_path.py).
+
+Size limits (checked from the header, before any pixel is decoded):
+* aspect ratio (longer / shorter side) at most MAX_ASPECT: the eval resize brings the shorter
+  side to resize_size, so the resized image has at most MAX_ASPECT x resize_size^2 pixels (a
+  6000x1 PNG of 100 bytes would otherwise become a 1.5 GB tensor);
+* at most PIL's Image.MAX_IMAGE_PIXELS (~89 megapixels) in the file (decompression bombs).
+An image over a limit is refused with the reason (prepare: listed as skipped in
+metrics/data.json; predict: reported on stderr per file).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+STORE_MARGIN = 1.25  # stored copy: shorter side at most this x image_size
+# JPEG draft only while the shorter side stays >= this x the stored side. libjpeg's reduced
+# IDCT is itself a proper downscale, so no margin is needed: 1.0 against 2.0 halved prepare's
+# time per photo of 640-1600 px (50 -> 27 ms, bench/photo_set.py photos)
+DRAFT_GAP = 1.0
+MAX_ASPECT = 20.0  # longer side / shorter side
+# 16-bit and 32-bit grey images: the bit depths a sample range is read as (see to_rgb)
+DEPTHS = (8, 10, 12, 14, 16)
+STORED_FORMAT = ".bmp"  # lossless: the stored copy is exactly what predict computes
+
+
+class BadImage(Exception):
+    """The file cannot be used as an image; the message says why (it is reported, not raised)."""
+
+
+def store_side(image_size: int) -> int:
+    """Shorter side of the stored copy (images already smaller keep their size)."""
+    return math.ceil(image_size * STORE_MARGIN)
+
+
+def check_shape(width: int, height: int) -> None:
+    """Refuse an image whose resize would blow up (see the module docstring)."""
+    if min(width, height) < 1:
+        raise BadImage(f"empty image ({width}x{height} px)")
+    ratio = max(width, height) / min(width, height)
+    if ratio > MAX_ASPECT:
+        raise BadImage(f"aspect ratio {ratio:.0f}:1 ({width}x{height} px) is over the limit of "
+                       f"{MAX_ASPECT:.0f}:1 (resizing its shorter side would make a huge image); "
+                       f"crop it to a less extreme shape")
+
+
+def draft_factor(width: int, height: int, target: int | None) -> int:
+    """1, 2, 4 or 8: the JPEG decode scale (the largest keeping the shorter side >= DRAFT_GAP
+    x target)."""
+    if not target:
+        return 1
+    short = min(width, height)
+    return next((r for r in (8, 4, 2) if short / r >= DRAFT_GAP * target), 1)
+
+
+def apply_draft(img: Image.Image, target: int | None) -> None:
+    """Ask libjpeg to decode `img` (opened, not yet loaded) at a reduced scale, per draft_factor.
+    No effect on other formats or on an image already loaded."""
+    if img.format != "JPEG" or not getattr(img, "tile", None):
+        return
+    r = draft_factor(img.width, img.height, target)
+    if r > 1:  # PIL picks the scale as min(w // req_w, h // req_h): floor keeps it exactly r
+        img.draft(img.mode, (img.width // r, img.height // r))
+
+
+def upright_size(img: Image.Image) -> tuple[int, int]:
+    """(width, height) as shown, from the header: EXIF orientations 5-8 swap the sides."""
+    try:
+        orientation = img.getexif().get(0x0112, 1)
+    except Exception:  # a broken EXIF block: exif_transpose ignores it too
+        orientation = 1
+    return (img.height, img.width) if orientation in (5, 6, 7, 8) else img.size
+
+
+def decode_upright(path: str | Path, target: int | None) -> tuple[Image.Image, tuple[int, int]]:
+    """(8-bit RGB image as a viewer shows it, drafted for `target` (the stored side), and the
+    file's full upright size), or raise BadImage(reason)."""
+    try:
+        handle = open(path, "rb")
+    except OSError as exc:
+        raise BadImage(f"cannot read ({exc.strerror or exc})") from None
+    with handle:
+        try:
+            if os.fstat(handle.fileno()).st_size == 0:
+                raise BadImage("empty file (0 bytes)")
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(handle) as img:
+                    return from_image(img, target)
+        except BadImage:
+            raise
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise BadImage(f"too many pixels, refused as a possible decompression bomb "
+                           f"({str(exc).split(' could be')[0]}; the limit is "
+                           f"{Image.MAX_IMAGE_PIXELS} pixels)") from None
+        except UnidentifiedImageError:
+            raise BadImage("not an image file (unrecognised content)") from None
+        except (OSError, SyntaxError, ValueError, EOFError) as exc:
+            first = (str(exc).splitlines() or [type(exc).__name__])[0]
+            raise BadImage(f"cannot decode ({first[:100]})") from None
+
+
+def from_image(img: Image.Image, target: int | None) -> tuple[Image.Image, tuple[int, int]]:
+    """decode_upright for an opened PIL image (an unloaded JPEG is drafted like a file)."""
+    check_shape(*img.size)
+    size = upright_size(img)
+    if img.width * img.height > Image.MAX_IMAGE_PIXELS:
+        raise BadImage(f"too many pixels ({img.width}x{img.height}), over the limit of "
+                       f"{Image.MAX_IMAGE_PIXELS} pixels (a guard against decompression bombs)")
+    apply_draft(img, target)
+    img.load()
+    return to_rgb(ImageOps.exif_transpose(img)), size
+
+
+def _depth_scale(arr: np.ndarray) -> float:
+    """The full-scale value of a grey sample array: 2^b - 1 for the smallest b in DEPTHS that
+    holds its maximum. A 12-bit sensor image in a 16-bit container is read as 12-bit (not
+    almost black); a true 16-bit image darker than 1/16 of full scale is brightened (its
+    samples cannot be told from 12-bit ones)."""
+    top = float(arr.max()) if arr.size else 0.0
+    return float(next((2 ** b - 1 for b in DEPTHS if top <= 2 ** b - 1), 2 ** DEPTHS[-1] - 1))
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """8-bit RGB. 16-bit grey (I;16*) and 32-bit integer grey (I) with samples in 0..65535:
+    scaled by their bit depth (_depth_scale); other 32-bit integer or float (F) images:
+    stretched from their minimum to their maximum. Palette and alpha: transparency composited
+    on white. Other modes: PIL's conversion."""
+    if img.mode.startswith("I"):
+        arr = np.asarray(img).astype(np.float64)
+        if arr.size and (arr.min() < 0 or arr.max() > 65535):  # not a 16-bit sample range
+            img = _stretched(arr)
+        else:
+            scale = _depth_scale(arr)
+            img = Image.fromarray(np.clip(np.floor(arr / scale * 255.0 + 0.5), 0, 255).astype(np.uint8), "L")
+    elif img.mode == "F":
+        img = _stretched(np.asarray(img, dtype=np.float64))
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(white, rgba)
+    return img.convert("RGB")
+
+
+def _stretched(arr: np.ndarray) -> Image.Image:
+    arr = np.nan_to_num(arr)
+    lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
+    return Image.fromarray(((arr - lo) / max(hi - lo, 1e-12) * 255).astype(np.uint8), "L")
+
+
+def shrink(img: Image.Image, image_size: int) -> Image.Image:
+    """The stored copy: shorter side at most store_side(image_size) (never enlarged)."""
+    limit = store_side(image_size)
+    short = min(img.size)
+    if short <= limit:
+        return img
+    scale = limit / short
+    size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+    return img.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
+
+
+def stored_image(path: str | Path, image_size: int) -> tuple[Image.Image, Image.Image, tuple[int, int]]:
+    """(decoded upright RGB, its stored copy, full upright size) of an image file."""
+    img, size = decode_upright(path, store_side(image_size))
+    return img, shrink(img, image_size), size
+
+
+def encode_stored(img: Image.Image) -> bytes:
+    """The stored copy as an uncompressed 24-bit BMP: lossless, and the cheapest format to
+    write and to read back (photos at 325 px: 0.4 ms to write and 0.9 ms to read into a
+    tensor, against 10 ms and 4.6 ms for the fastest PNG; PNG was most of prepare's time per
+    photo). The price is disk: ~2.7x the bytes of that PNG (~420 KB per image at 260 px).
+    Browsers and every image library show BMP."""
+    import io
+
+    buf = io.BytesIO()
+    img.save(buf, format="BMP")
+    return buf.getvalue()
+
+
+def network_image(source, pre):
+    """uint8 CHW tensor after the eval geometry, for an image file path or a PIL image: what
+    predict, folderfit.load and export's parity check feed the network (evaluate reads the
+    stored copy and applies the same geometry)."""
+    import torch
+
+    if isinstance(source, Image.Image):
+        img, _ = from_image(source, store_side(pre.image_size))
+        img = shrink(img, pre.image_size)
+    else:
+        _, img, _ = stored_image(source, pre.image_size)
+    tensor = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).contiguous()
+    return _eval_geometry(pre)(tensor)
+
+
+@functools.lru_cache(maxsize=8)
+def _eval_geometry(pre):
+    from folderfit.images import datasets
+
+    return datasets.eval_geometry(pre)

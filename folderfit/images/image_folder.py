@@ -1,0 +1,364 @@
+"""TODO docstring"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import stat
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from folderfit.errors import PipelineError
+from folderfit.images import decode
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+
+SPLITS = ("train", "val", "test")
+
+
+# top-level folder names that mean "a split the user made" (compared in lower case)
+SPLIT_FOLDERS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+
+
+NAME_MAX = 255  # bytes in one file name (Linux file systems)
+
+
+LINKED_FOLDER = ("link to a folder, not read: DVC does not track what a linked folder holds, so "
+                 "a change there would not rerun prepare; copy the folder in instead")
+
+
+NOT_REGULAR = "not a regular file (a pipe, socket or device)"
+
+
+STORE_MARGIN = decode.STORE_MARGIN
+
+
+@dataclass(frozen=True)
+class Item:
+    """One source image: its path relative to the source root, class and content hash."""
+
+    rel: str
+    label: str
+    sha256: str
+
+
+# ------------------------------------------------------------------ names
+def printable(name: str) -> str:
+    r"""A file name (or path) as valid, printable UTF-8 text for reports, CSV and messages:
+    bytes that are not UTF-8 (os.listdir gives them as surrogates) become `\xNN`, control
+    characters (a newline in a name) `\xNN` too. Ordinary names come out unchanged."""
+    text = os.fsencode(name).decode("utf-8", "backslashreplace")
+    return text.translate(_CONTROL_ESCAPES)
+
+
+_CONTROL_ESCAPES = {c: f"\\x{c:02x}" for c in [*range(0x20), *range(0x7f, 0xa0)]}
+
+
+def fit_name(stem: str, ext: str = "") -> str:
+    """`stem + ext` as a file or folder name of at most NAME_MAX bytes. A longer stem is cut at
+    a character boundary and ends in `~` and 8 hex digits of its hash, so two long names that
+    differ only at the end stay different."""
+    raw = stem.encode("utf-8")
+    room = NAME_MAX - len(ext.encode("utf-8"))
+    if len(raw) <= room:
+        return stem + ext
+    tag = "~" + hashlib.sha256(raw).hexdigest()[:8]
+    return raw[:room - len(tag)].decode("utf-8", "ignore") + tag + ext
+
+
+# ------------------------------------------------------------------ scanning
+@dataclass(frozen=True)
+class Found:
+    """An image file found by a scan: the path to open, and its printable path relative to
+    the scanned root ('/'-separated)."""
+
+    path: Path
+    rel: str
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
+def _entry_kind(entry: os.DirEntry, follow_folder_links: bool) -> tuple[str, str | None]:
+    """('dir' | 'file', None) for what a scan enters or takes, ('skip', reason) otherwise."""
+    if entry.name.startswith("."):
+        return "skip", "hidden folder" if _is_dir(entry) else "hidden file"
+    try:
+        if entry.is_symlink():
+            try:
+                target = os.stat(entry.path)
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    return "skip", "symbolic link loop (the link leads back to itself)"
+                return "skip", "broken symbolic link (its target does not exist)"
+            if stat.S_ISDIR(target.st_mode):
+                return ("dir", None) if follow_folder_links else ("skip", LINKED_FOLDER)
+            return ("file", None) if stat.S_ISREG(target.st_mode) else ("skip", NOT_REGULAR)
+        if entry.is_dir(follow_symlinks=False):
+            return "dir", None
+        if entry.is_file(follow_symlinks=False):
+            return "file", None
+        return "skip", NOT_REGULAR
+    except OSError as exc:
+        return "skip", f"cannot read ({exc.strerror})"
+
+
+def _sorted_entries(folder: Path) -> list[os.DirEntry]:
+    with os.scandir(folder) as it:
+        return sorted(it, key=lambda e: e.name)
+
+
+def walk_images(root: Path, prefix: str = "", follow_folder_links: bool = False):
+    """([Found] image files below `root`, [(rel, reason)] left out), both sorted by path.
+    Hidden entries and other extensions are left out; links to files are followed, links to
+    folders only with `follow_folder_links` (each folder is searched once, so link loops end).
+    Iterative, so any depth the file system allows works."""
+    found, skipped, visited = [], [], set()
+    stack = [(Path(root), prefix)]
+    while stack:
+        folder, rel = stack.pop()
+        try:
+            info = os.stat(folder)
+            if (info.st_dev, info.st_ino) in visited:
+                skipped.append((rel, "link loop (this folder is already searched)"))
+                continue
+            visited.add((info.st_dev, info.st_ino))
+            entries = _sorted_entries(folder)
+        except OSError as exc:
+            skipped.append((rel, f"cannot read folder ({exc.strerror})"))
+            continue
+        for entry in entries:
+            child = f"{rel}/{printable(entry.name)}" if rel else printable(entry.name)
+            kind, reason = _entry_kind(entry, follow_folder_links)
+            if kind == "dir":
+                stack.append((Path(entry.path), child))
+            elif kind == "skip":
+                skipped.append((child, reason))
+            elif os.path.splitext(entry.name)[1].lower() not in IMAGE_EXTENSIONS:
+                skipped.append((child, "not an image extension"))
+            else:
+                found.append(Found(Path(entry.path), child))
+    found.sort(key=lambda f: f.rel.split("/"))
+    skipped.sort(key=lambda s: s[0].split("/"))
+    return found, skipped
+
+
+def read_image_folder(root: Path, prefix: str = ""):
+    """An ImageFolder: ({class: [Found]} for every class folder, empty ones included,
+    [(rel, reason)] left out). Class names are the folders' printable names; rel paths start
+    with `prefix` (a given split's folder name)."""
+    classes: dict[str, list[Found]] = {}
+    skipped = []
+    for entry in _sorted_entries(root):
+        rel = f"{prefix}{printable(entry.name)}"
+        kind, reason = _entry_kind(entry, follow_folder_links=False)
+        if kind == "skip":
+            skipped.append((rel, reason))
+        elif kind == "file":
+            skipped.append((rel, "not inside a class folder"))
+        else:
+            label = printable(entry.name)
+            if label in classes:
+                raise PipelineError(
+                    f"data.source {printable(str(root))}: two class folders are both named "
+                    f"'{label}' once written as UTF-8 text; rename one of them")
+            images, left_out = walk_images(Path(entry.path), rel)
+            classes[label] = images
+            skipped.extend(left_out)
+    return classes, skipped
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How data.source is organised: `splits` maps train/val/test to the user's split folders,
+    or is None for one folder per class; `skipped` is what the top level holds besides."""
+
+    splits: dict[str, Path] | None
+    skipped: list
+
+
+def detect_layout(source: Path) -> Layout:
+    """Folders named like splits (train, val, valid, validation, test; any case) at the top of
+    data.source mean a given split; no such folder means one folder per class. Both at once is
+    refused: a class called 'test' next to 'cats' is far more likely a mistake than a class."""
+    where = printable(str(source))
+    folders, skipped = [], []
+    for entry in _sorted_entries(source):
+        kind, reason = _entry_kind(entry, follow_folder_links=False)
+        if kind == "dir":
+            folders.append(entry.name)
+        else:
+            skipped.append((printable(entry.name), reason or "not inside a split folder"))
+    named = {name: SPLIT_FOLDERS[name.lower()] for name in folders if name.lower() in SPLIT_FOLDERS}
+    if not named:
+        return Layout(None, [])
+    others = [printable(name) for name in folders if name not in named]
+    if others:
+        listed = ", ".join(others[:5]) + (f" (+{len(others) - 5} more)" if len(others) > 5 else "")
+        raise PipelineError(
+            f"data.source {where}: split folders ({', '.join(sorted(named))}) next to other "
+            f"folders ({listed}); use either one folder per class, or only train/ [val/] [test/] "
+            f"folders that each hold the class folders (rename a class folder named like a split)")
+    by_split = defaultdict(list)
+    for name, split in sorted(named.items()):
+        by_split[split].append(name)
+    for split, names in by_split.items():
+        if len(names) > 1:
+            raise PipelineError(f"data.source {where}: {' and '.join(names)} are all {split} "
+                                f"folders; keep one")
+    if "train" not in by_split:
+        raise PipelineError(f"data.source {where}: split folders ({', '.join(sorted(named))}) but "
+                            f"no train/ folder; add train/ holding one folder per class")
+    return Layout({split: source / names[0] for split, names in by_split.items()}, skipped)
+
+
+def names_dvc_cannot_track(source: Path, limit: int = 3) -> tuple[list[str], list[str]]:
+    """([printable paths] of names that are not UTF-8, [printable paths] of broken links)
+    below `source`, at most `limit` of each. DVC hashes data.source as a dependency and stops
+    on both (a UnicodeEncodeError; an "unexpected error" for the link) before prepare runs.
+    Like DVC, links to folders are not entered."""
+    not_utf8, broken = [], []
+    stack = [Path(source)]
+    while stack and (len(not_utf8) < limit or len(broken) < limit):
+        folder = stack.pop()
+        try:
+            entries = _sorted_entries(folder)
+        except OSError:
+            continue
+        for entry in entries:
+            rel = printable(os.path.relpath(entry.path, source))
+            try:
+                entry.name.encode("utf-8")
+            except UnicodeEncodeError:
+                not_utf8.append(rel)
+            if entry.is_symlink():
+                if not os.path.exists(entry.path):
+                    broken.append(rel)
+            elif entry.is_dir(follow_symlinks=False):
+                stack.append(Path(entry.path))
+    return not_utf8[:limit], broken[:limit]
+
+
+def check_source(source: str) -> Path:
+    path = Path(source)
+    if not path.exists():
+        raise PipelineError(f"data.source {source}: does not exist; point data.source in "
+                            f"params.yaml at an ImageFolder directory (one folder per class)")
+    if not path.is_dir():
+        raise PipelineError(f"data.source {source}: is not a directory; point it at an "
+                            f"ImageFolder directory (one folder per class)")
+    return path
+
+
+# ------------------------------------------------------------------ decoding
+# The decoding itself is folderfit.images.decode (the one path shared with predict and export);
+# these names stay for the callers and tests that use them.
+BadImage = decode.BadImage
+
+
+to_rgb = decode.to_rgb
+
+
+def load_rgb(path: Path) -> Image.Image:
+    """Open an image as 8-bit RGB with EXIF orientation applied (full resolution: no JPEG
+    draft), or raise BadImage(reason)."""
+    return decode.decode_upright(path, None)[0]
+
+
+def upright_rgb(img: Image.Image) -> Image.Image:
+    """8-bit RGB as a viewer shows it: EXIF orientation applied, see imageio.to_rgb for the modes."""
+    return to_rgb(ImageOps.exif_transpose(img))
+
+
+def bounded(img: Image.Image, image_size: int) -> Image.Image:
+    """The stored copy's size rule (imageio.shrink)."""
+    return decode.shrink(img, image_size)
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# ------------------------------------------------------------------ splitting
+def split_counts(n: int, val_fraction: float, test_fraction: float) -> tuple[int, int, int]:
+    """(train, val, test) sizes for one class: at least one image in every non-empty split."""
+    n_test = max(1, round(n * test_fraction)) if test_fraction > 0 else 0
+    n_val = max(1, round(n * val_fraction))
+    n_train = n - n_val - n_test
+    return n_train, n_val, n_test
+
+
+def stratified_split(items: list[Item], val_fraction: float, test_fraction: float,
+                     seed: int) -> dict[str, list[Item]]:
+    """Seeded split per class; items sharing a sha256 (identical images) move together.
+
+    An image filed under several classes (a label conflict) is placed once, by the first of its
+    classes (in name order); the later classes count it towards their own share of that split
+    and fill the rest from their other images. Every class gets at least one image in train,
+    in val and (with test_fraction > 0) in test, or a PipelineError names class and split."""
+    by_class: dict[str, dict[str, list[Item]]] = defaultdict(lambda: defaultdict(list))
+    for item in items:
+        by_class[item.label][item.sha256].append(item)
+    home: dict[str, str] = {}  # sha256 -> split
+    for label in sorted(by_class):
+        hashes = sorted(by_class[label])
+        want = dict(zip(SPLITS, split_counts(len(hashes), val_fraction, test_fraction)))
+        if want["train"] < 1:
+            needed = 1 + (1 if val_fraction > 0 else 0) + (1 if test_fraction > 0 else 0)
+            if len(hashes) >= needed:  # enough images: the fractions leave none for training
+                raise PipelineError(
+                    f"params.yaml: data.val_fraction {val_fraction:g} and data.test_fraction "
+                    f"{test_fraction:g} leave no training image for class '{label}' "
+                    f"({len(hashes)} distinct images: {want['val']} to val, {want['test']} to "
+                    f"test); lower the fractions (e.g. 0.15 each)")
+            raise PipelineError(
+                f"data.source: class '{label}' has {len(hashes)} distinct image(s), at least "
+                f"{needed} are needed to give it a place in every split; add images or remove the class")
+        placed = Counter(home[h] for h in hashes if h in home)
+        free = [h for h in hashes if h not in home]
+        need_test = max(0, want["test"] - placed["test"])
+        need_val = max(0, want["val"] - placed["val"])
+        rng = np.random.default_rng([seed, int(sha256_bytes(label.encode())[:8], 16)])
+        for rank, index in enumerate(rng.permutation(len(free))):
+            home[free[index]] = ("test" if rank < need_test else
+                                 "val" if rank < need_test + need_val else "train")
+        got = Counter(home[h] for h in hashes)
+        for split in SPLITS:
+            if want[split] and not got[split]:
+                raise _empty_split_error(label, split, hashes, by_class, placed)
+    out = {s: [] for s in SPLITS}
+    for item in items:
+        out[home[item.sha256]].append(item)
+    for split in out:
+        out[split].sort(key=lambda it: (it.label, it.rel))
+    return out
+
+
+def _empty_split_error(label: str, split: str, hashes: list, by_class: dict, placed) -> PipelineError:
+    """A class left without images in a split because its images identical to images of other
+    classes (label conflicts) were already placed with those copies."""
+    twins = []
+    for h in hashes:
+        others = [it.rel for other in sorted(by_class) if other != label for it in by_class[other].get(h, [])]
+        if others:
+            twins.append(f"{by_class[label][h][0].rel} = {others[0]}")
+    return PipelineError(
+        f"data.source: class '{label}' gets no image in {split}: {sum(placed.values())} of its "
+        f"{len(hashes)} distinct images are identical to images filed under other classes "
+        f"(label conflicts) and stay with those copies ({'; '.join(twins[:3])}); delete the "
+        f"wrongly labelled copies or add images to '{label}'")
+
+
+def class_counts(samples: list[tuple[Path, int]], n_classes: int) -> list[int]:
+    counts = Counter(label for _, label in samples)
+    return [counts.get(i, 0) for i in range(n_classes)]

@@ -1,0 +1,286 @@
+"""Evaluation (stage `evaluate`): score images the delivered model never learned from.
+
+What is scored (eval.json `split` and `estimate`; folderfit.artifacts.learned_from explains the choice):
+  test         the test split, with the model file (when prepare made one or it was given)
+  cv           no test split, feature_extract: out-of-fold predictions of a K-fold
+               cross-validation of the whole head procedure over train + val, made by train
+  val_holdout  no test split, fine_tune / full_tune: the half of val that took no part in
+               training or in choosing the best epoch, with the model file
+Every scored image is checked against train's record of what the model learned from
+(metrics/train/learned_from.csv): an overlap stops the stage.
+
+Outputs: metrics/eval.json (the headline numbers DVC tables show, and per-class P/R/F1 as a
+list, which `dvc exp show` leaves out of its columns), metrics/classification_report.txt
+(readable per-class table) and metrics/eval/:
+  summary.json           every number of the evaluation (settings such as top_k included)
+  per_class.json         per-class report (+ one-vs-rest ROC-AUC, average precision)
+  predictions.csv        every scored image: path, true, predicted, confidence, top-k
+  confusion.csv          one row per image for the DVC confusion plot
+  confusion.png, confusion_normalized.png      counts and row-normalised (recall) matrices
+  roc.json, pr.json      one-vs-rest curves per class for DVC plots
+  reliability.png        calibration diagram;  mistakes.png  most confident mistakes
+The directory is built beside its place and swapped in whole, then eval.json is written.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from folderfit.artifacts import learned_from, manifest
+from folderfit.artifacts.model_file import load_model_file
+from folderfit.backbone.views import FlipTTA
+from folderfit.compute.inference import infer_labelled, make_loader
+from folderfit.compute.runtime import (
+    cpu_supports_bf16,
+    pick_runtime,
+    prepare_model,
+    seed_everything,
+)
+from folderfit.errors import PipelineError
+from folderfit.images import datasets
+from folderfit.params import Params
+from folderfit.paths import EVAL_DIR, EVAL_JSON, MODEL_FILE, PREPARED, REPORT_TXT
+from folderfit.results import metrics, reports
+from folderfit.results.pages import results_page
+from folderfit.support.fileio import staged_dir, write_json, write_text
+
+HEADLINE = ("split", "estimate", "n_images", "accuracy", "accuracy_ci95_low", "accuracy_ci95_high", "macro_f1",
+            "balanced_accuracy", "roc_auc_ovr_macro", "ece")
+
+# A feature_extract model is scored from its backbone's cached features (score_checked); this
+# many of the scored images also go through the whole model file, which must agree within the
+# tolerance for the features' precision (ONNX Runtime and torch in fp32: ~1e-6 here; bf16
+# rounds more).
+FEATURE_CHECK_IMAGES = 8
+FEATURE_CHECK_TOLERANCE = {"fp32": 1e-4, "bf16": 2e-2, "fp16": 2e-2}
+
+ESTIMATES = {
+    "test": "the test split, which took no part in training or model choice",
+    "cv": "{folds}-fold cross-validation of the whole head procedure (flip choice, l2 choice, "
+          "refit) over train + val; the model file is fitted on all of them",
+    "val_holdout": "the half of val held out from training and epoch selection, scored with "
+                   "the model file",
+}
+
+
+def scored_images(splits: dict, loaded, params: Params, rt) -> tuple[str, list, np.ndarray, np.ndarray, dict]:
+    """(estimate name, samples, probabilities, labels, facts) of the images to score, none of
+    which the delivered model learned from (module docstring)."""
+    # the record is required wherever the choice of images depends on it
+    learned = learned_from.read_learned_from(required="test" not in splits) or set()
+    if "test" in splits:
+        estimate, samples = "test", splits["test"]
+    else:
+        cv = learned_from.read_cv()
+        if cv is not None:
+            files, probs, labels, folds = cv
+            samples = [(Path(f), int(y)) for f, y in zip(files, labels)]
+            return "cv", samples, probs, labels, {"folds": int(folds.max()) + 1}
+        samples = [s for s in splits.get("val", []) if s[0].as_posix() not in learned]
+        estimate = "val_holdout"
+        if not samples:
+            raise PipelineError(
+                f"{PREPARED}: no test split and every val image shaped the model, so nothing is "
+                f"left to score honestly; set data.test_fraction > 0 or evaluate.cv_folds > 0 "
+                f"(feature_extract) and rerun `dvc repro`")
+    seen = sorted({path.as_posix() for path, _ in samples} & learned)
+    if seen:  # by construction this cannot happen: a broken invariant must not become a score
+        raise PipelineError(f"{seen[0]}: scored by evaluate but the model learned from it "
+                            f"({len(seen)} such images); rerun `dvc repro` from prepare")
+    probs, labels, facts = score_checked(loaded, samples, params, rt)
+    bad = np.flatnonzero(~np.isfinite(probs).all(1))
+    if len(bad):  # NaN weights (or an fp16 overflow) would otherwise score as class 0
+        raise PipelineError(f"{MODEL_FILE}: the model gave NaN/Inf for {len(bad)} of {len(probs)} "
+                            f"images (first: {samples[bad[0]][0]}); retrain it, or try precision: fp32")
+    return estimate, samples, probs, labels, facts
+
+
+def source_paths(prepared: Path) -> dict[str, str]:
+    """Prepared file -> its path relative to data.source, from prepare's manifest."""
+    return {(prepared / r["file"]).as_posix(): r["source"] for r in manifest.read_manifest_rows(prepared)}
+
+
+def score(loaded, samples, batch_size: int, rt, show_progress: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(softmax probabilities [N, classes] as float64, labels) in sample order, from the
+    whole model file."""
+    model = prepare_model(loaded.model, rt)
+    loader = make_loader(datasets.ImageTensorDataset(samples, datasets.eval_geometry(loaded.preprocess)),
+                         batch_size, rt)
+    normalizer = datasets.Normalizer(loaded.preprocess.mean, loaded.preprocess.std).to(rt.device)
+    logits, labels = infer_labelled(model, loader, normalizer, rt, desc="evaluate", show_progress=show_progress)
+    return torch.softmax(logits, 1).numpy().astype(np.float64), labels.numpy()
+
+
+def feature_route(loaded, params: Params):
+    """(head, feature extractor of the backbone) that compute the model file's outputs as the
+    train stage computed its features (same engine and precision, recorded in the file as
+    `feature_engine`, hence the same feature-cache entries), or None when the file does not
+    record them (fine_tune / full_tune models: their backbone is new to the cache)."""
+    from folderfit.compute.runtime import Runtime
+    from folderfit.frozen import feature_cache
+    from folderfit.frozen.extractor import extraction_batch
+
+    extra = loaded.info.get("extra", {}) if isinstance(loaded.info, dict) else {}
+    engine, _, precision = str(extra.get("feature_engine", "")).partition("-")
+    if extra.get("strategy") != "feature_extract" or engine not in ("onnxruntime", "torch") or \
+            precision not in ("fp32", "bf16", "fp16"):
+        return None
+    device = pick_runtime("fp32", params.device).device
+    if precision != "fp32" and device.type == "cpu" and not (precision == "bf16" and cpu_supports_bf16()):
+        return None  # trained where bf16 is native: emulated here it would be the slow route
+    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    rt = Runtime(device, dtype)
+    inner = loaded.model.model if isinstance(loaded.model, FlipTTA) else loaded.model
+    backbone, head = feature_cache.backbone_only(prepare_model(copy.deepcopy(inner), rt), loaded.info["head_name"])
+    extractor = feature_cache.FeatureExtractor(backbone, loaded.preprocess, rt, extraction_batch(params, rt),
+                                   engine="auto" if engine == "onnxruntime" else "torch")
+    return head.float().eval(), extractor
+
+
+def score_from_features(route, samples, tta: str) -> np.ndarray:
+    """Probabilities from the backbone's (cached) features and the model file's head, with
+    the file's test-time augmentation done as FlipTTA does it (the mean of the logits)."""
+    from folderfit.frozen import feature_cache
+
+    head, extractor = route
+    files = [path for path, _ in samples]
+    views = [feature_cache.CLEAN] + ([feature_cache.FLIP] if tta == "flip" else [])
+    vectors = extractor.features_of([(files, view) for view in views], "features evaluate")
+    with torch.inference_mode():
+        logits = sum(head(v.float()) for v in vectors) / len(vectors)
+    return torch.softmax(logits, 1).numpy().astype(np.float64)
+
+
+def check_sample(n: int, seed: int) -> list[int]:
+    """Indices of the scored images also run through the whole model file (seeded)."""
+    rng = np.random.default_rng(seed)
+    return sorted(rng.choice(n, size=min(n, FEATURE_CHECK_IMAGES), replace=False).tolist())
+
+
+def score_checked(loaded, samples, params: Params, rt) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(probabilities, labels, facts). A feature_extract model is scored from its backbone's
+    features, which review and train have already computed (a cache hit), then proven equal
+    to the model file: a seeded sample of the images goes through the whole model file in
+    the features' precision, and every probability must agree within the tolerance, else
+    every image is scored with the model file (with a note). Other models: the model file."""
+    route = feature_route(loaded, params) if samples else None
+    labels = np.array([y for _, y in samples], dtype=np.int64)
+    if route is not None:
+        started = time.perf_counter()
+        probs = score_from_features(route, samples, loaded.tta)
+        pick = check_sample(len(samples), params.seed)
+        extractor = route[1]
+        reference, _ = score(loaded, [samples[i] for i in pick], params.evaluate.batch_size,
+                             extractor.rt, show_progress=False)
+        gap = float(np.abs(reference - probs[pick]).max())
+        tolerance = FEATURE_CHECK_TOLERANCE[extractor.rt.precision]
+        engine = f"{extractor.engine}-{extractor.rt.precision}"
+        if gap <= tolerance:
+            print(f"evaluate: scored from the backbone's features ({engine}: "
+                  f"{extractor.reused} vectors from the cache, {extractor.computed} computed) and the "
+                  f"model file's head; the whole model file on {len(pick)} of the images agrees "
+                  f"(largest probability difference {gap:.1e} <= {tolerance:g}) "
+                  f"[{time.perf_counter() - started:.1f} s]")
+            return probs, labels, {"scored_with": f"features ({engine}) + the model file's head",
+                                   "checked_images": len(pick), "check_max_difference": gap}
+        print(f"note: evaluate: the features route differs from the model file on {len(pick)} "
+              f"images (largest probability difference {gap:.1e} > {tolerance:g}); scoring every "
+              f"image with the model file instead", file=sys.stderr)
+    probs, labels = score(loaded, samples, params.evaluate.batch_size, rt)
+    return probs, labels, {"scored_with": f"the model file ({rt.precision})"}
+
+
+def run_facts(loaded, params: Params, split: str) -> dict:
+    """What the results page shows about the run: model, strategy, data version, settings."""
+    from folderfit.support.fileio import sha256_file
+
+    extra = loaded.info.get("extra", {}) if isinstance(loaded.info, dict) else {}
+    return {"backbone": extra.get("model_name", "?"), "strategy": extra.get("strategy", "?"),
+            "weights": (extra.get("weights") or {}).get("source", "?"),
+            "feature engine": extra.get("feature_engine", "-"),
+            "image size": loaded.preprocess.image_size, "test-time augmentation": loaded.tta,
+            "train / val images": f"{extra.get('n_train', '?')} / {extra.get('n_val', '?')}",
+            "scored": ESTIMATES[split].split(";")[0].format(folds=params.evaluate.cv_folds),
+            "data version (manifest sha256)": sha256_file(PREPARED / manifest.MANIFEST)[:12],
+            "seed": params.seed}
+
+
+def write_eval_dir(out: Path, probs, y, classes: list, samples, summary: dict) -> dict:
+    """Every file of metrics/eval/ into `out`; returns the per-class report."""
+    split, n = summary["split"], len(y)
+    preds, confidence = probs.argmax(1), probs.max(1)
+    per_class = metrics.per_class_report(probs, y, classes)
+    write_json(out / "summary.json", summary)
+    write_json(out / "per_class.json", per_class)
+
+    files = [path.as_posix() for path, _ in samples]
+    sources = source_paths(PREPARED)
+    top = metrics.top_k_indices(probs, summary["top_k"])
+    reports.write_csv(out / "predictions.csv",
+                ["path", "prepared_file", "true", "predicted", "confidence", "correct", "top_k"],
+                [[sources.get(f, f), f, classes[y[i]], classes[preds[i]], f"{confidence[i]:.6f}",
+                  int(y[i] == preds[i]), ";".join(f"{classes[c]}={probs[i, c]:.4f}" for c in top[i])]
+                 for i, f in enumerate(files)])
+    reports.write_csv(out / "confusion.csv", ["actual", "predicted"],
+                [[classes[a], classes[b]] for a, b in zip(y, preds)])
+    matrix = metrics.confusion(y, preds, len(classes))
+    reports.confusion_png(out / "confusion.png", matrix, classes, f"{split}: {n} images\ncounts")
+    reports.confusion_png(out / "confusion_normalized.png", metrics.row_normalized(matrix), classes,
+                    f"{split}: {n} images\nrow-normalised (recall on the diagonal)", normalized=True)
+    roc, pr = metrics.class_curves(probs, y, classes)
+    reports.write_rows_json(out / "roc.json", roc)
+    reports.write_rows_json(out / "pr.json", pr)
+    reports.reliability_png(out / "reliability.png", metrics.reliability_bins(confidence, preds == y),
+                      summary["ece"], f"{split}: {n} images")
+    wrong = sorted((i for i in range(n) if preds[i] != y[i]), key=lambda i: (-confidence[i], i))
+    reports.mistakes_gallery(out / "mistakes.png",
+                       [(files[i], classes[y[i]], classes[preds[i]], confidence[i]) for i in wrong],
+                       f"{split}")
+    return per_class
+
+
+def run(params: Params) -> None:
+    started = time.perf_counter()
+    seed_everything(params.seed)
+    rt = pick_runtime(params.precision, params.device)
+    loaded = load_model_file(MODEL_FILE)
+    classes, splits = manifest.read_manifest(PREPARED)
+    if classes != loaded.class_names:
+        raise PipelineError(f"{MODEL_FILE}: trained on classes {loaded.class_names}, the prepared "
+                            f"data has {classes}; rerun `dvc repro`")
+    split, samples, probs, y, facts = scored_images(splits, loaded, params, rt)
+    estimate = ESTIMATES[split].format(**facts)
+    scoring = {k: facts[k] for k in ("scored_with", "checked_images", "check_max_difference") if k in facts}
+    summary = {"split": split, "estimate": estimate, "n_images": len(y), "n_classes": len(classes),
+               **scoring, **metrics.summary(probs, y, params.seed, params.evaluate.bootstrap)}
+
+    with staged_dir(EVAL_DIR) as staging:  # swapped in whole; a failure leaves the old one
+        per_class = write_eval_dir(staging, probs, y, classes, samples, summary)
+        results_page.write(staging, PREPARED, staging / "index.html",
+                           facts={**run_facts(loaded, params, split),
+                                  "scored with": facts.get("scored_with", "train's cross-validation")})
+    write_text(REPORT_TXT, reports.per_class_table(split, len(y), per_class, summary))
+    headline = {key: summary[key] for key in HEADLINE if key in summary}
+    write_json(EVAL_JSON, {**headline, "per_class": [
+        {"class": name, **{k: row[k] for k in ("precision", "recall", "f1", "support")}}
+        for name, row in per_class.items()]})
+
+    def with_ci(name):
+        ci = (f" (95% CI {summary[f'{name}_ci95_low']:.4f}-{summary[f'{name}_ci95_high']:.4f})"
+              if f"{name}_ci95_low" in summary else "")
+        return f"{name} {summary[name]:.4f}{ci}"
+
+    auc = summary["roc_auc_ovr_macro"]
+    print(f"evaluate: {split} ({estimate}), {len(y)} images: {with_ci('accuracy')}, {with_ci('macro_f1')}, "
+          f"balanced accuracy {summary['balanced_accuracy']:.4f}, top-{summary['top_k']} "
+          f"{summary['top_k_accuracy']:.4f}, ROC-AUC {'n/a' if auc is None else f'{auc:.4f}'} "
+          f"({summary['roc_auc_classes']}/{len(classes)} classes), ECE {summary['ece']:.4f}"
+          + (f"; scored with {summary['scored_with']}" if "scored_with" in summary else "")
+          + f" [{time.perf_counter() - started:.1f} s]")
+

@@ -1,0 +1,329 @@
+"""Training (stage `train`): build the backbone, freeze it by strategy, train, save one model file.
+
+* feature_extract: the frozen backbone's features of every training view and of the
+  validation images come from folderfit.frozen.feature_cache (computed once, cached), and the head is
+  solved exactly on them (folderfit.frozen.head), its regularisation chosen on val.
+* fine_tune / full_tune: with `warm_start_head`, the head starts as that solved head (no
+  random head's large early gradients reach the pretrained weights); then the epoch loop of
+  folderfit.tuning.epoch_loop trains the unfrozen stages and the head.
+
+Outputs: models/model.pt (self-contained: architecture name, classes, preprocessing, weights),
+metrics/train.json (headline: strategy, best validation accuracy and loss), metrics/train/
+(details.json with every fact of the run, and the per-step curves logged with dvclive, drawn
+by `dvc plots show`), metrics/timing.json (wall time: the one output that differs between
+identical reruns).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from pathlib import Path
+
+import torch
+
+from folderfit.artifacts import learned_from, manifest, model_file
+from folderfit.backbone import architecture
+from folderfit.compute.runtime import (
+    gpu_memory_guard,
+    pick_runtime,
+    prepare_model,
+    seed_everything,
+)
+from folderfit.errors import PipelineError
+from folderfit.frozen import extractor as feature_extractor
+from folderfit.frozen import feature_cache, probe
+from folderfit.images import datasets
+from folderfit.params import Params
+from folderfit.paths import MODEL_FILE, PREPARED, TIMING, TRAIN_DIR, TRAIN_METRICS
+from folderfit.support.fileio import staged_dir, write_json
+from folderfit.support.memory import torch_compute_heap
+from folderfit.tuning import batches, distributed, epoch_loop, freezing
+from folderfit.tuning.augment import BatchAugment
+from folderfit.tuning.checkpoint import CHECKPOINT, Checkpointer, fingerprint
+
+
+class EpochLog:
+    """Per-step curves through dvclive (plots in metrics/train/plots/metrics/): epochs of the
+    epoch loop, or the points of the head's regularisation path."""
+
+    def __init__(self, directory: Path):
+        from dvclive import Live
+        from scmrepo.exceptions import SCMError
+
+        try:
+            self.live = Live(dir=str(directory), save_dvc_exp=False, dvcyaml=False, report=None)
+        except SCMError as exc:  # dvclive reads the git HEAD, which a brand-new repo lacks
+            raise PipelineError(f"git repository problem ({exc}): commit once first, e.g. "
+                                f"git add -A && git commit -m 'start'") from None
+
+    def __call__(self, step: int, row: dict) -> None:
+        for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
+            if key not in row:  # epoch 0 (the starting weights) has no training pass
+                continue
+            split, _, metric = key.partition("_")
+            self.live.log_metric(f"{split}/{metric}", round(row[key], 6))
+        for key in ("lr", "l2"):
+            if key in row:
+                self.live.log_metric(key, row[key])
+        self.live.next_step()
+
+    def close(self) -> None:
+        self.live.end()
+
+
+def class_weights(params: Params, samples, n_classes: int) -> torch.Tensor | None:
+    """balanced: weight_c = N / (classes * N_c), scikit-learn's definition (and function)."""
+    if params.class_weighting == "none":
+        return None
+    import numpy as np
+    from sklearn.utils.class_weight import compute_class_weight
+
+    labels = np.array([label for _, label in samples])
+    present = np.unique(labels)
+    weights = np.ones(n_classes)
+    weights[present] = compute_class_weight("balanced", classes=present, y=labels)
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def solve_head(built: architecture.BuiltModel, pre, params: Params, splits, rt, weights, *, log=None,
+               refit: bool = False, cv_folds: int = 0,
+               calibrate: bool = False) -> tuple[probe.SolvedHead, probe.CrossValidation | None]:
+    """The head of the frozen backbone solved on its cached features (folderfit.frozen.probe) and
+    put into the model; with `cv_folds`, also the cross-validation of that whole procedure
+    over train + val (the honest estimate when there is no test split)."""
+    model, head = feature_cache.backbone_only(built.model, built.head_name)
+    extractor, engine_choice = feature_extractor.feature_extractor(model, pre, params, rt)
+    files = {split: [path for path, _ in splits[split]] for split in ("train", "val")}
+    labels = {split: torch.tensor([y for _, y in splits[split]]) for split in ("train", "val")}
+
+    def features(requests):
+        return extractor.features_of([(files[split], view) for split, view in requests], "features")
+
+    a = params.augment
+    hflip = probe.mirror_views_pay(a.hflip, len(files["train"]))
+    if hflip != a.hflip:
+        print(probe.size_note(len(files["train"])))
+    procedure = dict(hflip=hflip, n_views=a.feature_views, min_scale=a.min_scale,
+                     tta=params.evaluate.tta, refit=refit, class_weights=weights,
+                     label_smoothing=params.label_smoothing, calibrate=calibrate)
+    solved = probe.solve(features, labels["train"], labels["val"], head.out_features,
+                     seed=params.seed, log=log, **procedure)
+    cv = None
+    if cv_folds:
+        started = time.perf_counter()
+        copies = [feature_cache.file_digest(path) for path in files["train"] + files["val"]]  # copies: one fold
+        cv = probe.cross_validate(features, labels["train"], labels["val"], head.out_features,
+                              folds=cv_folds, groups=copies, seed=params.seed, **procedure)
+        correct = int((cv.probs.argmax(1) == cv.labels).sum())
+        print(f"cross-validation ({cv.folds} folds, the whole head procedure nested in each): "
+              f"{correct}/{len(cv.labels)} right out of fold [{time.perf_counter() - started:.1f} s]")
+    if hflip != a.hflip:  # recorded with the run: why hflip auto used no mirror images
+        solved = dataclasses.replace(solved, mirror_test={"hflip": False, "skipped": probe.size_note(len(files["train"]))})
+    architecture.set_submodule(built.model, built.head_name, head)
+    solved.fit.apply_to(head)
+    solved = dataclasses.replace(solved, feature_engine=feature_extractor.engine_name(extractor),
+)
+    # how the engine was chosen goes to the log only: its trial times must not make two
+    # identical runs' outputs differ
+    print(f"engine: {engine_choice.describe()}")
+    print(f"features: {len(files['train'])} train + {len(files['val'])} val images, "
+          f"{extractor.computed} vectors computed ({feature_extractor.engine_name(extractor)}), {extractor.reused} from the cache "
+          f"{feature_cache.cache_root()}")
+    if solved.mirror_test and "skipped" not in solved.mirror_test:
+        t = solved.mirror_test
+        print(f"hflip auto: val accuracy {t['val_accuracy']:.4f}, mirrored {t['val_accuracy_mirrored']:.4f} "
+              f"-> flips {'on' if solved.hflip else 'off'}")
+    print(f"head: views {', '.join(solved.views)}; l2 {solved.fit.l2:.3g} chosen on val (accuracy "
+          f"{solved.fit.val_accuracy:.4f}, loss {solved.fit.val_loss:.4f}); flip TTA {solved.tta}"
+          + ("; then solved again on train + val" if refit else ""))
+    c = solved.calibration
+    if c and "skipped" in c:
+        print(f"head: confidences not calibrated: {c['skipped']}")
+    elif c:
+        print(f"head: confidences calibrated on val: temperature {c['temperature']:.3g} "
+              f"(val loss {c['val_loss']:.4f} -> {c['val_loss_calibrated']:.4f}; predictions unchanged)")
+    return solved, cv
+
+
+def run(params: Params) -> None:
+    ctx = distributed.init_from_env(params.device)  # torchrun: one process per GPU; see folderfit/tuning/distributed.py
+    try:
+        # metrics/train is built beside its place and swapped in whole at the end, so a failed
+        # run leaves the previous curves (DVC keeps them: persist: true in dvc.yaml)
+        with staged_dir(TRAIN_DIR) if ctx.is_main else contextlib.nullcontext() as curves:
+            _train(params, ctx, curves)
+    finally:
+        distributed.finish(ctx)
+
+
+def _train(params: Params, ctx: distributed.DistContext, curves: Path | None) -> None:
+    started = time.perf_counter()
+    generator = seed_everything(params.seed)
+    rt = pick_runtime(params.precision, params.device)
+    classes, splits = manifest.read_manifest(PREPARED)
+    if "val" not in splits:
+        raise PipelineError(f"{PREPARED}: no validation images; rerun prepare with data.val_fraction > 0")
+    n_train = len(splits["train"])
+    strategy = (freezing.auto_strategy(n_train, rt.device.type) if params.strategy == "auto"
+                else params.strategy)
+    if params.strategy == "auto":
+        print(f"strategy auto: {n_train} training images on {rt.device.type} -> {strategy}")
+    # What the model learns from; evaluate scores only what is left (folderfit.artifacts.learned_from).
+    learned = {"train": splits["train"], "val_selection": splits["val"]}
+    cv_folds = 0
+    if "test" not in splits and strategy == "feature_extract":
+        cv_folds = params.evaluate.cv_folds
+    elif "test" not in splits:
+        selection, holdout = learned_from.holdout_split(splits["val"], params.seed)
+        if holdout:
+            splits = {**splits, "val": selection}
+            learned["val_selection"] = selection
+            print(f"no test split: {len(holdout)} of the val images are held out for evaluate "
+                  f"(split val_holdout); {len(selection)} choose the best epoch")
+        else:  # evaluate will say that nothing is left to score honestly
+            print("note: no test split and at most one val image per class: none can be held "
+                  "out, so evaluate will have nothing honest to score; set data.test_fraction > 0")
+    built = architecture.build_model(params.model_name, len(classes), params.weights, params.seed)
+    distributed.reseed_augmentation(ctx, params.seed)
+    pre = built.preprocess.with_image_size(params.data.image_size)
+    n_frozen = freezing.frozen_stage_count(strategy, params.freeze_layers, len(built.stages))
+    frozen = freezing.apply_freezing(built.model, built.stages, n_frozen)
+    built.model = model = prepare_model(built.model, rt)
+    weights = class_weights(params, splits["train"], len(classes))
+    print(f"train: {params.model_name} (weights: {built.weights.source}), {strategy}, "
+          f"{n_frozen}/{len(built.stages)} stages frozen, {freezing.count_trainable(model):,d} trainable "
+          f"parameters, {n_train} train / {len(splits['val'])} val images, {rt.describe()}")
+    log = EpochLog(curves) if ctx.is_main else None
+    checkpointer = None
+    # On a GPU the heavy batches are evaluate.batch_size for feature_extract, batch_size otherwise.
+    batch_key, batch = (("evaluate.batch_size", params.evaluate.batch_size)
+                        if strategy == "feature_extract" else ("batch_size", params.batch_size))
+    # closing(): the curves are flushed however training ends.
+    with gpu_memory_guard(batch_key, batch), (contextlib.closing(log) if log else contextlib.nullcontext()):
+        if strategy == "feature_extract":
+            solved, cv = solve_head(built, pre, params, splits, rt, weights, log=log,
+                                    refit=params.refit_head, cv_folds=cv_folds, calibrate=True)
+            flip, tta = solved.hflip, solved.tta
+            outcome = {"best_val_accuracy": solved.fit.val_accuracy, "best_val_loss": solved.fit.val_loss}
+            details = {"head_l2": solved.fit.l2, "head_views": solved.views,
+                       "head_refit_on_train_val": solved.refit, "mirror_test": solved.mirror_test,
+                       "feature_engine": solved.feature_engine, "head_calibration": solved.calibration,
+                       "head_path": solved.fit.path}
+            if cv is not None:
+                details["cv"] = {"folds": cv.folds, "l2": cv.l2, "hflip": cv.hflip}
+        else:
+            flip, tta = _flips_for_epochs(params, built, pre, splits, rt, weights)
+            result, checkpointer = _fit(params, built, pre, splits, rt, frozen, weights, generator,
+                                        ctx, log, flip)
+            outcome = {"best_val_accuracy": result.best_val_accuracy, "best_val_loss": result.best_val_loss}
+            # (the per-epoch curves are in metrics/train/plots: a resumed run's history comes
+            # from the checkpoint, and pickling it into the model file would change its bytes)
+            details = {"best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
+                       "delivered": "best epoch"}
+            cv = None
+            warm = params.warm_start_head and built.weights.source != "none"
+            if result.best_epoch == 0 and warm and params.refit_head and ctx.world_size == 1:
+                # no epoch beat the solved head: deliver what feature_extract would (the same
+                # head refit on train + val, the pretrained backbone), never the weaker unrefit one
+                print("fine-tuning did not beat the solved head on val: delivering the "
+                      "feature_extract model (head solved again on train + val)")
+                solve_head(built, pre, params, splits, rt, weights, refit=True)
+                details["delivered"] = "the start: feature_extract's model (head refit on train + val)"
+    distributed.report_sync(model, ctx)
+    if not ctx.is_main:
+        return
+    headline = {"strategy": strategy, **{k: round(v, 6) for k, v in outcome.items()}}
+    details = {
+        "model_name": params.model_name,
+        **headline,
+        "strategy_requested": params.strategy,
+        "weights": built.weights.to_dict(),
+        **details,
+        "trainable_params": freezing.count_trainable(model),
+        "total_params": sum(p.numel() for p in model.parameters()),
+        "frozen_stages": n_frozen,
+        "backbone_stages": len(built.stages),
+        "n_train": n_train,
+        "n_val": len(splits["val"]),
+        "image_size": pre.image_size,
+        "hflip": flip,
+        "tta": tta,
+        "precision": rt.precision,
+        "device": rt.describe(),
+        "processes": ctx.world_size,
+    }
+    model_file.save_model_file(MODEL_FILE, built, classes, pre, extra=details, tta=tta)
+    write_json(curves / "details.json", details)
+    learned_from.write_learned_from(curves, learned)
+    if cv is not None:
+        learned_from.write_cv(curves, splits["train"] + splits["val"], cv)
+    write_json(TRAIN_METRICS, headline)
+    wall = time.perf_counter() - started
+    write_json(TIMING, {"train_wall_s": round(wall, 2)})
+    if checkpointer:
+        checkpointer.finish()  # only now: the outputs it could have recovered are written
+    print(f"train: val accuracy {headline['best_val_accuracy']:.4f}, {wall:.1f} s -> {MODEL_FILE}")
+
+
+def _flips_for_epochs(params: Params, built: architecture.BuiltModel, pre, splits, rt, weights) -> tuple[bool, str]:
+    """fine_tune / full_tune: (random flips in the epochs, test-time augmentation). The head
+    solved on frozen-backbone features is the warm start (`warm_start_head`) and, with
+    hflip: auto, also makes the flip choice on val; without a warm start that solve only
+    decides, and the new head keeps its initialisation."""
+    hflip, pretrained = params.augment.hflip, built.weights.source != "none"
+    if params.warm_start_head and pretrained:
+        print("head warm start: solving the head on frozen-backbone features first")
+        solved, _ = solve_head(built, pre, params, splits, rt, weights)
+        return solved.hflip, solved.tta
+    if params.warm_start_head:  # a random backbone's features say nothing yet
+        print("head warm start skipped: the backbone is randomly initialised (weights: none)")
+    if hflip == "auto" and pretrained:
+        head = built.model.get_submodule(built.head_name)
+        initial = {k: v.clone() for k, v in head.state_dict().items()}
+        solved, _ = solve_head(built, pre, params, splits, rt, weights)
+        head.load_state_dict(initial)
+        return solved.hflip, solved.tta
+    flip = hflip is not False  # auto with a random backbone: photos are the common case
+    if hflip == "auto":
+        print("hflip auto: a random backbone's features cannot decide; random flips on")
+    return flip, "flip" if probe.uses_tta(params.evaluate.tta, flip) else "none"
+
+
+def _fit(params: Params, built: architecture.BuiltModel, pre, splits, rt, frozen, weights, generator,
+         ctx: distributed.DistContext, log, flip: bool) -> tuple[epoch_loop.FitResult, Checkpointer | None]:
+    """The epoch loop for fine_tune / full_tune, with resume (single process only: under
+    torchrun every rank would write the same checkpoint)."""
+    n_train = len(splits["train"])
+    if params.batch_size > n_train:
+        print(f"note: batch_size {params.batch_size} > {n_train} training images: "
+              f"each epoch is a single batch of {n_train}")
+    checkpointer = (Checkpointer(CHECKPOINT, fingerprint(params, PREPARED / manifest.MANIFEST), generator)
+                    if ctx.world_size == 1 else None)
+    run_ctx = epoch_loop.RunContext(rt, generator, ctx, log, checkpointer, distributed.reducer(ctx, rt.device))
+    groups = freezing.parameter_groups(built.model, built.stages, built.head_name, lr=params.lr,
+                                backbone_lr=params.backbone_lr, lr_decay=params.lr_decay,
+                                weight_decay=params.weight_decay)
+    if built.weights.source != "none":  # pretrained: BatchNorm keeps its running statistics
+        frozen = frozen + [m for m in freezing.batchnorm_layers(built.model) if m not in frozen]
+    optimizer = torch.optim.AdamW(groups)
+    store = batches.ImageStore([path for path, _ in splits["train"]], rt.device)
+    print(f"data: {store.describe()}")
+    sampler = distributed.train_sampler(store, ctx, params.seed)
+    augment = BatchAugment(pre.image_size, params.augment.min_scale, flip)
+    train_batches = batches.TrainBatches(store, [label for _, label in splits["train"]],
+                                   distributed.per_rank_batch(params.batch_size, ctx), augment,
+                                   distributed.augmentation_generator(ctx, generator, params.seed), sampler)
+    val_batches = batches.EvalBatches(list(distributed.shard(splits["val"], ctx)), datasets.eval_geometry(pre),
+                                params.evaluate.batch_size, rt.device)
+    normalizer = datasets.Normalizer(pre.mean, pre.std).to(rt.device)
+    cfg = epoch_loop.FitConfig(params.num_epochs, params.patience, params.label_smoothing, weights)
+    model = distributed.wrap(built.model, ctx)
+    if params.compile:  # fixed batch shapes: one graph for training (validation runs eagerly)
+        print("compile: torch.compile of the training step; the first epoch includes compiling")
+        model = torch.compile(model, dynamic=False)
+    with torch_compute_heap():  # torch's activations reused from step to step (folderfit.support.memory)
+        result = epoch_loop.fit(model, optimizer, train_batches, val_batches, normalizer, cfg, run_ctx,
+                            frozen)
+    return result, checkpointer

@@ -1,0 +1,304 @@
+"""The results page: metrics/eval/index.html, written from metrics/eval/'s files.
+
+Reads (extra columns and keys are ignored): summary.json (headline numbers, their 95%
+intervals, the scored split and, when present, `estimate`: test | cv | val),
+per_class.json, predictions.csv (path, prepared_file, true, predicted, confidence, ...).
+Shows: the headline numbers with intervals and WHICH estimate they are; the confusion matrix,
+where a click on a cell shows the photos in it; the mistakes, most confident first; the
+per-class table; calibration (reliability bins recomputed from predictions.csv with the
+evaluation's binning: equal-width, right-closed, `ece_bins` bins); and the run's facts
+(backbone, strategy, changed params, data version) passed in by the caller.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from folderfit.results.pages import thumbs as page_thumbs
+from folderfit.results.pages.html import (
+    esc,
+    json_script,
+    page,
+    read_csv,
+    read_json,
+    read_manifest,
+    to_float,
+)
+from folderfit.support.fileio import write_text
+
+ESTIMATES = {
+    "test": "held-out test split: no image of it was used for training or model choice",
+    "cv": "cross-validation of the whole procedure (selection nested in the folds): no test split",
+    "val": "validation split, which also chose the model: optimistic",
+}
+HEADLINE = (("accuracy", "accuracy"), ("macro_f1", "macro F1"),
+            ("balanced_accuracy", "balanced accuracy"), ("top_k_accuracy", "top-k accuracy"),
+            ("roc_auc_ovr_macro", "ROC-AUC (one-vs-rest, macro)"), ("ece", "calibration error (ECE)"))
+
+
+def estimate_of(summary: dict) -> str:
+    """test | cv | val: from the `estimate` key when the evaluation wrote one (a keyword or a
+    sentence such as "the test split, scored with the model file"), else from the split."""
+    kind = str(summary.get("estimate") or "").lower()
+    if kind in ESTIMATES:
+        return kind
+    if "cross" in kind or kind.startswith("cv") or " cv" in kind or "fold" in kind:
+        return "cv"
+    for word in ("test", "val"):
+        if word in kind:
+            return word
+    if summary.get("selection_split_scored") or summary.get("split") == "val":
+        return "val"
+    return "test" if summary.get("split", "test") == "test" else "cv"
+
+
+def reliability(confidence: list[float], correct: list[bool], n_bins: int) -> list[dict]:
+    """Equal-width, right-closed confidence bins (folderfit.results.metrics.reliability_bins' rule)."""
+    count, conf, hit = [0] * n_bins, [0.0] * n_bins, [0] * n_bins
+    for c, ok in zip(confidence, correct):
+        b = min(max(math.ceil(c * n_bins) - 1, 0), n_bins - 1)
+        count[b] += 1
+        conf[b] += c
+        hit[b] += int(ok)
+    return [{"low": b / n_bins, "high": (b + 1) / n_bins, "count": count[b],
+             "confidence": conf[b] / count[b] if count[b] else None,
+             "accuracy": hit[b] / count[b] if count[b] else None} for b in range(n_bins)]
+
+
+def _image_file(row: dict, by_source: dict, prepared_dir: Path) -> Path | None:
+    """The prepared file of a prediction: via the manifest, else the row's prepared_file."""
+    m = by_source.get(row.get("path", ""))
+    if m:
+        return prepared_dir / m["file"]
+    given = row.get("prepared_file") or ""
+    if given:
+        p = Path(given)
+        if p.is_file():
+            return p
+        parts = Path(given).parts
+        if "prepared" in parts:  # data/prepared/<split>/<class>/<file> relative to another cwd
+            return prepared_dir.joinpath(*parts[parts.index("prepared") + 1:])
+    return None
+
+
+def collect(eval_dir: Path, prepared_dir: Path, *, facts: dict | None = None,
+            thumbnails: bool = True) -> dict:
+    eval_dir, prepared_dir = Path(eval_dir), Path(prepared_dir)
+    summary = read_json(eval_dir / "summary.json")
+    per_class = read_json(eval_dir / "per_class.json", default={})
+    preds = read_csv(eval_dir / "predictions.csv", ("path", "true", "predicted", "confidence"))
+    try:
+        by_source = {r["source"]: r for r in read_manifest(prepared_dir)}
+    except Exception:  # the page still shows numbers without images
+        by_source = {}
+    classes = list(per_class) if isinstance(per_class, dict) and per_class else []
+    for r in preds:
+        for c in (r["true"], r["predicted"]):
+            if c not in classes:
+                classes.append(c)
+    idx = {c: i for i, c in enumerate(classes)}
+    matrix = [[0] * len(classes) for _ in classes]
+    items = []
+    for r in preds:
+        t, p = idx[r["true"]], idx[r["predicted"]]
+        matrix[t][p] += 1
+        items.append({"path": r["path"], "t": t, "p": p,
+                      "conf": to_float(r["confidence"], 0.0), "top": r.get("top_k", "")})
+    files = [_image_file(r, by_source, prepared_dir) for r in preds]
+    wanted = [f for f in files if f is not None]
+    it = iter(page_thumbs.data_uris(wanted) if thumbnails else [None] * len(wanted))
+    thumbs = [next(it) if f is not None else None for f in files]
+    n_bins = int(summary.get("ece_bins") or 15)
+    bins = reliability([i["conf"] for i in items], [i["t"] == i["p"] for i in items], n_bins)
+    return {"summary": summary, "estimate": estimate_of(summary), "classes": classes,
+            "matrix": matrix, "items": items, "thumbs": thumbs, "per_class": per_class,
+            "bins": bins, "facts": facts or {}}
+
+
+def _num(x, pct: bool = False) -> str:
+    if not isinstance(x, (int, float)) or isinstance(x, bool):
+        return "n/a"
+    return f"{x:.1%}" if pct else f"{x:.4f}"
+
+
+def _headline(summary: dict) -> str:
+    out = []
+    for key, label in HEADLINE:
+        if key not in summary:
+            continue
+        low, high = summary.get(f"{key}_ci95_low"), summary.get(f"{key}_ci95_high")
+        ci = (f'<span class="muted">95% CI {_num(low)} \u2013 {_num(high)}</span>'
+              if low is not None and high is not None else "")
+        name = label.replace("top-k", f"top-{summary.get('top_k', 'k')}")
+        out.append(f'<div class="stat" data-key="{esc(key)}"><b>{_num(summary[key])}</b>'
+                   f'{esc(name)}<br>{ci}</div>')
+    return "".join(out)
+
+
+def _interval_note(s: dict) -> str:
+    """How the 95% intervals were made: `<name>_ci_method` keys, else the bootstrap."""
+    boot = (f"bootstrap over the scored images ({s['bootstrap_resamples']} resamples)"
+            if "bootstrap_resamples" in s else "bootstrap over the scored images")
+    named = [f"{k.removesuffix('_ci_method').replace('_', ' ')}: {v}" for k, v in s.items()
+             if k.endswith("_ci_method") and isinstance(v, str)]
+    return "95% intervals: " + "; ".join(named + [f"others: {boot}" if named else boot]) + "."
+
+
+def _confusion(classes: list, matrix: list) -> str:
+    if not classes:
+        return '<p class="muted">no predictions</p>'
+    top = max(1, max(max(r) for r in matrix))
+    head = "".join(f'<th>{esc(c)}</th>' for c in classes)
+    rows = []
+    for t, name in enumerate(classes):
+        total = max(1, sum(matrix[t]))
+        cells = []
+        for p, n in enumerate(matrix[t]):
+            shade = 0.08 + 0.8 * n / top if n else 0
+            color = "36,87,197" if t == p else "179,38,30"
+            fg = "#fff" if shade > 0.5 else "inherit"
+            cells.append(f'<td class="cell" data-t="{t}" data-p="{p}" title="{n} of {total} '
+                         f'{esc(name)} images predicted {esc(classes[p])}" style="background:'
+                         f'rgba({color},{shade:.2f});color:{fg}">{n}</td>')
+        rows.append(f'<tr><th class="l">{esc(name)}</th>{"".join(cells)}<td>{sum(matrix[t])}</td></tr>')
+    return (f'<table class="cm" id="cm"><tr><th class="l">true \\ predicted</th>{head}<th>n</th></tr>'
+            f'{"".join(rows)}</table>')
+
+
+def _per_class(per_class: dict) -> str:
+    if not isinstance(per_class, dict) or not per_class:
+        return ""
+    keys = [k for k in ("precision", "recall", "f1", "support", "roc_auc", "average_precision")
+            if any(isinstance(v, dict) and k in v for v in per_class.values())]
+    head = "".join(f"<th>{esc(k.replace('_', ' '))}</th>" for k in keys)
+    rows = "".join(
+        f'<tr><td class="l">{esc(name)}</td>' + "".join(
+            f"<td>{esc(row.get(k)) if k == 'support' else _num(row.get(k))}</td>" for k in keys)
+        + "</tr>" for name, row in per_class.items() if isinstance(row, dict))
+    return f'<table id="per-class"><tr><th class="l">class</th>{head}</tr>{rows}</table>'
+
+
+def _calibration(bins: list, ece) -> str:
+    """Reliability diagram as inline SVG: accuracy per confidence bin against the diagonal."""
+    w, h, pad = 320, 240, 30
+    x = lambda v: pad + v * (w - 2 * pad)
+    y = lambda v: h - pad - v * (h - 2 * pad)
+    bars = []
+    for b in bins:
+        if b["count"]:
+            bars.append(f'<rect x="{x(b["low"]) + 1:.1f}" y="{y(b["accuracy"]):.1f}" '
+                        f'width="{x(b["high"]) - x(b["low"]) - 2:.1f}" height="{y(0) - y(b["accuracy"]):.1f}" '
+                        f'fill="#2457c5" opacity="0.8"><title>{b["low"]:.2f}-{b["high"]:.2f}: '
+                        f'{b["count"]} images, accuracy {b["accuracy"]:.3f}, mean confidence '
+                        f'{b["confidence"]:.3f}</title></rect>')
+    ticks = "".join(f'<text x="{x(v):.0f}" y="{h - pad + 14}" font-size="10" text-anchor="middle">{v:g}</text>'
+                    f'<text x="{pad - 4}" y="{y(v) + 3:.0f}" font-size="10" text-anchor="end">{v:g}</text>'
+                    for v in (0, 0.5, 1))
+    svg = (f'<svg id="reliability" width="{w}" height="{h}" viewBox="0 0 {w} {h}" role="img" '
+           f'aria-label="reliability diagram"><rect x="{pad}" y="{pad}" width="{w - 2 * pad}" '
+           f'height="{h - 2 * pad}" fill="#fff" stroke="#dde1e7"/>{"".join(bars)}'
+           f'<line x1="{x(0)}" y1="{y(0)}" x2="{x(1)}" y2="{y(1)}" stroke="#b3261e" stroke-dasharray="4 3"/>'
+           f'{ticks}<text x="{w / 2}" y="{h - 4}" font-size="11" text-anchor="middle">confidence</text>'
+           f'<text x="10" y="{h / 2}" font-size="11" transform="rotate(-90 10 {h / 2})" '
+           f'text-anchor="middle">accuracy</text></svg>')
+    rows = "".join(f'<tr><td>{b["low"]:.2f}\u2013{b["high"]:.2f}</td><td>{b["count"]}</td>'
+                   f'<td>{_num(b["confidence"])}</td><td>{_num(b["accuracy"])}</td></tr>'
+                   for b in bins if b["count"])
+    return (f'<div class="bar" style="align-items:flex-start">{svg}<table><tr><th>confidence</th>'
+            f'<th>images</th><th>mean confidence</th><th>accuracy</th></tr>{rows}</table></div>'
+            f'<p class="muted">ECE {_num(ece)}: bars under the dashed line = over-confident.</p>')
+
+
+def _facts(facts: dict) -> str:
+    if not facts:
+        return '<p class="muted">no run facts given</p>'
+    cell = lambda v: v if isinstance(v, str) else json.dumps(v, sort_keys=True)
+    return '<table class="kv" id="facts">' + "".join(
+        f'<tr><th class="l">{esc(k)}</th><td>{esc(cell(v))}</td></tr>' for k, v in facts.items()) + "</table>"
+
+
+def render(data: dict) -> str:
+    s, kind = data["summary"], data["estimate"]
+    n = s.get("n_images", len(data["items"]))
+    n_wrong = sum(i["t"] != i["p"] for i in data["items"])
+    said = s.get("estimate")
+    said = f" ({said})" if isinstance(said, str) and len(said) > 4 else ""  # the evaluation's own words
+    header = (f'<h1>folderfit results</h1><div class="bar"><span id="estimate" data-kind="{kind}">'
+              f'<b>{esc({"test": "test split", "cv": "cross-validation", "val": "val split"}[kind])}</b>'
+              f' \u00b7 {esc(n)} images \u00b7 {esc(ESTIMATES[kind] + said)}</span></div>')
+    body = (
+        f'<section><div class="stats">{_headline(s)}</div>'
+        f'<p class="muted">{esc(_interval_note(s))}</p></section>'
+        f'<section><h2>Run facts</h2>{_facts(data["facts"])}</section>'
+        f'<section><h2>Confusion matrix</h2><p class="muted">Rows: true class; columns: predicted. '
+        f'Click a cell to see its photos.</p>{_confusion(data["classes"], data["matrix"])}'
+        f'<h2 id="cell-title" class="hidden"></h2><div class="grid" id="cell"></div></section>'
+        f'<section><h2>Mistakes ({n_wrong}), most confident first</h2><div class="grid" id="mistakes"></div></section>'
+        f'<section><h2>Per class</h2>{_per_class(data["per_class"])}</section>'
+        f'<section><h2>Calibration</h2>{_calibration(data["bins"], s.get("ece"))}</section>')
+    return page("folderfit results", header, body, json_script("data", data), SCRIPT)
+
+
+def write(eval_dir: Path, prepared_dir: Path, out: Path, *, facts: dict) -> Path:
+    """Write the results page `out` (e.g. metrics/eval/index.html) from evaluate's files in
+    `eval_dir`, images via prepare's manifest in `prepared_dir`; `facts` (backbone, strategy,
+    changed params, data version, ...) are shown as given. Atomic."""
+    write_text(out, render(collect(eval_dir, prepared_dir, facts=facts)))
+    return Path(out)
+
+
+SCRIPT = r"""
+'use strict';
+const D = JSON.parse(document.getElementById('data').textContent);
+const $ = id => document.getElementById(id);
+function el(tag, cls, text) { const e = document.createElement(tag); if (cls) e.className = cls;
+  if (text !== undefined) e.textContent = text; return e; }
+const lazy = 'IntersectionObserver' in window ? new IntersectionObserver(entries => {
+  for (const e of entries) if (e.isIntersecting) { load(e.target); lazy.unobserve(e.target); }
+}, {rootMargin: '600px'}) : null;
+function load(img) { const t = D.thumbs[+img.dataset.img]; if (t) img.src = t; else img.alt = 'no image'; }
+function tile(i) {
+  const it = D.items[i], c = el('div', 'card'); c.dataset.path = it.path;
+  const img = el('img', 'thumb'); img.loading = 'lazy'; img.alt = it.path; img.dataset.img = i;
+  img.width = 112; img.height = 112; if (lazy) lazy.observe(img); else load(img);
+  const ok = it.t === it.p;
+  c.append(img, el('div', 'label', D.classes[it.t] + (ok ? ' \u2713' : ' \u2192 ' + D.classes[it.p])),
+           el('div', '', 'confidence ' + it.conf.toFixed(3)));
+  if (it.top) c.append(el('div', 'muted', it.top.split(';').join(' \u00b7 ')));
+  const p = el('div', 'path', it.path); p.title = it.path; c.append(p);
+  return c;
+}
+const byConf = (a, b) => D.items[b].conf - D.items[a].conf || a - b;
+// galleries are built PAGE tiles at a time as the reader scrolls: thousands stay responsive
+const PAGE = 500, galleries = new Map();
+const more = 'IntersectionObserver' in window ? new IntersectionObserver(entries => {
+  for (const e of entries) if (e.isIntersecting) grow(galleries.get(e.target));
+}, {rootMargin: '1200px'}) : null;
+function grow(g) {
+  if (!g || g.shown >= g.list.length) return;
+  const end = Math.min(g.list.length, g.shown + (more ? PAGE : g.list.length)), frag = document.createDocumentFragment();
+  for (let i = g.shown; i < end; i++) frag.append(tile(g.list[i]));
+  g.box.append(frag); g.shown = end;
+  g.more.textContent = end < g.list.length ? 'showing ' + end + ' of ' + g.list.length + ': scroll for more' : '';
+  if (more && end < g.list.length) { more.unobserve(g.more); more.observe(g.more); }
+}
+function fill(box, list) {
+  let g = [...galleries.values()].find(x => x.box === box);
+  if (!g) { g = {box, more: el('div', 'muted')}; box.after(g.more); galleries.set(g.more, g); if (more) more.observe(g.more); }
+  g.list = list; g.shown = 0; box.replaceChildren(); grow(g);
+  if (!list.length) g.more.textContent = 'none';
+}
+fill($('mistakes'), D.items.map((_, i) => i).filter(i => D.items[i].t !== D.items[i].p).sort(byConf));
+for (const td of document.querySelectorAll('#cm td.cell')) td.onclick = () => {
+  for (const s of document.querySelectorAll('#cm td.sel')) s.classList.remove('sel');
+  td.classList.add('sel');
+  const t = +td.dataset.t, p = +td.dataset.p;
+  const list = D.items.map((_, i) => i).filter(i => D.items[i].t === t && D.items[i].p === p).sort(byConf);
+  const title = $('cell-title'); title.classList.remove('hidden');
+  title.textContent = 'true ' + D.classes[t] + ', predicted ' + D.classes[p] + ': ' + list.length + ' photo' + (list.length === 1 ? '' : 's');
+  fill($('cell'), list);
+};
+document.body.dataset.ready = '1';
+"""
