@@ -10,10 +10,12 @@ reproducible DVC pipeline (`dvc repro`), and use the trained model from Python:
 Importing this package is cheap; torch is loaded by `load`.
 """
 
+from folderfit.paths import MODEL_FILE
+
 __version__ = "0.2.0"
 
 
-def load(path="models/model.pt", precision: str = "auto", device: str = "auto"):
+def load(path=MODEL_FILE, precision: str = "auto", device: str = "auto"):
     """The model file written by the train stage, ready to classify PIL images
     (a folderfit.compute.classifier.Classifier). device: auto | cpu | cuda | cuda:N | mps;
     precision: auto | fp32 | bf16 | fp16 (as in params.yaml)."""

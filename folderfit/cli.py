@@ -13,6 +13,7 @@ import sys
 
 from folderfit import __version__
 from folderfit.errors import PipelineError
+from folderfit.paths import MODEL_FILE
 
 # stage name (as in dvc.yaml) -> the module under folderfit.pipeline whose `run(params)` does its
 # work. The stage scripts in stages/ name only the stage, so modules can move without breaking the
@@ -70,7 +71,7 @@ def _positive(text: str) -> int:
 
 def _predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files and/or folders (searched recursively)")
-    p.add_argument("--model", default="models/model.pt", help="model file written by train (default: %(default)s)")
+    p.add_argument("--model", default=str(MODEL_FILE), help="model file written by train (default: %(default)s)")
     p.add_argument("--top-k", type=_positive, default=3, help="classes listed per image (default: %(default)s)")
     p.add_argument("--output", "-o", help="predictions file: .csv, .jsonl or .ndjson, a new file unless "
                                           "--force (default: CSV on stdout)")
@@ -83,7 +84,7 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
 
 
 def _export_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="models/model.pt", help="model file written by train (default: %(default)s)")
+    p.add_argument("--model", default=str(MODEL_FILE), help="model file written by train (default: %(default)s)")
     p.add_argument("--out-dir", default="models/export", help="output folder (default: %(default)s)")
     p.add_argument("--formats", default="torch_export,onnx",
                    help="comma-separated: torch_export, onnx (default: %(default)s)")

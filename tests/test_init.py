@@ -144,6 +144,27 @@ def ran(result: subprocess.CompletedProcess) -> list[str]:
     return re.findall(r"Running stage '([\w-]+)'", result.stdout + result.stderr)
 
 
+LEGACY_STAGES = Path(__file__).parent / "legacy_stages"
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in LEGACY_STAGES.glob("*.py")))
+def test_stage_scripts_of_the_previous_release_reach_the_moved_stage(script, monkeypatch):
+    """A project made by an earlier `folderfit init` passes the old module path
+    ("folderfit.training:run"); the stage's name must still find its module."""
+    from folderfit import cli
+
+    code = (LEGACY_STAGES / script).read_text()
+    name, target = re.search(r'stage_main\("(\w+)", __doc__, "([^"]+)"\)', code).groups()
+    assert target.split(":")[0] not in sys.modules and not Path(cli.__file__).with_name(
+        target.split(":")[0].split(".")[-1] + ".py").exists()  # the old module is gone
+    ran = []
+    monkeypatch.setattr(cli.importlib, "import_module",
+                        lambda module: type("Stage", (), {"run": staticmethod(lambda params: ran.append(module))}))
+    monkeypatch.setattr("folderfit.params.load_params", lambda: "params")
+    cli.stage_main(name, "doc", target, argv=[])
+    assert ran == [cli.STAGES[name]] and cli.STAGES[name].endswith("." + name)
+
+
 @pytest.mark.slow
 def test_init_then_dvc_repro_offline_and_upgrades_rerun(tmp_path):
     site = tmp_path / "site"
@@ -153,6 +174,9 @@ def test_init_then_dvc_repro_offline_and_upgrades_rerun(tmp_path):
     assert done.returncode == 0, done.stderr
     params = yaml.safe_load((dest / "params.yaml").read_text())
     (dest / "params.yaml").write_text(yaml.safe_dump(merge_overrides(params, TINY), sort_keys=False))
+    # the stage scripts an earlier release wrote (they name module paths that moved) still run
+    for legacy in LEGACY_STAGES.glob("*.py"):
+        shutil.copyfile(legacy, dest / "stages" / legacy.name)
     run(["git", "add", "-A"], dest)
     run(["git", "commit", "-qm", "folderfit pipeline"], dest)
     assert not (dest / "folderfit").exists()  # nothing but the installed library to import

@@ -2,8 +2,11 @@
 at module level or inside a function):
 
 * stages/*.py are thin: they import folderfit.cli only, and nothing imports them;
-* a stage module (one per DVC stage) never imports another stage module: what two stages
-  share lives below them (extraction, estimate, features, probe, paths, data, ...);
+* the folders are the layers: nothing imports folderfit.pipeline (one module per DVC stage) or
+  folderfit.commands (one module per `folderfit` command), and those two never import each
+  other nor a module of their own folder: what two of them share lives below them;
+* the bottom (errors, params, paths, support/) imports nothing above it;
+* the files stages hand over are named only by their owner module in folderfit.artifacts;
 * errors imports nothing from the package (every module may raise its errors);
 * inference (the one inference loop) knows nothing of training (engine, training);
 * the import graph has no cycles.
@@ -16,8 +19,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "folderfit"
-STAGE_MODULES = {"folderfit.pipeline.preflight", "folderfit.pipeline.demo_data", "folderfit.pipeline.prepare", "folderfit.pipeline.review",
-                 "folderfit.pipeline.train", "folderfit.pipeline.evaluate"}
+STAGE_MODULES = {f"folderfit.pipeline.{name}" for name in
+                 ("preflight", "demo_data", "prepare", "review", "train", "evaluate")}
+TOP = ("folderfit.pipeline", "folderfit.commands")
+BOTTOM = {"folderfit.errors", "folderfit.params", "folderfit.paths", "folderfit.support"}
 
 
 def module_name(path: Path) -> str:
@@ -67,6 +72,63 @@ def test_no_stage_module_imports_another():
     for stage in STAGE_MODULES:
         crossing = edges[stage] & (STAGE_MODULES - {stage})
         assert not crossing, f"{stage} imports {sorted(crossing)}"
+
+
+def folder_of(module: str) -> str:
+    return ".".join(module.split(".")[:2])
+
+
+def test_the_stage_registry_names_every_stage_module():
+    from folderfit.cli import STAGES
+
+    assert set(STAGES.values()) == STAGE_MODULES
+    for name in STAGES:
+        assert (REPO / "stages" / f"{name}.py").is_file(), name
+
+
+def test_nothing_imports_pipeline_or_commands_and_they_import_no_sibling():
+    for name, targets in graph().items():
+        for target in targets:
+            if folder_of(target) in TOP:
+                assert False, f"{name} imports {target}: stages and commands are the top layer"
+
+
+def test_the_bottom_imports_nothing_above_it():
+    for name, targets in graph().items():
+        if folder_of(name) in BOTTOM or name in BOTTOM:
+            above = {t for t in targets if folder_of(t) not in BOTTOM and t not in BOTTOM
+                     and t != "folderfit"}
+            assert not above, f"{name} imports {sorted(above)}"
+
+
+def test_hand_over_files_are_named_in_code_by_their_owner_only():
+    """The files stages hand to each other are opened through their owner module in
+    folderfit.artifacts: no other module's code names them (paths.py says where they live)."""
+    owners = {"MANIFEST_NAME": "artifacts/manifest.py", "MANIFEST": "artifacts/manifest.py",
+              "LEARNED_FROM": "artifacts/learned_from.py", "CV_PREDICTIONS": "artifacts/learned_from.py",
+              "manifest.csv": "artifacts/manifest.py", "learned_from.csv": "artifacts/learned_from.py",
+              "cv_predictions.csv": "artifacts/learned_from.py", "models/model.pt": "paths.py"}
+    for path in PACKAGE.rglob("*.py"):
+        rel = path.relative_to(PACKAGE).as_posix()
+        if rel == "paths.py" or rel.startswith("project/"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            named = (node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute)
+                     else node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None)
+            owner = owners.get(named) if isinstance(named, str) else None
+            assert owner is None or rel == owner, \
+                f"folderfit/{rel} names {named}: read and write it through folderfit/{owner}"
+
+
+def test_no_short_module_aliases():
+    """Modules are imported under descriptive names (`from folderfit.frozen import probe`),
+    never one- or two-letter aliases."""
+    for path in [*PACKAGE.rglob("*.py"), *(REPO / "tests").glob("*.py"), *(REPO / "bench").glob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("folderfit"):
+                for alias in node.names:
+                    assert not (alias.asname and len(alias.asname) <= 3 and alias.asname.isupper()), \
+                        f"{path.name}: {alias.name} as {alias.asname}"
 
 
 def test_errors_import_nothing_from_the_package():

@@ -1,20 +1,37 @@
-"""TODO docstring"""
+"""data/prepared/manifest.csv: one row per prepared image (file, source, class, split, sha256,
+width, height), written by the prepare stage and read by every later stage through this module.
+"""
 
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 from folderfit.errors import PipelineError
 from folderfit.images.image_folder import SPLITS
-from folderfit.paths import MANIFEST_NAME as MANIFEST  # noqa: E402  (inside data/prepared)
+from folderfit.paths import MANIFEST_NAME
 
 
-# ------------------------------------------------------------------ manifest
+def manifest_path(prepared: str | Path) -> Path:
+    """Where the manifest of the prepared folder `prepared` lives."""
+    return Path(prepared) / MANIFEST_NAME
+
+
+def write_manifest(prepared: str | Path, rows: list[dict]) -> None:
+    """Write the manifest rows (one dict per image, the same keys in every row) into the
+    prepared folder being built (prepare writes the folder aside and swaps it in whole)."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    manifest_path(prepared).write_text(buf.getvalue(), encoding="utf-8")
+
+
 def read_manifest_rows(prepared: str | Path) -> list[dict]:
     """prepare's manifest rows (file, source, class, split, sha256, ...), in manifest order:
     the one reader of the file prepare writes."""
-    path = Path(prepared) / MANIFEST
+    path = manifest_path(prepared)
     if not path.is_file():
         raise PipelineError(f"{path}: not found; run `dvc repro prepare` first")
     with open(path, newline="", encoding="utf-8") as fh:

@@ -1,4 +1,8 @@
-"""TODO docstring"""
+"""models/model.pt: the one self-contained model file (architecture name, classes,
+preprocessing, weights and how the train stage made it), written by train and read by evaluate,
+predict, folderfit.load and export. Loading checks the file's schema and loads weights only
+(torch.load(weights_only=True)), so an untrusted file cannot run code.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,22 @@
-"""TODO docstring"""
+"""Backbones: name resolution, building, head replacement and stages.
+
+One mechanism for every architecture, torchvision or timm:
+
+* The **head** is the network's final `nn.Linear` (the classifier). It is replaced by a new
+  Linear with one output per class.
+* The **stages** are the backbone's ordered building blocks, found from the module tree:
+  the model's top-level children with parameters (the head's container excluded), where
+  consecutive plain layers (conv, norm, ...) merge into one stage (the *stem* at the start,
+  the *neck* after the blocks). While fewer than 4 stages are found, the stage with the most
+  parameters is opened up into its children (e.g. the `features` Sequential of VGG,
+  MobileNet, EfficientNet, ConvNeXt; the `blocks` of timm's EfficientNets). Within an opened
+  plain-layer sequence (VGG) a stage ends at each pooling layer. Parameters held directly by
+  an opened container (ViT's position embedding) go with the first stage.
+  Examples: resnet50 -> stem, layer1..layer4; vgg16 -> 5 conv blocks + the classifier MLP;
+  tf_efficientnet_lite0 -> stem, blocks.0..blocks.6, neck. See them with
+  `folderfit describe MODEL_NAME`.
+* `freeze_layers: N` freezes the first N stages, for every family alike (folderfit.tuning.freezing).
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""TODO docstring"""
+"""Test-time views: the model with its mirror image averaged in (`evaluate.tta: flip`), the
+same averaging the head of a frozen backbone learns with.
+"""
 
 from __future__ import annotations
 

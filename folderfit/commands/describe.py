@@ -1,4 +1,5 @@
-"""TODO docstring"""
+"""`folderfit describe MODEL_NAME`: a backbone's stages (what `freeze_layers` counts).
+"""
 
 from __future__ import annotations
 

@@ -67,7 +67,7 @@ def parity_images(paths: list[str] | None, limit: int) -> list[Path]:
         files, missing = collect.collect_images(paths)
         if missing:
             raise PipelineError(f"--images {missing[0][0]}: {missing[0][1]}")
-    elif (PREPARED / manifest.MANIFEST).is_file():
+    elif (manifest.manifest_path(PREPARED)).is_file():
         _, splits = manifest.read_manifest(PREPARED)
         split = next(s for s in ("test", "val", "train") if s in splits)
         files = [path for path, _ in splits[split]]

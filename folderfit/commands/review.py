@@ -1,4 +1,6 @@
-"""TODO docstring"""
+"""`folderfit review`: print the label review's ranked lists, or write the top label issues as a
+corrections template (`--template`); `--serve` is folderfit.commands.review_server.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""TODO docstring"""
+"""A model file ready to classify: `folderfit.load` returns a Classifier, and `folderfit predict`
+and export run files through predict_files. Every image takes the one path from file to
+network input (folderfit.images.decode), so these compute what `evaluate` scores.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""TODO docstring"""
+"""The image files named on a command line: files as given, folders searched recursively
+(links followed, each folder once), with the reason for everything that could not be taken.
+"""
 
 from __future__ import annotations
 

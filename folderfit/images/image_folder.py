@@ -1,4 +1,29 @@
-"""TODO docstring"""
+"""Image folders: scan and validate an ImageFolder, decode, split, store small.
+
+The manifest that prepare writes of the result is folderfit.artifacts.manifest.
+
+Decisions (the user-facing side: docs/data.md):
+* Hidden files (`.DS_Store`, `._x.jpg`, anything starting with '.') and non-image extensions
+  are ignored; unreadable images are skipped and listed with the reason in the data report.
+* The scan reads what DVC hashes as prepare's dependency: files and links to files. Links to
+  folders (DVC does not look inside them, so a change there would never rerun prepare),
+  broken links and pipes are listed, not read. Any depth works (an explicit stack).
+* Layout: top-level folders named like splits mean the user's split (detect_layout).
+* Names: whatever bytes a name holds, reports carry its printable UTF-8 form (printable) and
+  stored names fit the file system's 255 bytes (fit_name).
+* Every image is stored as RGB with its EXIF orientation applied; transparency is composited
+  on white; 16-bit images are scaled to 8 bit by their bit depth (imageio.to_rgb).
+* Stored images are at most `STORE_MARGIN` x image_size on their shorter side (never
+  upscaled), so training decodes small files, and always lossless (imageio.STORED_FORMAT):
+  the stored copy is exactly what predict computes from the original (folderfit.imageio, the
+  one path).
+* The split is stratified per class and seeded. Identical images (same decoded pixels, so also
+  a PNG and a BMP of one picture) are one group and always land in the same split, even when
+  they sit under two classes (a label conflict): no leakage through duplicates.
+  Every class gets at least one image in every split, or a PipelineError names class and split.
+
+Feeding the prepared images to a network is folderfit.datasets.
+"""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from folderfit.paths import DEMO_DIR as OUT_DIR
+from folderfit.paths import DEMO_DIR
 from folderfit.support.fileio import staged_dir
 
 
@@ -42,7 +42,7 @@ NOT_USED = "NOT_USED.txt"
 
 def demo_is_used(source: str) -> bool:
     """data.source is the demo folder, inside it, or holds it."""
-    src, demo = Path(source).resolve(), OUT_DIR.resolve()
+    src, demo = Path(source).resolve(), DEMO_DIR.resolve()
     return src == demo or demo in src.parents or src in demo.parents
 
 
@@ -50,10 +50,10 @@ def run(params) -> None:
     if not demo_is_used(params.data.source):
         # your own photos: the digits (and scikit-learn's import) would be seconds of every
         # fresh run for nothing; the stage still leaves its output, a note
-        with staged_dir(OUT_DIR) as tmp:
+        with staged_dir(DEMO_DIR) as tmp:
             (tmp / NOT_USED).write_text(f"data.source is {params.data.source}, so the demo digits "
-                                        f"were not made; set data.source: {OUT_DIR} to make them\n")
-        print(f"demo_data: data.source is not {OUT_DIR}: the demo set is not made")
+                                        f"were not made; set data.source: {DEMO_DIR} to make them\n")
+        print(f"demo_data: data.source is not {DEMO_DIR}: the demo set is not made")
         return
-    n = write_digits(OUT_DIR, params.demo.per_class, params.demo.size)
-    print(f"demo_data: wrote {n} digit images to {OUT_DIR}/")
+    n = write_digits(DEMO_DIR, params.demo.per_class, params.demo.size)
+    print(f"demo_data: wrote {n} digit images to {DEMO_DIR}/")

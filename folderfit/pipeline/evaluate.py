@@ -207,7 +207,7 @@ def run_facts(loaded, params: Params, split: str) -> dict:
             "image size": loaded.preprocess.image_size, "test-time augmentation": loaded.tta,
             "train / val images": f"{extra.get('n_train', '?')} / {extra.get('n_val', '?')}",
             "scored": ESTIMATES[split].split(";")[0].format(folds=params.evaluate.cv_folds),
-            "data version (manifest sha256)": sha256_file(PREPARED / manifest.MANIFEST)[:12],
+            "data version (manifest sha256)": sha256_file(manifest.manifest_path(PREPARED))[:12],
             "seed": params.seed}
 
 

@@ -24,7 +24,7 @@ import folderfit
 from folderfit.errors import PipelineError
 from folderfit.images import image_folder
 from folderfit.paths import DEMO_DIR
-from folderfit.paths import PREFLIGHT_OK as OUT
+from folderfit.paths import PREFLIGHT_OK
 from folderfit.support.fileio import write_text
 from folderfit.support.provenance import LIBRARY, library_files
 
@@ -67,5 +67,5 @@ def check_source_names(source: str) -> None:
 
 def run(params) -> None:
     check_source_names(params.data.source)
-    write_text(OUT, stamp())
+    write_text(PREFLIGHT_OK, stamp())
     print(f"preflight: params.yaml and data.source {image_folder.printable(params.data.source)} OK")

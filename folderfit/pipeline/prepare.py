@@ -27,9 +27,7 @@ after metrics/data.json is written. Any failure, a full disk included, leaves bo
 from __future__ import annotations
 
 import contextlib
-import csv
 import fcntl
-import io
 import itertools
 import os
 import shutil
@@ -43,9 +41,7 @@ from folderfit.artifacts import corrections, manifest
 from folderfit.errors import PipelineError
 from folderfit.frozen import similarity
 from folderfit.images import decode, image_folder
-from folderfit.paths import DATA_REPORT as REPORT
-from folderfit.paths import PREPARED as OUT_DIR
-from folderfit.paths import THUMBNAILS_NAME
+from folderfit.paths import DATA_REPORT, PREPARED, THUMBNAILS_NAME
 from folderfit.support.fileio import staged_dir, write_json
 from folderfit.support.progress import progress
 
@@ -291,11 +287,7 @@ def write_prepared(per_split: dict, tmp: Path) -> list[dict]:
             os.replace(r["staged"], target)
             rows.append({"file": rel_out, "source": r["rel"], "class": r["label"], "split": split,
                          "sha256": r["sha256"], "width": r["size"][0], "height": r["size"][1]})
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    (tmp / manifest.MANIFEST).write_text(buf.getvalue(), encoding="utf-8")
+    manifest.write_manifest(tmp, rows)
     thumbnails = [r["thumbnail"] for split in image_folder.SPLITS for r in per_split.get(split, [])]
     np.save(tmp / THUMBNAILS_NAME, np.stack(thumbnails))  # manifest row order
     return rows
@@ -347,7 +339,7 @@ def exclusive(folder: Path):
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise PipelineError(
-                f"another prepare is writing {OUT_DIR} in this project right now; wait until it "
+                f"another prepare is writing {PREPARED} in this project right now; wait until it "
                 f"has finished (or stop it), then run this one again") from None
         except OSError:
             pass  # no locking here: run as before
@@ -359,13 +351,13 @@ def exclusive(folder: Path):
 def run(params) -> None:
     source = image_folder.check_source(params.data.source)
     fixes = corrections.read(source)  # checked before any image is decoded
-    with exclusive(OUT_DIR.parent):
+    with exclusive(PREPARED.parent):
         _run(params, source, fixes)
 
 
 def _run(params, source: Path, fixes) -> None:
     stager = None
-    with staged_dir(OUT_DIR, expected_size=lambda: stager.estimate() if stager else 0) as tmp:
+    with staged_dir(PREPARED, expected_size=lambda: stager.estimate() if stager else 0) as tmp:
         stager = Stager(tmp / STAGING)
         per_split, classes, extras = collect(source, params.data.val_fraction,
                                              params.data.test_fraction, params.seed,
@@ -378,7 +370,7 @@ def _run(params, source: Path, fixes) -> None:
         rows = write_prepared(per_split, tmp)
         shutil.rmtree(tmp / STAGING)
         report = build_report(rows, classes, extras, dups)
-        write_json(REPORT, report)  # before the swap: a failure here leaves both as they were
+        write_json(DATA_REPORT, report)  # before the swap: a failure here leaves both as they were
     sizes = ", ".join(f"{s} {report.get(f'n_{s}', 0)}" for s in image_folder.SPLITS)
     print(f"prepare: {len(rows)} images, {len(classes)} classes ({sizes}); "
           f"{report['n_skipped']} skipped, {dups['duplicate_files']} duplicate file(s)")

@@ -1,4 +1,48 @@
-"""TODO docstring"""
+"""Label review (stage `review`): which labels are probably wrong, which images are copies of
+each other, which do not belong. `folderfit review` prints the lists (folderfit.commands.review).
+
+1. Features: the train stage's backbone, weights and preprocessing (train_feature_extractor),
+   one clean view of every image of every split, plus its mirror image unless `augment.hflip`
+   is false (a mirrored image keeps its class); with `auto`, train's own mirror test on val
+   decides, as in train (digits: clean only); all through the shared feature cache (keyed by
+   weights, preprocessing, view and image content), so `train` (feature_extract) and
+   `review` never compute a vector twice.
+2. Out-of-sample probabilities: K-fold cross-fitting of the head (folderfit.crossfit), no
+   image scored by a head that saw its label or a copy of it. K is review.folds, lowered to
+   the smallest class's image count (>= 2) with a note in review.json; a class with a single
+   image cannot be cross-fitted: its images are listed as `not_reviewable`, not scored.
+3. Neighbour votes: the labels of each image's `review.neighbours` nearest other images
+   (cosine similarity of the L2-normalised features, views averaged). The probabilities used
+   for the ranking are 0.75 x the head's + 0.25 x the votes (two different views of the
+   evidence: a linear boundary and the local neighbourhood; together they ranked moved labels
+   better than either alone, docs/review.md).
+4. Label issues (cleanlab): every image's label quality is cleanlab's self-confidence score
+   (the probability of its given label); the flagged images are those cleanlab's
+   `find_label_issues` (confident learning) flags plus those whose most probable class is
+   another one, most suspect (lowest quality) first. The label-noise rates, overall and per
+   class, are cleanlab's confident-joint estimates.
+5. Near-duplicates: pairs whose clean-view features reach `review.duplicate_similarity`
+   (cosine; crops and edits) or whose 32x32 grayscale thumbnails correlate >= 0.998 (resized
+   or re-encoded copies, whatever the backbone), flagged when the two sit in different splits
+   (leakage) or classes (a conflict). Copies share one cross-fitting fold.
+6. Outliers: mean cosine distance to the nearest neighbours above Q3 + 1.7 x IQR (cleanlab
+   Datalab's rule for the same score).
+
+Outputs: metrics/review.json (counts and noise rates; per class as a list, so `dvc exp show`
+gets no per-class columns) and metrics/review/ (built aside, swapped in whole):
+  label_issues.csv       path,given,suggested,score: flagged images, most suspect first
+  near_duplicates.csv    path,other,similarity,issue,class,other_class,split,other_split
+  outliers.csv           path,class,split,score (mean distance to the nearest neighbours)
+  scores.csv             every image: its out-of-sample probabilities and scores
+  label_issues.png       gallery of the top suspects: image, given -> suggested, score
+  noise_per_class.json   estimated label-noise rate per class (a DVC bar plot)
+  details.json           settings and facts of the run (folds, views, l2 per fold, ...)
+Every `path` is relative to data.source, exactly as the file sits there.
+
+`folderfit review --template` never suggests a relabel for a test image (following the model's
+guess there would raise the test score by construction): test images are listed as comments
+for a human look only (folderfit.corrections: test fixes are applied but reported apart).
+"""
 
 from __future__ import annotations
 

@@ -299,7 +299,7 @@ def _fit(params: Params, built: architecture.BuiltModel, pre, splits, rt, frozen
     if params.batch_size > n_train:
         print(f"note: batch_size {params.batch_size} > {n_train} training images: "
               f"each epoch is a single batch of {n_train}")
-    checkpointer = (Checkpointer(CHECKPOINT, fingerprint(params, PREPARED / manifest.MANIFEST), generator)
+    checkpointer = (Checkpointer(CHECKPOINT, fingerprint(params, manifest.manifest_path(PREPARED)), generator)
                     if ctx.world_size == 1 else None)
     run_ctx = epoch_loop.RunContext(rt, generator, ctx, log, checkpointer, distributed.reducer(ctx, rt.device))
     groups = freezing.parameter_groups(built.model, built.stages, built.head_name, lr=params.lr,

@@ -1,1 +1,3 @@
-"""TODO"""
+"""Scores and how they are shown: metrics (pure functions), reports (figures and CSV), the label
+review's lists as text (review_lists), and the HTML pages (pages).
+"""

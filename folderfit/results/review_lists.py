@@ -1,4 +1,6 @@
-"""TODO docstring"""
+"""The label review's lists (metrics/review/*.csv) as plain-text tables, printed by the review
+stage and by `folderfit review`.
+"""
 
 from __future__ import annotations
 

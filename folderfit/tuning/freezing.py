@@ -1,4 +1,7 @@
-"""TODO docstring"""
+"""Which backbone stages train: the strategy's frozen stage count, freezing (frozen BatchNorm
+layers stay in eval mode), and the optimizer's parameter groups with their learning rates
+(the head at `lr`, the stage next to it at `backbone_lr`, each earlier one `lr_decay` times less).
+"""
 
 from __future__ import annotations
 

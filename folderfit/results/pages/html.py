@@ -8,9 +8,8 @@ import html
 import json
 from pathlib import Path
 
+from folderfit.artifacts.manifest import manifest_path
 from folderfit.errors import PipelineError
-
-MANIFEST = "manifest.csv"
 
 CSS = """
 :root{--fg:#1d2330;--muted:#5b6475;--bg:#f6f7f9;--card:#fff;--line:#dde1e7;--accent:#2457c5;
@@ -120,7 +119,7 @@ def read_json(path: Path, default=None):
 
 def read_manifest(prepared_dir: Path) -> list[dict]:
     """prepare's manifest rows (file, source, class, split, ...)."""
-    return read_csv(Path(prepared_dir) / MANIFEST, ("file", "source", "class", "split"))
+    return read_csv(manifest_path(prepared_dir), ("file", "source", "class", "split"))
 
 
 def to_float(value, default: float | None = None) -> float | None:
