@@ -44,7 +44,7 @@ from folderfit import data as D
 from folderfit import imageio as IO
 from folderfit import similarity as SIM
 from folderfit.errors import PipelineError
-from folderfit.fileio import staged_dir, write_json
+from folderfit.fileio import check_dvc_cache_room, staged_dir, write_json
 from folderfit.progress import progress
 
 from folderfit.paths import DATA_REPORT as REPORT
@@ -378,6 +378,7 @@ def _run(params, source: Path, fixes) -> None:
         check_leaks(dups, params.data.on_leak)
         rows = write_prepared(per_split, tmp)
         shutil.rmtree(tmp / STAGING)
+        check_dvc_cache_room(tmp, OUT_DIR)  # DVC's copy of the images, before any swap
         report = build_report(rows, classes, extras, dups)
         write_json(REPORT, report)  # before the swap: a failure here leaves both as they were
     sizes = ", ".join(f"{s} {report.get(f'n_{s}', 0)}" for s in D.SPLITS)
