@@ -257,7 +257,8 @@ def write_all(dest, toplevel, targets, replaced, dvcignore, notes) -> list[str]:
         for path in replaced:  # a workflow at the git root: under git-root/ there
             inside = path.is_relative_to(dest)
             put(backups / (path.relative_to(dest) if inside
-                           else Path("git-root") / path.relative_to(toplevel)), path.read_bytes())
+                           else Path("git-root") / path.relative_to(toplevel)), path.read_bytes(),
+                f" (your old {shown(path, dest)}, kept)")
         for path, content in targets.items():
             put(path, content, notes.get(path, "") + (f" (replaced; old copy in "
                 f"{shown(backups, dest)}/)" if path in replaced else ""))

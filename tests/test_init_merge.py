@@ -83,6 +83,7 @@ def test_users_files_are_replaced_only_with_force_each_named_and_kept(tmp_path, 
     lines = forced.stdout.splitlines()
     assert "  dvc.yaml (replaced; old copy in .folderfit-backup/)" in lines
     assert "  params.yaml (replaced; old copy in .folderfit-backup/)" in lines
+    assert "  .folderfit-backup/dvc.yaml (your old dvc.yaml, kept)" in lines
     assert not [line for line in lines if "stages/train.py" in line]  # identical: not rewritten
     assert (dest / ".folderfit-backup/dvc.yaml").read_text() == "stages: {}\n"
     assert (dest / ".folderfit-backup/params.yaml").read_text() == "lr: 0.5\n"
@@ -144,13 +145,20 @@ def test_subfolder_project_gets_its_workflow_at_the_git_root(tmp_path, env):
     assert (dest / ".dvc/config").is_file() and not (root / ".dvc").exists()  # dvc init --subdir
 
 
-def test_subfolder_workflow_follows_the_shipped_template():
+def test_subfolder_workflow_follows_the_shipped_template(tmp_path):
     """subfolder_workflow edits the shipped workflow's text: each edit must still apply."""
     text = project.templates()[project.WORKFLOW].decode()
     out = scaffold.subfolder_workflow(text, "a b/c")
     spec = yaml.safe_load(out)
     assert spec["jobs"]["reproduce"]["defaults"]["run"]["working-directory"] == "a b/c"
     assert spec["name"] == "pipeline (a b/c)"
+
+    pytest.importorskip("check_jsonschema", reason="pip install -e '.[test]'")
+    (tmp_path / "pipeline.yml").write_text(out)
+    result = subprocess.run([sys.executable, "-m", "check_jsonschema", "--builtin-schema",
+                             "vendor.github-workflows", str(tmp_path / "pipeline.yml")],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_read_only_folder_is_one_error_line(tmp_path, env):
