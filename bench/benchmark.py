@@ -76,7 +76,7 @@ def run_ours(work: Path) -> dict:
 
     with contextlib.chdir(work):
         started = time.perf_counter()
-        for stage in (prepare, training, evaluation):
+        for stage in (prepare, train_stage, evaluate):
             stage.run(load_params())
         wall = time.perf_counter() - started
         result = json.loads(Path("metrics/eval.json").read_text())

@@ -10,9 +10,13 @@ the key's full name and what to do, before any work starts. Unknown keys are rej
 The `preflight` stage (folderfit.pipeline.preflight) runs this same validation first in `dvc repro`,
 so a bad hand edit or `dvc exp run -S` (also `-S +new_key`) stops before any stage works.
 
-Numbers: `1e-3` is a float in YAML 1.2 (and for DVC) but text for PyYAML (YAML 1.1 wants
-`1.0e-3`), so a float key also takes text written in that notation. Every number is range
-checked; the seed's range is numpy's (0..2**32-1).
+One reading, DVC's: params.yaml is read as DVC reads it (ruamel.yaml's safe loader, YAML 1.2),
+so the value a stage runs with is the one `dvc params diff` and `dvc exp show` show. PyYAML
+(YAML 1.1) read `seed: 010` as 8 and `num_epochs: 1:30` as 90 where DVC shows 10 and "1:30";
+here they are 10 and a string (refused: num_epochs must be int). ruamel.yaml comes with DVC
+(the pipeline extra) and is imported only where a YAML file is read: `folderfit.load` and
+`predict` never read params.yaml. A float key also takes text in exponent notation
+(`lr: "1e-3"`). Every number is range checked; the seed's range is numpy's (0..2**32-1).
 """
 
 from __future__ import annotations
@@ -25,8 +29,6 @@ import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-
-import yaml
 
 from folderfit.errors import PipelineError
 
@@ -273,11 +275,36 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     path = Path(path)
     if not path.is_file():
         raise PipelineError(f"{path}: not found; run the stage from the repository root")
+    return parse_params(read_yaml(path.read_text(encoding="utf-8"), path) or {})
+
+
+def read_yaml(text: str, where: str | Path = "params.yaml"):
+    """YAML text as DVC reads it (dvc.utils.serialize.parse_yaml: ruamel.yaml, typ="safe",
+    YAML 1.2). Every reader of params.yaml goes through here, so no value can differ from
+    DVC's. Bad YAML (duplicate keys included, as for DVC) is one line naming `where`."""
+    from ruamel.yaml import YAML, YAMLError
+
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise PipelineError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    return parse_params(raw or {})
+        return YAML(typ="safe").load(text)
+    except YAMLError as exc:
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        raise PipelineError(f"{where}: not valid YAML ({problem}{at})") from None
+
+
+def dump_yaml(data) -> str:
+    """Text that read_yaml (and DVC) read back as `data`: block style, keys in their order."""
+    import io
+
+    from ruamel.yaml import YAML
+
+    out = io.StringIO()
+    writer = YAML(typ="safe")
+    writer.default_flow_style = False
+    writer.sort_base_mapping_type_on_output = False
+    writer.dump(data, out)
+    return out.getvalue()
 
 
 def merge_overrides(base: dict, changes: dict) -> dict:

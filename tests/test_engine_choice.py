@@ -205,7 +205,7 @@ def _preprocess():
 
 
 PIPELINE_EXTRAS = ("sklearn", "scipy", "dvc", "dvclive", "cleanlab", "matplotlib", "onnx",
-                   "onnxruntime", "onnxscript", "pandas")
+                   "onnxruntime", "onnxscript", "pandas", "ruamel", "yaml")
 
 
 def test_load_and_the_choice_work_with_the_core_install_only(tmp_path):

@@ -26,10 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
-
 from folderfit.errors import PipelineError
-from folderfit.params import parse_params
+from folderfit.params import dump_yaml, parse_params, read_yaml
 
 EXEMPT = {"metrics/timing.json": "wall-clock time, different on every run by design"}
 CHECKPOINT_DIR = "checkpoints"  # resume state of train; must not carry over between runs
@@ -69,19 +67,19 @@ def set_key(raw: dict, dotted: str, value) -> None:
 def apply_overrides(params_file: Path, overrides: list[str], repo: Path) -> dict:
     """Write `--set KEY=VALUE` into the copy's params.yaml (validated like any params.yaml).
     A relative data.source that is not a pipeline output points back at the original repo."""
-    raw = yaml.safe_load(params_file.read_text(encoding="utf-8")) or {}
+    raw = read_yaml(params_file.read_text(encoding="utf-8"), params_file) or {}
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise PipelineError(f"--set {item}: expected KEY=VALUE, e.g. --set num_epochs=2")
-        set_key(raw, key.strip(), yaml.safe_load(value) if value.strip() else "")
+        set_key(raw, key.strip(), read_yaml(value, f"--set {item}") if value.strip() else "")
     params = parse_params(raw)
     source = Path(params.data.source).expanduser()
-    dvc_yaml = yaml.safe_load((params_file.parent / "dvc.yaml").read_text(encoding="utf-8")) or {}
+    dvc_yaml = read_yaml((params_file.parent / "dvc.yaml").read_text(encoding="utf-8"), "dvc.yaml") or {}
     produced = {Path(o) for o in stage_outputs(dvc_yaml)}
     if not source.is_absolute() and source not in produced and not (params_file.parent / source).exists():
         raw.setdefault("data", {})["source"] = str((repo / source).resolve())
-    params_file.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    params_file.write_text(dump_yaml(raw), encoding="utf-8")
     return raw
 
 
@@ -111,7 +109,7 @@ def dvc(args: list[str], cwd: Path, log) -> subprocess.CompletedProcess:
 
 def locked_outputs(copy: Path) -> dict[str, tuple[str, str]]:
     """{output path: (stage, md5)} for every output recorded in dvc.lock."""
-    lock = yaml.safe_load((copy / "dvc.lock").read_text(encoding="utf-8")) or {}
+    lock = read_yaml((copy / "dvc.lock").read_text(encoding="utf-8"), "dvc.lock") or {}
     found = {}
     for stage, entry in (lock.get("stages") or {}).items():
         for out in entry.get("outs") or []:

@@ -42,7 +42,7 @@ from folderfit.errors import PipelineError
 from folderfit.frozen import similarity
 from folderfit.images import decode, image_folder
 from folderfit.paths import DATA_REPORT, PREPARED, THUMBNAILS_NAME
-from folderfit.support.fileio import staged_dir, write_json
+from folderfit.support.fileio import check_dvc_cache_room, staged_dir, write_json
 from folderfit.support.progress import progress
 
 STAGING = ".staging"  # inside the temp output dir: encoded images before their split is known
@@ -369,6 +369,7 @@ def _run(params, source: Path, fixes) -> None:
         check_leaks(dups, params.data.on_leak)
         rows = write_prepared(per_split, tmp)
         shutil.rmtree(tmp / STAGING)
+        check_dvc_cache_room(tmp, PREPARED)  # DVC's copy of the images, before any swap
         report = build_report(rows, classes, extras, dups)
         write_json(DATA_REPORT, report)  # before the swap: a failure here leaves both as they were
     sizes = ", ".join(f"{s} {report.get(f'n_{s}', 0)}" for s in image_folder.SPLITS)

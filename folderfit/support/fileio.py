@@ -245,3 +245,113 @@ def staged_dir(target: str | Path, expected_size=None):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+# ------------------------------------------------------------------ DVC's cache copy
+# written beside DVC's cached copies: its .dir manifest (a JSON entry per file) and more
+CACHE_MARGIN = 1 << 20
+MANIFEST_PER_FILE = 256
+DEFAULT_CACHE_TYPES = ["reflink", "copy"]  # DVC's default cache.type
+
+
+def dvc_dir(start: str | Path = ".") -> Path | None:
+    """The .dvc folder of the DVC repository holding `start` (None outside one)."""
+    here = Path(os.path.abspath(start))
+    return next((folder / ".dvc" for folder in (here, *here.parents) if (folder / ".dvc").is_dir()),
+                None)
+
+
+def dvc_cache_settings(dvc: Path) -> tuple[Path, list[str]]:
+    """(cache folder, link types in the order DVC tries them), from DVC's merged config
+    (repository, local, global, system), as DVC itself resolves them."""
+    try:
+        from dvc.config import Config, ConfigError
+    except ImportError:
+        return dvc / "cache", DEFAULT_CACHE_TYPES
+    try:
+        cache = Config(dvc_dir=str(dvc))["cache"]
+    except ConfigError:  # DVC refuses its own config before any stage runs; its defaults here
+        cache = {}
+    types = cache.get("type") or DEFAULT_CACHE_TYPES
+    if isinstance(types, str):
+        types = [kind.strip() for kind in types.split(",")]
+    return Path(cache.get("dir") or dvc / "cache"), list(types)
+
+
+def same_filesystem(a: Path, b: Path) -> bool:
+    return os.stat(existing_ancestor(a)).st_dev == os.stat(existing_ancestor(b)).st_dev
+
+
+def reflinks(folder: Path, cache: Path) -> bool:
+    """Whether a file in `folder` can be reflinked (copy-on-write) into the cache's file system."""
+    try:
+        from dvc_objects.fs.system import reflink
+    except ImportError:
+        return False
+    src = dst = None
+    try:
+        fd, src = tempfile.mkstemp(prefix=".reflink-probe-", dir=folder)
+        os.write(fd, b"x")
+        os.close(fd)
+        dst = os.path.join(existing_ancestor(cache), os.path.basename(src))
+        reflink(src, dst)
+        return True
+    except OSError:
+        return False
+    finally:
+        for path in (src, dst):
+            if path:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+
+
+def cache_copies(folder: Path, cache: Path, types: list[str]) -> bool:
+    """Whether DVC copies `folder`'s files into `cache` (bytes on the cache's file system),
+    trying its cache types in order as DVC does: a reflink or a hardlink on one file system
+    costs nothing, a symlink moves the file (a copy across file systems), copy copies."""
+    same = same_filesystem(folder, cache)
+    for kind in types:
+        if kind == "reflink" and reflinks(folder, cache):
+            return False
+        if kind == "hardlink" and same:
+            return False
+        if kind in ("symlink", "copy"):
+            return not same if kind == "symlink" else True
+    return True
+
+
+def in_dvc_cache(cache: Path, path: Path) -> bool:
+    digest = hashlib.md5(path.read_bytes()).hexdigest()
+    return any((where / digest[:2] / digest[2:]).is_file() for where in (cache / "files" / "md5", cache))
+
+
+def check_dvc_cache_room(new: str | Path, target: str | Path) -> None:
+    """Before the finished output folder `new` replaces `target`: when the stage ends, DVC
+    copies the output into its cache (unless its cache type links there), and a full disk then
+    stops DVC with a raw `[Errno 28]` and leaves that disk full. Refused here in one line,
+    naming the cache and the space needed, while the previous output is still whole. Files
+    already in the cache cost nothing (hashed only when the whole output would not fit), and
+    the old output's own copies, deleted after the swap, count as free on their file system."""
+    new, target = Path(new), Path(target)
+    dvc = dvc_dir(target.parent)
+    if dvc is None:  # not in a DVC repository: nothing caches the output
+        return
+    cache, types = dvc_cache_settings(dvc)
+    files = [p for p in new.rglob("*") if p.is_file() and not p.is_symlink()]
+    total = sum(p.stat().st_size for p in files)
+    margin = CACHE_MARGIN + MANIFEST_PER_FILE * len(files)
+    room = free_bytes(cache)
+    if target.is_dir() and same_filesystem(target, cache):
+        room += sum(p.stat().st_size for p in target.rglob("*")
+                    if p.is_file() and not p.is_symlink() and p.stat().st_nlink == 1)
+    if total + margin <= room or not cache_copies(new, cache, types):
+        return
+    need = sum(p.stat().st_size for p in files if not in_dvc_cache(cache, p)) + margin
+    if need <= room:
+        return
+    shown = os.path.relpath(cache) if _inside(cache, ".") else cache
+    raise OutputError(
+        f"{target}: DVC copies this output into its cache {shown} when the stage ends: about "
+        f"{size_text(need)} needed there, {size_text(free_bytes(cache))} free; free some space "
+        f"there (or move the cache: dvc cache dir PATH; or link instead: dvc config cache.type "
+        f"hardlink,symlink), then rerun")
