@@ -379,6 +379,7 @@ def _run(params, source: Path, fixes) -> None:
         rows = write_prepared(per_split, tmp)
         shutil.rmtree(tmp / STAGING)
         report = build_report(rows, classes, extras, dups)
+        C.write_test_record(tmp, report)
         write_json(REPORT, report)  # before the swap: a failure here leaves both as they were
     sizes = ", ".join(f"{s} {report.get(f'n_{s}', 0)}" for s in D.SPLITS)
     print(f"prepare: {len(rows)} images, {len(classes)} classes ({sizes}); "

@@ -176,7 +176,9 @@ def _train(params: Params, ctx: DD.DistContext, curves: Path | None) -> None:
     if "test" not in splits and strategy == "feature_extract":
         cv_folds = params.evaluate.cv_folds
     elif "test" not in splits:
-        selection, holdout = EST.holdout_split(splits["val"], params.seed)
+        hashes = D.content_hashes(PREPARED)  # copies of one picture stay in one half
+        groups = [hashes.get(p.as_posix(), p.as_posix()) for p, _ in splits["val"]]
+        selection, holdout = EST.holdout_split(splits["val"], params.seed, groups)
         if holdout:
             splits = {**splits, "val": selection}
             learned["val_selection"] = selection
