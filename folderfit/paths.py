@@ -11,6 +11,7 @@ CORRECTIONS = Path("data/corrections.csv")
 PREPARED = Path("data/prepared")
 MANIFEST_NAME = "manifest.csv"  # inside PREPARED
 THUMBNAILS_NAME = "thumbnails.npy"  # inside PREPARED: 32x32 grey thumbnails, manifest row order
+TEST_CORRECTIONS_NAME = "test_corrections.json"  # inside PREPARED: the fixes applied to test images
 DATA_REPORT = Path("metrics/data.json")
 REVIEW_DIR = Path("metrics/review")
 REVIEW_JSON = Path("metrics/review.json")

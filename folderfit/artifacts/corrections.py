@@ -40,7 +40,7 @@ from pathlib import Path, PurePosixPath
 
 from folderfit.errors import PipelineError
 from folderfit.images import image_folder
-from folderfit.paths import CORRECTIONS
+from folderfit.paths import CORRECTIONS, TEST_CORRECTIONS_NAME
 
 HEADER = ["path", "action"]
 TEST = "test"
@@ -270,9 +270,11 @@ def report(fixes: dict[str, Correction], applied: set) -> dict:
         print(f"note: {CORRECTIONS}:{fixes[p].line}: '{p}' is not used by prepare "
               f"(see `skipped` in metrics/data.json); the row changes nothing", file=sys.stderr)
     if in_test:
+        dropped = sum(f.action == "drop" for f in in_test)
+        relabelled = sum(f.action == "relabel" and f.path not in unchanged for f in in_test)
         print(f"note: {CORRECTIONS}: {len(in_test)} row(s) change test images (your decision, "
-              f"applied; listed as test_corrections in metrics/data.json, so the scores before "
-              f"and after are on the same test photos)", file=sys.stderr)
+              f"applied; listed as test_corrections in metrics/data.json): "
+              + test_change_sentence(dropped, relabelled), file=sys.stderr)
     return {"n_relabelled": sum(f.action == "relabel" for f in effective),
             "n_dropped": sum(f.action == "drop" for f in effective),
             "n_unchanged": sum(f.path in unchanged for f in used),
@@ -281,3 +283,38 @@ def report(fixes: dict[str, Correction], applied: set) -> dict:
             "test_corrections": [{"path": f.path, "action": f.describe(),
                                   **({"unchanged": True} if f.path in unchanged else {})}
                                  for f in in_test]}
+
+
+# ------------------------------------------------------------------ what evaluate is told
+def test_change_sentence(dropped: int, relabelled: int) -> str:
+    """What the fixes to test images do to a before/after comparison, in words."""
+    parts = []
+    if relabelled:
+        parts.append(f"{relabelled} relabelled (the same test photos, scored against the new labels)")
+    if dropped:
+        parts.append(f"{dropped} dropped (the scores after are on {dropped} fewer test photos "
+                     f"than before, so they are not on the same photos; metrics/eval.json "
+                     f"records test_dropped_by_corrections)")
+    return "; ".join(parts) or "no change to the scored photos"
+
+
+def write_test_record(folder: Path, fixes_report: dict) -> None:
+    """data/prepared/test_corrections.json: the fixes applied to test images (report()'s
+    test_corrections), for evaluate, which reads data/prepared and not metrics/data.json.
+    Written only when there are some: no file means no test image was corrected."""
+    from folderfit.support.fileio import write_json
+
+    if fixes_report.get("test_corrections"):
+        write_json(Path(folder) / TEST_CORRECTIONS_NAME,
+                   {"test_corrections": fixes_report["test_corrections"]})
+
+
+def read_test_record(prepared: Path) -> dict:
+    """{"dropped": n, "relabelled": n} test images, from write_test_record's file (both 0
+    without the file: no test image was corrected)."""
+    import json
+
+    path = Path(prepared) / TEST_CORRECTIONS_NAME
+    rows = json.loads(path.read_text(encoding="utf-8"))["test_corrections"] if path.is_file() else []
+    return {"dropped": sum(r["action"] == "drop" for r in rows),
+            "relabelled": sum(r["action"].startswith("relabel") and not r.get("unchanged") for r in rows)}

@@ -48,3 +48,11 @@ def read_manifest(prepared: str | Path) -> tuple[list[str], dict[str, list[tuple
     for r in rows:
         splits[r["split"]].append((prepared / r["file"], index[r["class"]]))
     return classes, {s: v for s, v in splits.items() if v}
+
+
+def content_hashes(prepared: str | Path) -> dict[str, str]:
+    """Prepared file ('/'-separated, as read_manifest names it) -> its content hash (sha256 of
+    the decoded pixels): a byte copy, or the same picture in another lossless format, has the
+    same hash whatever its path or split."""
+    prepared = Path(prepared)
+    return {(prepared / r["file"]).as_posix(): r["sha256"] for r in read_manifest_rows(prepared)}

@@ -15,14 +15,14 @@ Decisions (the user-facing side: docs/data.md):
   on white; 16-bit images are scaled to 8 bit by their bit depth (imageio.to_rgb).
 * Stored images are at most `STORE_MARGIN` x image_size on their shorter side (never
   upscaled), so training decodes small files, and always lossless (imageio.STORED_FORMAT):
-  the stored copy is exactly what predict computes from the original (folderfit.imageio, the
+  the stored copy is exactly what predict computes from the original (folderfit.images.decode, the
   one path).
 * The split is stratified per class and seeded. Identical images (same decoded pixels, so also
   a PNG and a BMP of one picture) are one group and always land in the same split, even when
   they sit under two classes (a label conflict): no leakage through duplicates.
   Every class gets at least one image in every split, or a PipelineError names class and split.
 
-Feeding the prepared images to a network is folderfit.datasets.
+Feeding the prepared images to a network is folderfit.images.datasets.
 """
 
 from __future__ import annotations

@@ -7,7 +7,13 @@ What is scored (eval.json `split` and `estimate`; folderfit.artifacts.learned_fr
   val_holdout  no test split, fine_tune / full_tune: the half of val that took no part in
                training or in choosing the best epoch, with the model file
 Every scored image is checked against train's record of what the model learned from
-(metrics/train/learned_from.csv): an overlap stops the stage.
+(metrics/train/learned_from.csv): an overlap stops the stage. "Unseen" means by content: an
+image whose content hash (prepare's manifest) equals a learned one's is a copy (a byte copy
+of a training photo in the given test/ folder, say) and is left out of the score, whatever
+its path or split; eval.json says how many (`copies_of_learned_excluded`) and the score with
+them (`accuracy_with_copies`, `macro_f1_with_copies`). To stop instead, set
+`data.on_leak: fail` (prepare then refuses copies across splits). With a test split,
+eval.json also counts the test photos data/corrections.csv dropped or relabelled.
 
 Outputs: metrics/eval.json (the headline numbers DVC tables show, and per-class P/R/F1 as a
 list, which `dvc exp show` leaves out of its columns), metrics/classification_report.txt
@@ -32,7 +38,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from folderfit.artifacts import learned_from, manifest
+from folderfit.artifacts import corrections, learned_from, manifest
+from folderfit.artifacts import manifest as manifest_file
 from folderfit.artifacts.model_file import load_model_file
 from folderfit.backbone.views import FlipTTA
 from folderfit.compute.inference import infer_labelled, make_loader
@@ -47,11 +54,14 @@ from folderfit.images import datasets
 from folderfit.params import Params
 from folderfit.paths import EVAL_DIR, EVAL_JSON, MODEL_FILE, PREPARED, REPORT_TXT
 from folderfit.results import metrics, reports
+from folderfit.results import metrics as score_metrics
 from folderfit.results.pages import results_page
 from folderfit.support.fileio import staged_dir, write_json, write_text
 
 HEADLINE = ("split", "estimate", "n_images", "accuracy", "accuracy_ci95_low", "accuracy_ci95_high", "macro_f1",
-            "balanced_accuracy", "roc_auc_ovr_macro", "ece")
+            "balanced_accuracy", "roc_auc_ovr_macro", "ece", "copies_of_learned_excluded",
+            "accuracy_with_copies", "macro_f1_with_copies", "n_images_with_copies",
+            "test_dropped_by_corrections", "test_relabelled_by_corrections")
 
 # A feature_extract model is scored from its backbone's cached features (score_checked); this
 # many of the scored images also go through the whole model file, which must agree within the
@@ -71,14 +81,17 @@ ESTIMATES = {
 
 def scored_images(splits: dict, loaded, params: Params, rt) -> tuple[str, list, np.ndarray, np.ndarray, dict]:
     """(estimate name, samples, probabilities, labels, facts) of the images to score, none of
-    which the delivered model learned from (module docstring)."""
+    which the delivered model learned from, by path or by content (module docstring). Copies
+    of learned images are scored too, apart: facts["copies"] = (samples, probs, labels)."""
     # the record is required wherever the choice of images depends on it
-    learned = learned_from.read_learned_from(required="test" not in splits) or set()
+    learned = learned_from.read_learned_from(required="test" not in splits)
+    if learned is None:  # a model file made outside train: assume it learned from train + val
+        learned = {path.as_posix() for s in ("train", "val") for path, _ in splits.get(s, [])}
     if "test" in splits:
         estimate, samples = "test", splits["test"]
     else:
         cv = learned_from.read_cv()
-        if cv is not None:
+        if cv is not None:  # train's folds keep copies together: no fold scores a copy it fitted
             files, probs, labels, folds = cv
             samples = [(Path(f), int(y)) for f, y in zip(files, labels)]
             return "cv", samples, probs, labels, {"folds": int(folds.max()) + 1}
@@ -93,12 +106,44 @@ def scored_images(splits: dict, loaded, params: Params, rt) -> tuple[str, list, 
     if seen:  # by construction this cannot happen: a broken invariant must not become a score
         raise PipelineError(f"{seen[0]}: scored by evaluate but the model learned from it "
                             f"({len(seen)} such images); rerun `dvc repro` from prepare")
-    probs, labels, facts = score_checked(loaded, samples, params, rt)
+    fresh, copies = learned_from.split_copies(samples, learned, manifest_file.content_hashes(PREPARED))
+    if not fresh:
+        raise no_fresh_images(estimate, copies, learned)
+    probs, labels, facts = score_checked(loaded, fresh + copies, params, rt)
     bad = np.flatnonzero(~np.isfinite(probs).all(1))
     if len(bad):  # NaN weights (or an fp16 overflow) would otherwise score as class 0
         raise PipelineError(f"{MODEL_FILE}: the model gave NaN/Inf for {len(bad)} of {len(probs)} "
-                            f"images (first: {samples[bad[0]][0]}); retrain it, or try precision: fp32")
-    return estimate, samples, probs, labels, facts
+                            f"images (first: {(fresh + copies)[bad[0]][0]}); retrain it, or try precision: fp32")
+    n = len(fresh)
+    facts["copies"] = (copies, probs[n:], labels[n:])
+    return estimate, fresh, probs[:n], labels[:n], facts
+
+
+def no_fresh_images(estimate: str, copies: list, learned: set) -> PipelineError:
+    """Every image left to score is a copy of a learned one: one line naming a pair and the fix."""
+    hashes = manifest_file.content_hashes(PREPARED)
+    sources = source_paths(PREPARED)
+    first = copies[0][0].as_posix()
+    twin = next((f for f in sorted(learned) if hashes.get(f) == hashes.get(first)), "?")
+    where = ("test images" if estimate == "test" else "held-out val images")
+    fix = ("put photos that are in neither train/ nor val/ into test/" if estimate == "test" else
+           "add photos to val/ that are not copies of train/ photos, or add a test/ folder")
+    return PipelineError(
+        f"{PREPARED}: all {len(copies)} {where} are copies (same pixels) of images the model "
+        f"learned from (e.g. {sources.get(first, first)} = {sources.get(twin, twin)}), so nothing "
+        f"unseen is left to score; {fix} and rerun `dvc repro`")
+
+
+def copies_summary(copies, probs, labels, fresh_probs, fresh_labels, n_classes: int) -> dict:
+    """eval.json's view of the copies left out: how many, and the score had they counted."""
+    out = {"copies_of_learned_excluded": len(copies)}
+    if copies:
+        y = np.concatenate([fresh_labels, labels])
+        preds = np.concatenate([fresh_probs, probs]).argmax(1)
+        out["n_images_with_copies"] = len(y)
+        out["accuracy_with_copies"] = round(float((preds == y).mean()), 6)
+        out["macro_f1_with_copies"] = round(float(score_metrics.macro_f1_rows(y[None], preds[None], n_classes)[0]), 6)
+    return out
 
 
 def source_paths(prepared: Path) -> dict[str, str]:
@@ -258,7 +303,16 @@ def run(params: Params) -> None:
     estimate = ESTIMATES[split].format(**facts)
     scoring = {k: facts[k] for k in ("scored_with", "checked_images", "check_max_difference") if k in facts}
     summary = {"split": split, "estimate": estimate, "n_images": len(y), "n_classes": len(classes),
-               **scoring, **metrics.summary(probs, y, params.seed, params.evaluate.bootstrap)}
+               **scoring, **score_metrics.summary(probs, y, params.seed, params.evaluate.bootstrap)}
+    copies, copy_probs, copy_labels = facts.get("copies", ([], None, None))
+    summary.update(copies_summary(copies, copy_probs, copy_labels, probs, y, len(classes)))
+    if copies:
+        sources = source_paths(PREPARED)
+        summary["copies_of_learned"] = [sources.get(p.as_posix(), p.as_posix()) for p, _ in copies]
+    if split == "test":
+        fixed = corrections.read_test_record(PREPARED)
+        summary["test_dropped_by_corrections"] = fixed["dropped"]
+        summary["test_relabelled_by_corrections"] = fixed["relabelled"]
 
     with staged_dir(EVAL_DIR) as staging:  # swapped in whole; a failure leaves the old one
         per_class = write_eval_dir(staging, probs, y, classes, samples, summary)
@@ -282,5 +336,24 @@ def run(params: Params) -> None:
           f"{summary['top_k_accuracy']:.4f}, ROC-AUC {'n/a' if auc is None else f'{auc:.4f}'} "
           f"({summary['roc_auc_classes']}/{len(classes)} classes), ECE {summary['ece']:.4f}"
           + (f"; scored with {summary['scored_with']}" if "scored_with" in summary else "")
+          + "".join(f"; {note}" for note in scored_set_notes(summary))
           + f" [{time.perf_counter() - started:.1f} s]")
+
+
+def scored_set_notes(summary: dict) -> list[str]:
+    """Sentences on what the scored set leaves out (copies of learned images) and how it
+    differs from before data/corrections.csv (test photos dropped or relabelled)."""
+    notes = []
+    n = summary.get("copies_of_learned_excluded", 0)
+    if n:
+        notes.append(f"{n} cop{'y' if n == 1 else 'ies'} of images the model learned from left out "
+                     f"(same pixels; with them accuracy {summary['accuracy_with_copies']:.4f} on "
+                     f"{summary['n_images_with_copies']} images)")
+    dropped = summary.get("test_dropped_by_corrections", 0)
+    relabelled = summary.get("test_relabelled_by_corrections", 0)
+    if dropped or relabelled:
+        notes.append(f"{corrections.CORRECTIONS} dropped {dropped} and relabelled {relabelled} test "
+                     f"photo(s)" + (f": scored on {dropped} fewer test photos than without it"
+                                    if dropped else ""))
+    return notes
 

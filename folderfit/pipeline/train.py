@@ -24,6 +24,8 @@ from pathlib import Path
 import torch
 
 from folderfit.artifacts import learned_from, manifest, model_file
+from folderfit.artifacts import learned_from as learned_from_file
+from folderfit.artifacts import manifest as manifest_file
 from folderfit.backbone import architecture
 from folderfit.compute.runtime import (
     gpu_memory_guard,
@@ -176,7 +178,9 @@ def _train(params: Params, ctx: distributed.DistContext, curves: Path | None) ->
     if "test" not in splits and strategy == "feature_extract":
         cv_folds = params.evaluate.cv_folds
     elif "test" not in splits:
-        selection, holdout = learned_from.holdout_split(splits["val"], params.seed)
+        hashes = manifest_file.content_hashes(PREPARED)  # copies of one picture stay in one half
+        groups = [hashes.get(p.as_posix(), p.as_posix()) for p, _ in splits["val"]]
+        selection, holdout = learned_from_file.holdout_split(splits["val"], params.seed, groups)
         if holdout:
             splits = {**splits, "val": selection}
             learned["val_selection"] = selection

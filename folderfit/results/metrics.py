@@ -14,7 +14,9 @@ Conventions (also in docs/outputs.md):
   bootstrap says 1.0-1.0) and needs no resampling. Macro-F1's is a seeded percentile
   bootstrap over images with at least MIN_RESAMPLES resamples (params: evaluate.bootstrap is
   0 = off or >= MIN_RESAMPLES); a bootstrap interval of zero width (every resample scored the
-  same, e.g. all images right) is no interval and is not reported.
+  same, e.g. all images right) is no interval and is not reported. The resamples are
+  stratified by true class (each class keeps its count), so macro-F1 is averaged over the
+  same classes in every resample as in the estimate.
 """
 
 from __future__ import annotations
@@ -123,14 +125,27 @@ def macro_f1_rows(labels: np.ndarray, preds: np.ndarray, n_classes: int) -> np.n
     return f1.reshape(-1, n_classes).mean(1)
 
 
+def stratified_resamples(labels: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+    """[count, N] image indices: each row redraws every class's images from that class (with
+    replacement), so every resample holds each class exactly as often as the scored set.
+    A plain resample of a small or imbalanced set often misses a rare class, whose F1 then
+    counts as 0 and drags the interval below the estimate it should surround."""
+    parts = []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        parts.append(members[rng.integers(0, len(members), size=(count, len(members)))])
+    return np.concatenate(parts, axis=1)
+
+
 def bootstrap_ci(labels: np.ndarray, preds: np.ndarray, n_classes: int, resamples: int,
                  seed: int, level: float = CI_LEVEL) -> dict:
-    """{"accuracy": (low, high), "macro_f1": (low, high)}: percentile bootstrap over images."""
+    """{"accuracy": (low, high), "macro_f1": (low, high)}: percentile bootstrap over images,
+    stratified by true class (stratified_resamples)."""
     rng = np.random.default_rng(seed)
-    n = len(labels)
+    labels, preds = np.asarray(labels), np.asarray(preds)
     accuracy, macro_f1 = [], []
     for start in range(0, resamples, 256):  # chunks bound the memory of [B, N] index arrays
-        idx = rng.integers(0, n, size=(min(256, resamples - start), n))
+        idx = stratified_resamples(labels, min(256, resamples - start), rng)
         y, p = labels[idx], preds[idx]
         accuracy.append((y == p).mean(1))
         macro_f1.append(macro_f1_rows(y, p, n_classes))

@@ -146,6 +146,27 @@ def _interval_note(s: dict) -> str:
     return "95% intervals: " + "; ".join(named + [f"others: {boot}" if named else boot]) + "."
 
 
+def _scored_note(s: dict) -> str:
+    """A short sentence on what the scored images leave out: copies of images the model learned
+    from (`copies_of_learned_excluded`), test photos data/corrections.csv dropped or relabelled."""
+    notes = []
+    n = s.get("copies_of_learned_excluded") or 0
+    if n:
+        notes.append(f"{n} {'copy' if n == 1 else 'copies'} (same pixels) of images the model "
+                     f"learned from are not scored: with them, accuracy would read "
+                     f"{_num(s.get('accuracy_with_copies'))} on {s.get('n_images_with_copies', '?')} images.")
+    dropped = s.get("test_dropped_by_corrections") or 0
+    relabelled = s.get("test_relabelled_by_corrections") or 0
+    if dropped:
+        notes.append(f"data/corrections.csv dropped {dropped} test photo(s)"
+                     + (f" and relabelled {relabelled}" if relabelled else "")
+                     + f": these scores are on {dropped} fewer test photos than a run without it.")
+    elif relabelled:
+        notes.append(f"data/corrections.csv relabelled {relabelled} test photo(s): the same "
+                     f"photos, scored against the new labels.")
+    return (f'<p id="scored-note" class="muted">{esc(" ".join(notes))}</p>' if notes else "")
+
+
 def _confusion(classes: list, matrix: list) -> str:
     if not classes:
         return '<p class="muted">no predictions</p>'
@@ -227,7 +248,8 @@ def render(data: dict) -> str:
     said = f" ({said})" if isinstance(said, str) and len(said) > 4 else ""  # the evaluation's own words
     header = (f'<h1>folderfit results</h1><div class="bar"><span id="estimate" data-kind="{kind}">'
               f'<b>{esc({"test": "test split", "cv": "cross-validation", "val": "val split"}[kind])}</b>'
-              f' \u00b7 {esc(n)} images \u00b7 {esc(ESTIMATES[kind] + said)}</span></div>')
+              f' \u00b7 {esc(n)} images \u00b7 {esc(ESTIMATES[kind] + said)}</span></div>'
+              f'{_scored_note(s)}')
     body = (
         f'<section><div class="stats">{_headline(s)}</div>'
         f'<p class="muted">{esc(_interval_note(s))}</p></section>'
