@@ -192,9 +192,10 @@ async def read_uploads(request, *, max_body: int, max_images: int) -> list[tuple
     from starlette.formparsers import MultiPartException, MultiPartParser
 
     length = request.headers.get("content-length")
-    if length is not None and (not length.isdigit() or int(length) > max_body):
-        raise Refused(400, "bad Content-Length header") if not length.isdigit() \
-            else Refused(413, _too_large(max_body))
+    if length is not None and not length.isdigit():
+        raise Refused(400, f"bad Content-Length header '{length[:40]}'")
+    if length is not None and int(length) > max_body:  # refused before a byte is read
+        raise Refused(413, _too_large(max_body))
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     try:
         async with asyncio.timeout(BODY_TIMEOUT_S):
