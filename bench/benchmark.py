@@ -105,7 +105,6 @@ def part_feature_extract(source: Path, work: Path, epochs: int, image_size: int 
     from bench import exp_run
     from bench.recipe import run_recipe
     from folderfit.backbone import architecture
-    from folderfit.tuning import freezing
 
     defaults = yaml.safe_load((REPO / "params.yaml").read_text())
     model_name = defaults["model_name"]
@@ -178,7 +177,6 @@ def model_step_rate(model_name: str, image_size: int, batch: int, freeze: int, r
     """Images/s of forward+backward+step on one synthetic batch already on the device (the
     upper bound for the epoch loop: no data path at all). Like the epoch loop it reads
     nothing back per step, and uses the same fp16 gradient scaler."""
-    from folderfit.backbone import architecture
     from folderfit.compute.runtime import to_device
     from folderfit.images import datasets
     from folderfit.tuning import freezing
@@ -262,7 +260,6 @@ def part_fine_tune(work: Path, image_size: int, batch: int, steps: int, models: 
     from folderfit.backbone import architecture
     from folderfit.compute.runtime import pick_runtime
     from folderfit.errors import PipelineError
-    from folderfit.tuning import freezing
 
     batch = min(batch, len(manifest.read_manifest(work / "data/prepared")[1]["train"]))
     print(f"\n== fine_tune throughput, batch {batch}, {image_size} px, half the stages frozen; "

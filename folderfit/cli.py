@@ -32,6 +32,8 @@ COMMANDS = {
                                          "revision, as Markdown"),
     "review": ("folderfit.commands.review", "print the label review's ranked lists (likely label errors, "
                                    "near-duplicates, outliers)"),
+    "serve": ("folderfit.commands.serve", "serve a model file as an HTTP JSON prediction service "
+                                 "(127.0.0.1 by default; needs folderfit[serve])"),
     "init": ("folderfit.commands.init", "write the pipeline project (dvc.yaml, params.yaml, stages, CI "
                                    "workflow) into your git repository"),
 }
@@ -129,6 +131,31 @@ def _init_args(p: argparse.ArgumentParser) -> None:
                    help="replace project files that exist already (data/corrections.csv is always kept)")
 
 
+def _serve_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", nargs="?", default="models/model.pt", metavar="MODEL",
+                   help="model file written by train (default: %(default)s)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on; anything but loopback is reachable from other "
+                        "machines, over plain HTTP (default: %(default)s)")
+    p.add_argument("--port", type=_port, default=8000, help="port (0: any free; default: %(default)s)")
+    p.add_argument("--token", help="require 'Authorization: Bearer TOKEN' on every request "
+                                   "(better: the FOLDERFIT_SERVE_TOKEN variable, hidden from ps)")
+    p.add_argument("--top-k", type=_positive, default=3,
+                   help="classes answered per image unless the request asks ?top_k= (default: %(default)s)")
+    p.add_argument("--max-body-mb", type=_positive, default=64,
+                   help="largest request body in MiB, larger get 413 (default: %(default)s)")
+    p.add_argument("--max-images", type=_positive, default=32,
+                   help="images per request at most (one batch; default: %(default)s)")
+    p.add_argument("--max-queue", type=_positive, default=8,
+                   help="requests waiting for or in inference at most, more get 503 (default: %(default)s)")
+    p.add_argument("--max-pixels", type=_positive,
+                   help="pixels per image at most, more get 422 (default: Pillow's decompression "
+                        "bomb limit, about 89 million)")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                   help="as for predict (default: %(default)s)")
+    p.add_argument("--device", default="auto", help="as for predict (default: %(default)s)")
+
+
 def _port(text: str) -> int:
     value = int(text)
     if not 0 <= value <= 65535:
@@ -138,7 +165,7 @@ def _port(text: str) -> int:
 
 ARGUMENTS = {"predict": _predict_args, "export": _export_args, "describe": _describe_args,
              "repro-check": _repro_check_args, "ci-report": _ci_report_args, "review": _review_args,
-             "init": _init_args}
+             "serve": _serve_args, "init": _init_args}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -170,7 +197,7 @@ def stage_main(name: str, description: str, target: str | None = None, argv=None
     are refused; otherwise params.yaml is read and validated, then the stage's module (STAGES,
     imported only now) does the work with the params.
     `target` is ignored: stage scripts written by earlier releases of `folderfit init` pass the
-    module path of that release ("folderfit.training:run"), which the stage's name replaces.
+    module path of that release ("folderfit.pipeline.train:run"), which the stage's name replaces.
     A PipelineError becomes one `error: ...` line and exit code 2."""
     if name not in STAGES:
         raise SystemExit(f"error: unknown stage {name!r}; the stages are {', '.join(STAGES)}")

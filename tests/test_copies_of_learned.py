@@ -10,11 +10,11 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 import tiny_project as T
 from conftest import make_repo, run, run_stage
-from folderfit.artifacts import manifest as manifest_file
+
 from folderfit.artifacts import learned_from
+from folderfit.artifacts import manifest as manifest_file
 from folderfit.errors import PipelineError
 
 

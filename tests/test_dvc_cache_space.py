@@ -12,11 +12,11 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from conftest import write_image_folder, write_params
-from folderfit import fileio
+
 from folderfit.cli import stage_main
-from folderfit.fileio import dir_size
+from folderfit.support import fileio
+from folderfit.support.fileio import dir_size
 
 SIZE = r"[0-9.]+ (bytes|kB|MB|GB)"
 ROOM = 2 * fileio.CACHE_MARGIN  # the margin, the manifest of a few dozen files
@@ -40,7 +40,7 @@ def prepare(project: Path, capsys) -> tuple[int, list[str]]:
     code = 0
     with contextlib.chdir(project):
         try:
-            stage_main("prepare", "", "folderfit.prepare:run", argv=[])
+            stage_main("prepare", "", "folderfit.pipeline.prepare:run", argv=[])
         except SystemExit as exc:
             code = exc.code
     return code, capsys.readouterr().err.splitlines()

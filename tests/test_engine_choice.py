@@ -198,7 +198,6 @@ def test_a_real_trial_times_every_candidate_and_exports_once(tmp_path, monkeypat
 
 
 def _preprocess():
-    from folderfit.artifacts import model_file
     from folderfit.backbone import architecture
 
     return architecture.build_model("mobilenet_v3_small", 2, "none", 0).preprocess.with_image_size(16)

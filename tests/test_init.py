@@ -150,7 +150,7 @@ LEGACY_STAGES = Path(__file__).parent / "legacy_stages"
 @pytest.mark.parametrize("script", sorted(p.name for p in LEGACY_STAGES.glob("*.py")))
 def test_stage_scripts_of_the_previous_release_reach_the_moved_stage(script, monkeypatch):
     """A project made by an earlier `folderfit init` passes the old module path
-    ("folderfit.training:run"); the stage's name must still find its module."""
+    ("folderfit.pipeline.train:run"); the stage's name must still find its module."""
     from folderfit import cli
 
     code = (LEGACY_STAGES / script).read_text()

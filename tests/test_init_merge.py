@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO, run
-from folderfit import project, scaffold
-from folderfit.errors import OutputError, PipelineError
 from test_init import git_repo, init, install
+
+from folderfit import project
+from folderfit.commands import init as init_command
+from folderfit.errors import OutputError, PipelineError
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +110,7 @@ def test_a_failure_while_writing_undoes_every_write(tmp_path, monkeypatch):
     (dest / ".gitignore").write_text("/secrets\n")
     before = listing(dest)
     calls = []
-    real = scaffold.write_bytes
+    real = init_command.write_bytes
 
     def fails_at_the_sixth(path, data):
         calls.append(path)
@@ -117,9 +118,9 @@ def test_a_failure_while_writing_undoes_every_write(tmp_path, monkeypatch):
             raise OutputError(f"{path}: no space left on the device")
         real(path, data)
 
-    monkeypatch.setattr(scaffold, "write_bytes", fails_at_the_sixth)
+    monkeypatch.setattr(init_command, "write_bytes", fails_at_the_sixth)
     with pytest.raises(PipelineError, match="no space left.*folderfit init undid what it had written"):
-        scaffold.init(dest)
+        init_command.init(dest)
     assert len(calls) == 6
     assert listing(dest) == before  # the .dvc/ of its dvc init included
 
@@ -148,7 +149,7 @@ def test_subfolder_project_gets_its_workflow_at_the_git_root(tmp_path, env):
 def test_subfolder_workflow_follows_the_shipped_template(tmp_path):
     """subfolder_workflow edits the shipped workflow's text: each edit must still apply."""
     text = project.templates()[project.WORKFLOW].decode()
-    out = scaffold.subfolder_workflow(text, "a b/c")
+    out = init_command.subfolder_workflow(text, "a b/c")
     spec = yaml.safe_load(out)
     assert spec["jobs"]["reproduce"]["defaults"]["run"]["working-directory"] == "a b/c"
     assert spec["name"] == "pipeline (a b/c)"

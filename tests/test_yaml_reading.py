@@ -10,8 +10,8 @@ import re
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, make_repo, run
+
 from folderfit.cli import stage_main
 from folderfit.params import load_params, read_yaml
 
@@ -37,7 +37,7 @@ def preflight(workdir: Path, capsys) -> tuple[int, list[str]]:
     code = 0
     with contextlib.chdir(workdir):
         try:
-            stage_main("preflight", "", "folderfit.preflight:run", argv=[])
+            stage_main("preflight", "", "folderfit.pipeline.preflight:run", argv=[])
         except SystemExit as exc:
             code = exc.code
     return code, capsys.readouterr().err.splitlines()

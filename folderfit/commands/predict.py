@@ -1,7 +1,7 @@
 """Classify new images with a trained model file: `folderfit predict PATH...`.
 
 Only the model file is needed (architecture, classes and preprocessing are stored in it; no
-params.yaml). Each image goes through exactly what `evaluate` does (folderfit.imageio, the one
+params.yaml). Each image goes through exactly what `evaluate` does (folderfit.images.decode, the one
 path): decoded to RGB with its EXIF orientation applied, shrunk as prepare stores it, the model
 file's eval geometry (resize of the shorter side + centre crop), normalised on the compute
 device, then the model. Images over the size limits (imageio: aspect ratio, pixel count) are
@@ -12,7 +12,7 @@ link loops end); hidden files and folders (names starting with '.') and non-imag
 are skipped. A file that cannot be read or decoded (a broken link, a truncated JPEG) is
 reported on stderr and left out; the exit code is then 1 (the predictions of all other files
 are still written). Any file name works: the path column holds its printable UTF-8 form
-(folderfit.data.printable), so the CSV and JSON lines stay valid UTF-8.
+(folderfit.images.image_folder.printable), so the CSV and JSON lines stay valid UTF-8.
 
 An existing --output file is refused unless --force (it could be data/corrections.csv); it is
 written atomically. Probabilities that are not finite (a model file with NaN weights) are a

@@ -67,9 +67,10 @@ class Classifier:
     folderfit.load). Each image gets exactly predict's and evaluate's preprocessing.
     `device` and `precision` as in params.yaml (folderfit.compute.runtime)."""
 
-    def __init__(self, loaded, precision: str = "auto", device: str = "auto"):
+    def __init__(self, loaded, precision: str = "auto", device: str = "auto",
+                 setting: Setting = Setting("api")):
         self.loaded = loaded
-        self.rt = pick_runtime(precision, device, Setting("api"))
+        self.rt = pick_runtime(precision, device, setting)
         self.model = prepare_model(loaded.model, self.rt).eval()
         self.normalizer = datasets.Normalizer(loaded.preprocess.mean, loaded.preprocess.std).to(self.rt.device)
 
@@ -87,6 +88,11 @@ class Classifier:
             batch = torch.stack([decode.network_image(img, self.loaded.preprocess) for img in images])
         except decode.BadImage as exc:
             raise PipelineError(f"image refused: {exc}") from None
+        return self.batch_probabilities(batch)
+
+    def batch_probabilities(self, batch: torch.Tensor) -> torch.Tensor:
+        """probabilities() of a uint8 NCHW batch of network_image tensors (folderfit serve
+        makes them itself, to name the upload an image error comes from)."""
         logits, _ = infer(self.model, [(batch, None)], self.normalizer, self.rt, show_progress=False)
         probs = torch.softmax(logits, 1)
         if not bool(torch.isfinite(probs).all()):

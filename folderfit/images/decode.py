@@ -24,6 +24,7 @@ metrics/data.json; predict: reported on stderr per file).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -42,6 +43,7 @@ MAX_ASPECT = 20.0  # longer side / shorter side
 # 16-bit and 32-bit grey images: the bit depths a sample range is read as (see to_rgb)
 DEPTHS = (8, 10, 12, 14, 16)
 STORED_FORMAT = ".bmp"  # lossless: the stored copy is exactly what predict computes
+NOT_AN_IMAGE = "not an image file (unrecognised content)"
 
 
 class BadImage(Exception):
@@ -100,24 +102,31 @@ def decode_upright(path: str | Path, target: int | None) -> tuple[Image.Image, t
     except OSError as exc:
         raise BadImage(f"cannot read ({exc.strerror or exc})") from None
     with handle:
-        try:
-            if os.fstat(handle.fileno()).st_size == 0:
-                raise BadImage("empty file (0 bytes)")
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                with Image.open(handle) as img:
-                    return from_image(img, target)
-        except BadImage:
-            raise
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise BadImage(f"too many pixels, refused as a possible decompression bomb "
-                           f"({str(exc).split(' could be')[0]}; the limit is "
-                           f"{Image.MAX_IMAGE_PIXELS} pixels)") from None
-        except UnidentifiedImageError:
-            raise BadImage("not an image file (unrecognised content)") from None
-        except (OSError, SyntaxError, ValueError, EOFError) as exc:
-            first = (str(exc).splitlines() or [type(exc).__name__])[0]
-            raise BadImage(f"cannot decode ({first[:100]})") from None
+        if os.fstat(handle.fileno()).st_size == 0:
+            raise BadImage("empty file (0 bytes)")
+        with decode_errors(), Image.open(handle) as img:
+            return from_image(img, target)
+
+
+@contextlib.contextmanager
+def decode_errors():
+    """PIL's failures to open or decode an image, inside this block, become BadImage(reason):
+    one wording for files (decode_upright) and uploads (folderfit.commands.serve)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            yield
+    except BadImage:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise BadImage(f"too many pixels, refused as a possible decompression bomb "
+                       f"({str(exc).split(' could be')[0]}; the limit is "
+                       f"{Image.MAX_IMAGE_PIXELS} pixels)") from None
+    except UnidentifiedImageError:
+        raise BadImage(NOT_AN_IMAGE) from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise BadImage(f"cannot decode ({first[:100]})") from None
 
 
 def from_image(img: Image.Image, target: int | None) -> tuple[Image.Image, tuple[int, int]]:

@@ -23,8 +23,7 @@ from pathlib import Path
 import folderfit
 from folderfit.errors import PipelineError
 from folderfit.images import image_folder
-from folderfit.paths import DEMO_DIR
-from folderfit.paths import PREFLIGHT_OK
+from folderfit.paths import DEMO_DIR, PREFLIGHT_OK
 from folderfit.support.fileio import write_text
 from folderfit.support.provenance import LIBRARY, library_files
 

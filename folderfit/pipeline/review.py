@@ -7,7 +7,7 @@ each other, which do not belong. `folderfit review` prints the lists (folderfit.
    decides, as in train (digits: clean only); all through the shared feature cache (keyed by
    weights, preprocessing, view and image content), so `train` (feature_extract) and
    `review` never compute a vector twice.
-2. Out-of-sample probabilities: K-fold cross-fitting of the head (folderfit.crossfit), no
+2. Out-of-sample probabilities: K-fold cross-fitting of the head (folderfit.frozen.crossfit), no
    image scored by a head that saw its label or a copy of it. K is review.folds, lowered to
    the smallest class's image count (>= 2) with a note in review.json; a class with a single
    image cannot be cross-fitted: its images are listed as `not_reviewable`, not scored.
@@ -41,7 +41,7 @@ Every `path` is relative to data.source, exactly as the file sits there.
 
 `folderfit review --template` never suggests a relabel for a test image (following the model's
 guess there would raise the test score by construction): test images are listed as comments
-for a human look only (folderfit.corrections: test fixes are applied but reported apart).
+for a human look only (folderfit.artifacts.corrections: test fixes are applied but reported apart).
 """
 
 from __future__ import annotations
