@@ -132,7 +132,7 @@ def _init_args(p: argparse.ArgumentParser) -> None:
 
 
 def _serve_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", nargs="?", default="models/model.pt", metavar="MODEL",
+    p.add_argument("model", nargs="?", default=str(MODEL_FILE), metavar="MODEL",
                    help="model file written by train (default: %(default)s)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on; anything but loopback is reachable from other "

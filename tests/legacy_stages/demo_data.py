@@ -4,4 +4,4 @@ network) as an ImageFolder of PNGs in data/demo/<digit>/, `demo.per_class` per d
 from folderfit.cli import stage_main
 
 if __name__ == "__main__":
-    stage_main("demo_data", __doc__, "folderfit.pipeline.demo_data:run")
+    stage_main("demo_data", __doc__, "folderfit.demo:run")

@@ -5,4 +5,4 @@ metrics/eval.json (headline numbers), metrics/classification_report.txt and metr
 from folderfit.cli import stage_main
 
 if __name__ == "__main__":
-    stage_main("evaluate", __doc__, "folderfit.pipeline.evaluate:run")
+    stage_main("evaluate", __doc__, "folderfit.evaluation:run")

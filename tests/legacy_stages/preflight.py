@@ -6,4 +6,4 @@ other stage depends on (an upgrade reruns them, a valid params edit does not).""
 from folderfit.cli import stage_main
 
 if __name__ == "__main__":
-    stage_main("preflight", __doc__, "folderfit.pipeline.preflight:run")
+    stage_main("preflight", __doc__, "folderfit.preflight:run")

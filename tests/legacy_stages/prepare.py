@@ -5,4 +5,4 @@ manifest, and report counts, skipped files and duplicates in metrics/data.json."
 from folderfit.cli import stage_main
 
 if __name__ == "__main__":
-    stage_main("prepare", __doc__, "folderfit.pipeline.prepare:run")
+    stage_main("prepare", __doc__, "folderfit.prepare:run")

@@ -6,4 +6,4 @@ to metrics/review/ and their counts and estimated label-noise rates to metrics/r
 from folderfit.cli import stage_main
 
 if __name__ == "__main__":
-    stage_main("review", __doc__, "folderfit.pipeline.review:run")
+    stage_main("review", __doc__, "folderfit.review:run")

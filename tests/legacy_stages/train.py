@@ -6,4 +6,4 @@ Several GPUs: torchrun --nproc_per_node=N -m stages.train"""
 from folderfit.cli import stage_main
 
 if __name__ == "__main__":
-    stage_main("train", __doc__, "folderfit.pipeline.train:run")
+    stage_main("train", __doc__, "folderfit.training:run")
