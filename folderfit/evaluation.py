@@ -43,16 +43,15 @@ from folderfit.errors import PipelineError
 from folderfit.fileio import staged_dir, write_json, write_text
 from folderfit.models import FlipTTA, load_model_file
 from folderfit.params import Params
-from folderfit.runtime import cpu_supports_bf16, pick_runtime, prepare_model, seed_everything
+from folderfit.runtime import cpu_supports_bf16, pick_runtime, prepare_model, scoring_runtime, seed_everything
 
 from folderfit.paths import EVAL_DIR, EVAL_JSON, MODEL_FILE, PREPARED, REPORT_TXT
 HEADLINE = ("split", "estimate", "n_images", "accuracy", "accuracy_ci95_low", "accuracy_ci95_high", "macro_f1",
             "balanced_accuracy", "roc_auc_ovr_macro", "ece")
 
-# A feature_extract model is scored from its backbone's cached features (score_checked); this
-# many of the scored images also go through the whole model file, which must agree within the
-# tolerance for the features' precision (ONNX Runtime and torch in fp32: ~1e-6 here; bf16
-# rounds more).
+# A feature_extract model whose features are fp32 is scored from its backbone's cached features
+# (score_checked); this many of the scored images also go through the whole model file, which
+# must agree within the tolerance (ONNX Runtime and torch in fp32: ~1e-6 here).
 FEATURE_CHECK_IMAGES = 8
 FEATURE_CHECK_TOLERANCE = {"fp32": 1e-4, "bf16": 2e-2, "fp16": 2e-2}
 
@@ -128,8 +127,10 @@ def feature_route(loaded, params: Params):
             precision not in ("fp32", "bf16", "fp16"):
         return None
     device = pick_runtime("fp32", params.device).device
-    if precision != "fp32" and device.type == "cpu" and not (precision == "bf16" and cpu_supports_bf16()):
-        return None  # trained where bf16 is native: emulated here it would be the slow route
+    if precision != "fp32":
+        # under autocast the whole model runs its head in bf16 too (predict does): features +
+        # an fp32 head differ from that by ~1e-3, more than predict may differ from evaluate
+        return None
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     rt = Runtime(device, dtype)
     inner = loaded.model.model if isinstance(loaded.model, FlipTTA) else loaded.model
@@ -244,8 +245,10 @@ def write_eval_dir(out: Path, probs, y, classes: list, samples, summary: dict) -
 def run(params: Params) -> None:
     started = time.perf_counter()
     seed_everything(params.seed)
-    rt = pick_runtime(params.precision, params.device)
     loaded = load_model_file(MODEL_FILE)
+    # the numerics the model's scores were computed with in train (recorded in the file), as
+    # predict and folderfit.load use them by default
+    rt = scoring_runtime(params.precision, params.device, loaded.numerics)
     classes, splits = D.read_manifest(PREPARED)
     if classes != loaded.class_names:
         raise PipelineError(f"{MODEL_FILE}: trained on classes {loaded.class_names}, the prepared "

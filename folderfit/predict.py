@@ -41,7 +41,7 @@ from folderfit.inference import infer, make_loader
 from folderfit.errors import PipelineError
 from folderfit.fileio import write_text
 from folderfit.models import load_model_file
-from folderfit.runtime import Setting, pick_runtime, prepare_model
+from folderfit.runtime import Setting, prepare_model, scoring_runtime
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 
@@ -112,8 +112,8 @@ def predict_files(loaded, files: list[Path], batch_size: int, precision: str = "
                   progress: bool | None = None, device: str = "auto", setting: Setting = Setting("api")):
     """(probabilities [n_ok, classes] float32, indices of `files` they belong to,
     [(index, reason)] of files that could not be read). The inference loop is evaluate's
-    (folderfit.engine.infer)."""
-    rt = pick_runtime(precision, device, setting)
+    (folderfit.engine.infer); precision auto = the numerics the model file's scores used."""
+    rt = scoring_runtime(precision, device, loaded.numerics, setting)
     model = prepare_model(loaded.model, rt)
     normalizer = DS.Normalizer(loaded.preprocess.mean, loaded.preprocess.std).to(rt.device)
     loader = make_loader(ImageFiles(files, loaded.preprocess), batch_size, rt, collate_fn=collate)
@@ -128,11 +128,12 @@ def predict_files(loaded, files: list[Path], batch_size: int, precision: str = "
 class Classifier:
     """A trained model file, ready to classify PIL images in memory (the Python API:
     folderfit.load). Each image gets exactly predict's and evaluate's preprocessing.
-    `device` and `precision` as in params.yaml (folderfit.runtime)."""
+    `device` and `precision` as in params.yaml (folderfit.runtime); precision auto = the
+    numerics the model file's scores were computed with (runtime.scoring_runtime)."""
 
     def __init__(self, loaded, precision: str = "auto", device: str = "auto"):
         self.loaded = loaded
-        self.rt = pick_runtime(precision, device, Setting("api"))
+        self.rt = scoring_runtime(precision, device, loaded.numerics, Setting("api"))
         self.model = prepare_model(loaded.model, self.rt).eval()
         self.normalizer = DS.Normalizer(loaded.preprocess.mean, loaded.preprocess.std).to(self.rt.device)
 

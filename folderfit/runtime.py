@@ -220,6 +220,39 @@ def pick_runtime(precision: str = "auto", device: str = "auto",
     return Runtime(dev, resolve_precision(precision, dev, setting))
 
 
+def engine_precision(engine: str | None) -> str | None:
+    """'fp32' of 'onnxruntime-fp32', 'bf16' of 'torch-bf16'; None for anything else."""
+    precision = str(engine or "").rpartition("-")[2]
+    return precision if precision in _DTYPES else None
+
+
+def scoring_runtime(precision: str, device: str, recorded: str | None,
+                    setting: Setting = Setting()) -> Runtime:
+    """The Runtime that scores images with a model file (evaluate, predict, folderfit.load).
+    `precision: auto` means the numerics the model file's scores were computed with
+    (`recorded`, e.g. 'onnxruntime-fp32', 'torch-bf16': folderfit.models.LoadedModel.numerics):
+    bf16 against fp32 moved one real photo's confidence by 0.28, so predict must not pick
+    another precision than evaluate did. ONNX Runtime fp32 runs as torch fp32 here (they agree
+    to ~1e-6 in probability). A recorded precision this device has no native kernels for
+    (bf16 from a machine with AVX-512 BF16, on one without) falls back to fp32, with a note.
+    An explicit precision, or a file recording none, resolves as pick_runtime does."""
+    wanted = engine_precision(recorded)
+    if precision != "auto" or wanted is None:
+        return pick_runtime(precision, device, setting)
+    import sys
+
+    from folderfit.errors import PipelineError
+
+    dev = resolve_device(device, setting)
+    try:
+        return Runtime(dev, resolve_precision(wanted, dev, setting))
+    except PipelineError:  # not native on this device
+        print(f"note: the model's scores were computed in {wanted}, which this {dev.type} has no "
+              f"native kernels for; scoring in fp32 here (probabilities can differ from "
+              f"evaluate's by up to ~0.3)", file=sys.stderr)
+        return Runtime(dev, None)
+
+
 def prepare_model(model: torch.nn.Module, rt: Runtime) -> torch.nn.Module:
     model = model.to(rt.device)
     if rt.channels_last:
