@@ -139,6 +139,15 @@ def test_predict_and_load_default_to_evaluates_numerics(case, tmp_path, monkeypa
     got = cli_predict(project, sorted(expected))
     assert largest_difference(got, expected) <= 1e-4
     assert all(got[k][0] == expected[k][0] for k in got)
+    if numerics.startswith("onnxruntime"):  # a folder this large runs on ONNX Runtime itself
+        from folderfit import cpu_engine as CE
+        from folderfit import predict as PD
+
+        exported, export = [], CE.export_backbone
+        monkeypatch.setattr(PD, "ORT_MIN_IMAGES", 1)
+        monkeypatch.setattr(CE, "export_backbone", lambda *a: exported.append(export(*a)) or exported[-1])
+        assert largest_difference(cli_predict(project, sorted(expected)), expected) <= 1e-4
+        assert len(exported) == 1
     # folderfit.load with its defaults: the same numbers
     classifier = folderfit.load(project / "models/model.pt")
     names = sorted(expected)
@@ -218,3 +227,25 @@ def test_epoch_zero_reproduces_the_solved_head(bf16, overrides, tmp_path, monkey
     assert start["val_loss"] == pytest.approx(head.val_loss, abs=1e-4)
     details = json.loads((project / "metrics/train/details.json").read_text())
     assert details["numerics"] == "torch-fp32"  # validated as the head's features were computed
+
+
+@pytest.mark.parametrize("numerics", ["onnxruntime-fp32", "torch-bf16"])
+def test_export_names_the_scores_numerics(numerics, tmp_path, capsys):
+    """The exports compute fp32: preprocess.json names the model's numerics, and a model
+    scored in bf16 gets the size of the difference in parity.json and a note."""
+    import tiny_project as T
+    from folderfit import export as X
+
+    images = photo_folder(tmp_path / "images", per_class=2, seed=11)
+    model_file = tmp_path / "model.pt"
+    T.save_tiny_model(model_file, "tf_efficientnet_lite0", 40, "default", classes=CLASSES,
+                      extra={"strategy": "feature_extract", "numerics": numerics})
+    report = X.export(model_file, tmp_path / "export", ["torch_export"], [str(images)], 6, 5e-3)
+    contract = json.loads((tmp_path / "export/preprocess.json").read_text())
+    assert contract["scores_numerics"] == numerics
+    err = capsys.readouterr().err
+    if numerics.endswith("bf16"):
+        assert 0 < report["eager_bf16_vs_fp32_abs_diff_probs"] < 0.5
+        assert "scored in bf16" in err and "--precision fp32" in err
+    else:
+        assert not any(k.startswith("eager_bf16") for k in report) and "scored in" not in err
