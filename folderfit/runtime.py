@@ -16,6 +16,8 @@ native). Inference of a frozen network on a CPU (features for review and feature
 scoring) runs on the engine folderfit.cpu_engine.choose_engine measures for `precision: auto`
 (ONNX Runtime fp32, torch fp32 or torch bf16, whichever is fastest here: bf16 is native but
 not the fastest on every such CPU); its EngineChoice carries the Runtime to run it under.
+Scoring with a trained model file (evaluate, predict, folderfit.load) resolves `auto` to the
+numerics recorded in the file instead (scoring_runtime): what its scores were computed with.
 
 Refused = a one-line error naming the setting and the fix, instead of running something
 that is much slower (emulated bf16: ~15x slower than fp32 on such a CPU) or pointless (fp16
