@@ -18,7 +18,8 @@ __version__ = "0.2.0"
 def load(path=MODEL_FILE, precision: str = "auto", device: str = "auto"):
     """The model file written by the train stage, ready to classify PIL images
     (a folderfit.compute.classifier.Classifier). device: auto | cpu | cuda | cuda:N | mps;
-    precision: auto | fp32 | bf16 | fp16 (as in params.yaml)."""
+    precision: auto (the precision evaluate scored the model in, recorded in the file) |
+    fp32 | bf16 | fp16."""
     from folderfit.compute.classifier import Classifier
 
     return Classifier.from_file(path, precision=precision, device=device)

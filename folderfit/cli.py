@@ -80,7 +80,8 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="replace an existing --output file")
     p.add_argument("--batch-size", type=_positive, default=64, help="images per batch (default: %(default)s)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
-                   help="auto: bf16 where native, fp16 on older CUDA GPUs, else fp32 (default: %(default)s)")
+                   help="auto: the precision the model file's scores (evaluate's) were computed in; "
+                        "fp32 where that one is not native here (default: %(default)s)")
     p.add_argument("--device", default="auto",
                    help="auto (the CUDA GPU if any, else CPU) | cpu | cuda | cuda:N | mps (default: %(default)s)")
 

@@ -58,6 +58,20 @@ class LoadedModel:
     def tta(self) -> str:
         return self.info.get("tta", "none")
 
+    @property
+    def numerics(self) -> str | None:
+        """The engine and precision the file's scores were computed with ('onnxruntime-fp32',
+        'torch-bf16', ...): train's `extra.numerics`; for files written before it, a
+        feature_extract file's feature engine or the run's precision; None if unknown.
+        evaluate, predict and folderfit.load score with it by default (runtime.scoring_runtime)."""
+        extra = self.info.get("extra") if isinstance(self.info.get("extra"), dict) else {}
+        for value in (extra.get("numerics"),
+                      extra.get("feature_engine") if extra.get("strategy") == "feature_extract" else None,
+                      f"torch-{extra['precision']}" if isinstance(extra.get("precision"), str) else None):
+            if isinstance(value, str) and value.rpartition("-")[2] in ("fp32", "bf16", "fp16"):
+                return value
+        return None
+
 
 # The model file's schema: key -> type. Checked on every load, so a file of another version,
 # a damaged one or one edited by hand is one line naming what is wrong, never a traceback.

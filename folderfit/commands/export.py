@@ -19,6 +19,10 @@ image), exactly as evaluate and predict apply it; preprocess.json says so
 a predicted class changes where the eager top-2 margin was clear of that bound. fp32 rounding
 alone moves logits by ~1e-4..1e-3 (reported as `eager_fp32_vs_fp64`), hence the default 5e-3.
 Parity images: --images (files or folders), else data/prepared (test, then val, then train).
+The exports compute fp32, the numerics of evaluate and predict for a model whose features were
+computed in fp32 (ONNX Runtime or torch: the engine trial's usual pick); preprocess.json names
+the model file's (`scores_numerics`), and for a model scored in bf16 parity.json also gives
+how far its bf16 probabilities are from the exports' (`eager_bf16_vs_fp32_abs_diff_probs`).
 
 Atomic as a whole: the files are built in a temp folder beside --out-dir (made first, so an
 unwritable place fails before the model is traced) that replaces --out-dir in one swap once
@@ -48,6 +52,7 @@ import torch
 from folderfit.artifacts import manifest
 from folderfit.artifacts.model_file import load_model_file
 from folderfit.compute import classifier
+from folderfit.compute.runtime import engine_precision
 from folderfit.errors import PipelineError
 from folderfit.images import collect, datasets, decode
 from folderfit.paths import PREPARED
@@ -164,6 +169,8 @@ def contract(loaded, model_file: Path, formats: list[str]) -> dict:
         "output": {"name": "logits", "dtype": "float32", "shape": ["batch", len(loaded.class_names)],
                    "meaning": "unnormalised class scores in class_names order; softmax gives probabilities"},
         "test_time_augmentation": loaded.tta,
+        # evaluate's and predict's default numerics (the model file's record); the exports are fp32
+        "scores_numerics": loaded.numerics,
         "reference_implementation": "folderfit.images.decode.network_image (bit-exact with predict and evaluate)",
         "max_aspect_ratio": decode.MAX_ASPECT,
         "steps": [
@@ -291,6 +298,15 @@ def _export_into(tmp: Path, model_file: Path, out_dir: Path, formats: list[str],
               "eager_fp32_vs_fp64_abs_diff_logits": fp64_noise, "formats": {}}
     print(f"export: {len(files)} parity images, allowed |logit diff| {bound:.3g}; "
           f"eager fp32 vs fp64 (rounding alone): {fp64_noise:.3g}")
+    precision = engine_precision(loaded.numerics)
+    if precision in ("bf16", "fp16"):  # what serving the fp32 exports moves against evaluate's scores
+        with torch.no_grad(), torch.autocast("cpu", dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[precision]):
+            scored = copy.deepcopy(model)(batch).float()
+        gap = float((scored.softmax(1) - eager.softmax(1)).abs().max())
+        report[f"eager_{precision}_vs_fp32_abs_diff_probs"] = gap
+        print(f"note: export: this model was scored in {precision} (evaluate; predict by default); the "
+              f"exports compute fp32: probabilities differ by up to {gap:.3g} on the parity images "
+              f"(predict --precision fp32 gives the exports' numbers)", file=sys.stderr)
     failures = []
     program = export_program(model, example)
     for fmt in formats:

@@ -5,13 +5,15 @@ network input (folderfit.images.decode), so these compute what `evaluate` scores
 
 from __future__ import annotations
 
+import sys
+
 from pathlib import Path
 
 import torch
 
 from folderfit.artifacts.model_file import load_model_file
 from folderfit.compute.inference import infer, make_loader
-from folderfit.compute.runtime import Setting, pick_runtime, prepare_model
+from folderfit.compute.runtime import Setting, prepare_model, scoring_runtime
 from folderfit.errors import PipelineError
 from folderfit.images import datasets, decode
 
@@ -45,13 +47,35 @@ def collate(items):
 
 
 # ------------------------------------------------------------------ prediction
+# From this many images on, a model whose scores were computed by ONNX Runtime fp32 is run by
+# it (when installed): below, its export costs more than it saves against torch fp32.
+ORT_MIN_IMAGES = 64
+
+
+def onnxruntime_model(model, loaded, rt):
+    """`model` (fp32, CPU) as an ONNX Runtime session where the file records that engine, else
+    `model` itself: torch fp32 computes the same numbers (to ~1e-6 in probability), slower.
+    The exported graph passes cpu_engine's parity check against torch first."""
+    from folderfit.compute import cpu_engine
+
+    if not str(loaded.numerics).startswith("onnxruntime") or not cpu_engine.applies(rt):
+        return model
+    try:
+        return cpu_engine.export_backbone(model.eval(), loaded.preprocess.image_size, None)
+    except cpu_engine.EngineUnavailable as exc:
+        print(f"note: predict runs torch fp32, not ONNX Runtime ({exc}): the same numbers", file=sys.stderr)
+        return model
+
+
 def predict_files(loaded, files: list[Path], batch_size: int, precision: str = "auto",
                   progress: bool | None = None, device: str = "auto", setting: Setting = Setting("api")):
     """(probabilities [n_ok, classes] float32, indices of `files` they belong to,
     [(index, reason)] of files that could not be read). The inference loop is evaluate's
     (folderfit.tuning.epoch_loop.infer)."""
-    rt = pick_runtime(precision, device, setting)
+    rt = scoring_runtime(precision, device, loaded.numerics, setting)
     model = prepare_model(loaded.model, rt)
+    if precision == "auto" and len(files) >= ORT_MIN_IMAGES:
+        model = onnxruntime_model(model, loaded, rt)
     normalizer = datasets.Normalizer(loaded.preprocess.mean, loaded.preprocess.std).to(rt.device)
     loader = make_loader(ImageFiles(files, loaded.preprocess), batch_size, rt, collate_fn=collate)
     logits, metas = infer(model, loader, normalizer, rt, desc="predict", show_progress=progress)
@@ -70,7 +94,7 @@ class Classifier:
     def __init__(self, loaded, precision: str = "auto", device: str = "auto",
                  setting: Setting = Setting("api")):
         self.loaded = loaded
-        self.rt = pick_runtime(precision, device, setting)
+        self.rt = scoring_runtime(precision, device, loaded.numerics, setting)
         self.model = prepare_model(loaded.model, self.rt).eval()
         self.normalizer = datasets.Normalizer(loaded.preprocess.mean, loaded.preprocess.std).to(self.rt.device)
 

@@ -16,6 +16,8 @@ native). Inference of a frozen network on a CPU (features for review and feature
 scoring) runs on the engine folderfit.compute.cpu_engine.choose_engine measures for `precision: auto`
 (ONNX Runtime fp32, torch fp32 or torch bf16, whichever is fastest here: bf16 is native but
 not the fastest on every such CPU); its EngineChoice carries the Runtime to run it under.
+Scoring with a trained model file (evaluate, predict, folderfit.load) resolves `auto` to the
+numerics recorded in the file instead (scoring_runtime): what its scores were computed with.
 
 Refused = a one-line error naming the setting and the fix, instead of running something
 that is much slower (emulated bf16: ~15x slower than fp32 on such a CPU) or pointless (fp16
@@ -218,6 +220,39 @@ def pick_runtime(precision: str = "auto", device: str = "auto",
     """The Runtime for these `precision` and `device` settings (see the module docstring)."""
     dev = resolve_device(device, setting)
     return Runtime(dev, resolve_precision(precision, dev, setting))
+
+
+def engine_precision(engine: str | None) -> str | None:
+    """'fp32' of 'onnxruntime-fp32', 'bf16' of 'torch-bf16'; None for anything else."""
+    precision = str(engine or "").rpartition("-")[2]
+    return precision if precision in _DTYPES else None
+
+
+def scoring_runtime(precision: str, device: str, recorded: str | None,
+                    setting: Setting = Setting()) -> Runtime:
+    """The Runtime that scores images with a model file (evaluate, predict, folderfit.load).
+    `precision: auto` means the numerics the model file's scores were computed with
+    (`recorded`, e.g. 'onnxruntime-fp32', 'torch-bf16': folderfit.artifacts.model_file.LoadedModel.numerics):
+    bf16 against fp32 moved one real photo's confidence by 0.28, so predict must not pick
+    another precision than evaluate did. ONNX Runtime fp32 runs as torch fp32 here (they agree
+    to ~1e-6 in probability). A recorded precision this device has no native kernels for
+    (bf16 from a machine with AVX-512 BF16, on one without) falls back to fp32, with a note.
+    An explicit precision, or a file recording none, resolves as pick_runtime does."""
+    wanted = engine_precision(recorded)
+    if precision != "auto" or wanted is None:
+        return pick_runtime(precision, device, setting)
+    import sys
+
+    from folderfit.errors import PipelineError
+
+    dev = resolve_device(device, setting)
+    try:
+        return Runtime(dev, resolve_precision(wanted, dev, setting))
+    except PipelineError:  # not native on this device
+        print(f"note: the model's scores were computed in {wanted}, which this {dev.type} has no "
+              f"native kernels for; scoring in fp32 here (probabilities can differ from "
+              f"evaluate's by up to ~0.3)", file=sys.stderr)
+        return Runtime(dev, None)
 
 
 def prepare_model(model: torch.nn.Module, rt: Runtime) -> torch.nn.Module:

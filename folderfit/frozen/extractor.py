@@ -17,12 +17,19 @@ def extraction_batch(params, rt) -> int:
     return min(batch, CPU_EXTRACTION_BATCH) if rt.device.type == "cpu" else batch
 
 
-def feature_extractor(backbone, pre, params, rt) -> tuple[feature_cache.FeatureExtractor, EngineChoice]:
-    """(extractor of `backbone`'s features, the engine choice behind it)."""
+def choose(backbone, pre, params, rt) -> EngineChoice:
+    """The engine that runs `backbone` for this run's settings (cpu_engine.choose_engine)."""
+    return choose_engine(backbone, rt, precision=params.precision, cpu_engine=params.cpu_engine,
+                         model_name=params.model_name, image_size=pre.image_size,
+                         batch_size=extraction_batch(params, rt))
+
+
+def feature_extractor(backbone, pre, params, rt,
+                      choice: EngineChoice | None = None) -> tuple[feature_cache.FeatureExtractor, EngineChoice]:
+    """(extractor of `backbone`'s features, the engine choice behind it: `choice` if made
+    already, e.g. to name it in train's first line)."""
     batch = extraction_batch(params, rt)
-    choice = choose_engine(backbone, rt, precision=params.precision, cpu_engine=params.cpu_engine,
-                           model_name=params.model_name, image_size=pre.image_size,
-                           batch_size=batch)
+    choice = choice or choose(backbone, pre, params, rt)
     return feature_cache.FeatureExtractor(backbone, pre, choice.rt, batch, engine=choice.cpu_engine), choice
 
 

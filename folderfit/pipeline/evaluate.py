@@ -39,14 +39,13 @@ import numpy as np
 import torch
 
 from folderfit.artifacts import corrections, learned_from, manifest
-from folderfit.artifacts import manifest as manifest_file
 from folderfit.artifacts.model_file import load_model_file
 from folderfit.backbone.views import FlipTTA
 from folderfit.compute.inference import infer_labelled, make_loader
 from folderfit.compute.runtime import (
-    cpu_supports_bf16,
     pick_runtime,
     prepare_model,
+    scoring_runtime,
     seed_everything,
 )
 from folderfit.errors import PipelineError
@@ -54,7 +53,6 @@ from folderfit.images import datasets
 from folderfit.params import Params
 from folderfit.paths import EVAL_DIR, EVAL_JSON, MODEL_FILE, PREPARED, REPORT_TXT
 from folderfit.results import metrics, reports
-from folderfit.results import metrics as score_metrics
 from folderfit.results.pages import results_page
 from folderfit.support.fileio import staged_dir, write_json, write_text
 
@@ -63,10 +61,9 @@ HEADLINE = ("split", "estimate", "n_images", "accuracy", "accuracy_ci95_low", "a
             "accuracy_with_copies", "macro_f1_with_copies", "n_images_with_copies",
             "test_dropped_by_corrections", "test_relabelled_by_corrections")
 
-# A feature_extract model is scored from its backbone's cached features (score_checked); this
-# many of the scored images also go through the whole model file, which must agree within the
-# tolerance for the features' precision (ONNX Runtime and torch in fp32: ~1e-6 here; bf16
-# rounds more).
+# A feature_extract model whose features are fp32 is scored from its backbone's cached features
+# (score_checked); this many of the scored images also go through the whole model file, which
+# must agree within the tolerance (ONNX Runtime and torch in fp32: ~1e-6 here).
 FEATURE_CHECK_IMAGES = 8
 FEATURE_CHECK_TOLERANCE = {"fp32": 1e-4, "bf16": 2e-2, "fp16": 2e-2}
 
@@ -106,7 +103,7 @@ def scored_images(splits: dict, loaded, params: Params, rt) -> tuple[str, list, 
     if seen:  # by construction this cannot happen: a broken invariant must not become a score
         raise PipelineError(f"{seen[0]}: scored by evaluate but the model learned from it "
                             f"({len(seen)} such images); rerun `dvc repro` from prepare")
-    fresh, copies = learned_from.split_copies(samples, learned, manifest_file.content_hashes(PREPARED))
+    fresh, copies = learned_from.split_copies(samples, learned, manifest.content_hashes(PREPARED))
     if not fresh:
         raise no_fresh_images(estimate, copies, learned)
     probs, labels, facts = score_checked(loaded, fresh + copies, params, rt)
@@ -121,7 +118,7 @@ def scored_images(splits: dict, loaded, params: Params, rt) -> tuple[str, list, 
 
 def no_fresh_images(estimate: str, copies: list, learned: set) -> PipelineError:
     """Every image left to score is a copy of a learned one: one line naming a pair and the fix."""
-    hashes = manifest_file.content_hashes(PREPARED)
+    hashes = manifest.content_hashes(PREPARED)
     sources = source_paths(PREPARED)
     first = copies[0][0].as_posix()
     twin = next((f for f in sorted(learned) if hashes.get(f) == hashes.get(first)), "?")
@@ -142,7 +139,7 @@ def copies_summary(copies, probs, labels, fresh_probs, fresh_labels, n_classes: 
         preds = np.concatenate([fresh_probs, probs]).argmax(1)
         out["n_images_with_copies"] = len(y)
         out["accuracy_with_copies"] = round(float((preds == y).mean()), 6)
-        out["macro_f1_with_copies"] = round(float(score_metrics.macro_f1_rows(y[None], preds[None], n_classes)[0]), 6)
+        out["macro_f1_with_copies"] = round(float(metrics.macro_f1_rows(y[None], preds[None], n_classes)[0]), 6)
     return out
 
 
@@ -177,8 +174,10 @@ def feature_route(loaded, params: Params):
             precision not in ("fp32", "bf16", "fp16"):
         return None
     device = pick_runtime("fp32", params.device).device
-    if precision != "fp32" and device.type == "cpu" and not (precision == "bf16" and cpu_supports_bf16()):
-        return None  # trained where bf16 is native: emulated here it would be the slow route
+    if precision != "fp32":
+        # under autocast the whole model runs its head in bf16 too (predict does): features +
+        # an fp32 head differ from that by ~1e-3, more than predict may differ from evaluate
+        return None
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     rt = Runtime(device, dtype)
     inner = loaded.model.model if isinstance(loaded.model, FlipTTA) else loaded.model
@@ -293,8 +292,10 @@ def write_eval_dir(out: Path, probs, y, classes: list, samples, summary: dict) -
 def run(params: Params) -> None:
     started = time.perf_counter()
     seed_everything(params.seed)
-    rt = pick_runtime(params.precision, params.device)
     loaded = load_model_file(MODEL_FILE)
+    # the numerics the model's scores were computed with in train (recorded in the file), as
+    # predict and folderfit.load use them by default
+    rt = scoring_runtime(params.precision, params.device, loaded.numerics)
     classes, splits = manifest.read_manifest(PREPARED)
     if classes != loaded.class_names:
         raise PipelineError(f"{MODEL_FILE}: trained on classes {loaded.class_names}, the prepared "
@@ -303,7 +304,7 @@ def run(params: Params) -> None:
     estimate = ESTIMATES[split].format(**facts)
     scoring = {k: facts[k] for k in ("scored_with", "checked_images", "check_max_difference") if k in facts}
     summary = {"split": split, "estimate": estimate, "n_images": len(y), "n_classes": len(classes),
-               **scoring, **score_metrics.summary(probs, y, params.seed, params.evaluate.bootstrap)}
+               **scoring, **metrics.summary(probs, y, params.seed, params.evaluate.bootstrap)}
     copies, copy_probs, copy_labels = facts.get("copies", ([], None, None))
     summary.update(copies_summary(copies, copy_probs, copy_labels, probs, y, len(classes)))
     if copies:

@@ -38,11 +38,9 @@ from pathlib import Path
 import numpy as np
 
 from folderfit.artifacts import corrections, manifest
-from folderfit.artifacts import corrections as corrections_file
 from folderfit.errors import PipelineError
 from folderfit.frozen import similarity
 from folderfit.images import decode, image_folder
-from folderfit.images import image_folder as image_folders
 from folderfit.paths import DATA_REPORT, PREPARED, THUMBNAILS_NAME
 from folderfit.support.fileio import check_dvc_cache_room, staged_dir, write_json
 from folderfit.support.progress import progress
@@ -373,9 +371,9 @@ def _run(params, source: Path, fixes) -> None:
         shutil.rmtree(tmp / STAGING)
         check_dvc_cache_room(tmp, PREPARED)  # DVC's copy of the images, before any swap
         report = build_report(rows, classes, extras, dups)
-        corrections_file.write_test_record(tmp, report)
+        corrections.write_test_record(tmp, report)
         write_json(DATA_REPORT, report)  # before the swap: a failure here leaves both as they were
-    sizes = ", ".join(f"{s} {report.get(f'n_{s}', 0)}" for s in image_folders.SPLITS)
+    sizes = ", ".join(f"{s} {report.get(f'n_{s}', 0)}" for s in image_folder.SPLITS)
     print(f"prepare: {len(rows)} images, {len(classes)} classes ({sizes}); "
           f"{report['n_skipped']} skipped, {dups['duplicate_files']} duplicate file(s)")
     if fixes:

@@ -24,8 +24,6 @@ from pathlib import Path
 import torch
 
 from folderfit.artifacts import learned_from, manifest, model_file
-from folderfit.artifacts import learned_from as learned_from_file
-from folderfit.artifacts import manifest as manifest_file
 from folderfit.backbone import architecture
 from folderfit.compute.runtime import (
     gpu_memory_guard,
@@ -90,13 +88,14 @@ def class_weights(params: Params, samples, n_classes: int) -> torch.Tensor | Non
 
 
 def solve_head(built: architecture.BuiltModel, pre, params: Params, splits, rt, weights, *, log=None,
-               refit: bool = False, cv_folds: int = 0,
-               calibrate: bool = False) -> tuple[probe.SolvedHead, probe.CrossValidation | None]:
+               refit: bool = False, cv_folds: int = 0, calibrate: bool = False,
+               choice=None) -> tuple[probe.SolvedHead, probe.CrossValidation | None]:
     """The head of the frozen backbone solved on its cached features (folderfit.frozen.probe) and
     put into the model; with `cv_folds`, also the cross-validation of that whole procedure
-    over train + val (the honest estimate when there is no test split)."""
+    over train + val (the honest estimate when there is no test split). `choice`: the
+    engine choice made already (engine_choice), else made here."""
     model, head = feature_cache.backbone_only(built.model, built.head_name)
-    extractor, engine_choice = feature_extractor.feature_extractor(model, pre, params, rt)
+    extractor, engine_choice = feature_extractor.feature_extractor(model, pre, params, rt, choice)
     files = {split: [path for path, _ in splits[split]] for split in ("train", "val")}
     labels = {split: torch.tensor([y for _, y in splits[split]]) for split in ("train", "val")}
 
@@ -149,6 +148,27 @@ def solve_head(built: architecture.BuiltModel, pre, params: Params, splits, rt, 
     return solved, cv
 
 
+def engine_choice(built: architecture.BuiltModel, pre, params: Params, rt):
+    """The engine (and precision) that will run the frozen backbone for the head's features
+    (feature_extractor.choose), chosen before anything is printed so that train's first line names
+    it; the model keeps its head."""
+    backbone, head = feature_cache.backbone_only(built.model, built.head_name)
+    try:
+        return feature_extractor.choose(backbone, pre, params, rt)
+    finally:
+        architecture.set_submodule(built.model, built.head_name, head)
+
+
+def numerics_text(rt, strategy: str, choice) -> str:
+    """What computes what, for train's first line: the features' engine for feature_extract;
+    the training precision and the scoring numerics (validation, evaluate) otherwise."""
+    device = rt.describe().split(",")[0]
+    if strategy == "feature_extract":
+        return f"{device}, features: {choice.engine if choice else 'torch-' + rt.precision}"
+    scores = f"torch-{choice.rt.precision}" if choice else f"torch-{rt.precision}"
+    return f"{rt.describe()} (training); validation and scores: {scores}"
+
+
 def run(params: Params) -> None:
     ctx = distributed.init_from_env(params.device)  # torchrun: one process per GPU; see folderfit/tuning/distributed.py
     try:
@@ -178,9 +198,9 @@ def _train(params: Params, ctx: distributed.DistContext, curves: Path | None) ->
     if "test" not in splits and strategy == "feature_extract":
         cv_folds = params.evaluate.cv_folds
     elif "test" not in splits:
-        hashes = manifest_file.content_hashes(PREPARED)  # copies of one picture stay in one half
+        hashes = manifest.content_hashes(PREPARED)  # copies of one picture stay in one half
         groups = [hashes.get(p.as_posix(), p.as_posix()) for p, _ in splits["val"]]
-        selection, holdout = learned_from_file.holdout_split(splits["val"], params.seed, groups)
+        selection, holdout = learned_from.holdout_split(splits["val"], params.seed, groups)
         if holdout:
             splits = {**splits, "val": selection}
             learned["val_selection"] = selection
@@ -196,9 +216,14 @@ def _train(params: Params, ctx: distributed.DistContext, curves: Path | None) ->
     frozen = freezing.apply_freezing(built.model, built.stages, n_frozen)
     built.model = model = prepare_model(built.model, rt)
     weights = class_weights(params, splits["train"], len(classes))
+    pretrained = built.weights.source != "none"
+    # the runs that solve a head on frozen features: its engine is chosen first
+    choice = (engine_choice(built, pre, params, rt) if strategy == "feature_extract" or
+              (pretrained and (params.warm_start_head or params.augment.hflip == "auto")) else None)
     print(f"train: {params.model_name} (weights: {built.weights.source}), {strategy}, "
           f"{n_frozen}/{len(built.stages)} stages frozen, {freezing.count_trainable(model):,d} trainable "
-          f"parameters, {n_train} train / {len(splits['val'])} val images, {rt.describe()}")
+          f"parameters, {n_train} train / {len(splits['val'])} val images, "
+          f"{numerics_text(rt, strategy, choice)}")
     log = EpochLog(curves) if ctx.is_main else None
     checkpointer = None
     # On a GPU the heavy batches are evaluate.batch_size for feature_extract, batch_size otherwise.
@@ -208,7 +233,9 @@ def _train(params: Params, ctx: distributed.DistContext, curves: Path | None) ->
     with gpu_memory_guard(batch_key, batch), (contextlib.closing(log) if log else contextlib.nullcontext()):
         if strategy == "feature_extract":
             solved, cv = solve_head(built, pre, params, splits, rt, weights, log=log,
-                                    refit=params.refit_head, cv_folds=cv_folds, calibrate=True)
+                                    refit=params.refit_head, cv_folds=cv_folds, calibrate=True,
+                                    choice=choice)
+            numerics = solved.feature_engine  # what really ran (a failed export: torch)
             flip, tta = solved.hflip, solved.tta
             outcome = {"best_val_accuracy": solved.fit.val_accuracy, "best_val_loss": solved.fit.val_loss}
             details = {"head_l2": solved.fit.l2, "head_views": solved.views,
@@ -218,9 +245,12 @@ def _train(params: Params, ctx: distributed.DistContext, curves: Path | None) ->
             if cv is not None:
                 details["cv"] = {"folds": cv.folds, "l2": cv.l2, "hflip": cv.hflip}
         else:
-            flip, tta = _flips_for_epochs(params, built, pre, splits, rt, weights)
+            flip, tta = _flips_for_epochs(params, built, pre, splits, rt, weights, choice)
+            # validated (and so scored) in the precision of the warm start's features
+            val_rt = choice.rt if choice else rt
+            numerics = f"torch-{val_rt.precision}"
             result, checkpointer = _fit(params, built, pre, splits, rt, frozen, weights, generator,
-                                        ctx, log, flip)
+                                        ctx, log, flip, tta, val_rt)
             outcome = {"best_val_accuracy": result.best_val_accuracy, "best_val_loss": result.best_val_loss}
             # (the per-epoch curves are in metrics/train/plots: a resumed run's history comes
             # from the checkpoint, and pickling it into the model file would change its bytes)
@@ -233,7 +263,7 @@ def _train(params: Params, ctx: distributed.DistContext, curves: Path | None) ->
                 # head refit on train + val, the pretrained backbone), never the weaker unrefit one
                 print("fine-tuning did not beat the solved head on val: delivering the "
                       "feature_extract model (head solved again on train + val)")
-                solve_head(built, pre, params, splits, rt, weights, refit=True)
+                solve_head(built, pre, params, splits, rt, weights, refit=True, choice=choice)
                 details["delivered"] = "the start: feature_extract's model (head refit on train + val)"
     distributed.report_sync(model, ctx)
     if not ctx.is_main:
@@ -254,8 +284,11 @@ def _train(params: Params, ctx: distributed.DistContext, curves: Path | None) ->
         "image_size": pre.image_size,
         "hflip": flip,
         "tta": tta,
-        "precision": rt.precision,
-        "device": rt.describe(),
+        "precision": rt.precision if strategy != "feature_extract" else numerics.rpartition("-")[2],
+        "device": numerics_text(rt, strategy, choice),
+        # the engine and precision of the model's scores: evaluate, predict and folderfit.load
+        # use them by default (runtime.scoring_runtime)
+        "numerics": numerics,
         "processes": ctx.world_size,
     }
     model_file.save_model_file(MODEL_FILE, built, classes, pre, extra=details, tta=tta)
@@ -271,7 +304,8 @@ def _train(params: Params, ctx: distributed.DistContext, curves: Path | None) ->
     print(f"train: val accuracy {headline['best_val_accuracy']:.4f}, {wall:.1f} s -> {MODEL_FILE}")
 
 
-def _flips_for_epochs(params: Params, built: architecture.BuiltModel, pre, splits, rt, weights) -> tuple[bool, str]:
+def _flips_for_epochs(params: Params, built: architecture.BuiltModel, pre, splits, rt, weights,
+                      choice=None) -> tuple[bool, str]:
     """fine_tune / full_tune: (random flips in the epochs, test-time augmentation). The head
     solved on frozen-backbone features is the warm start (`warm_start_head`) and, with
     hflip: auto, also makes the flip choice on val; without a warm start that solve only
@@ -279,14 +313,14 @@ def _flips_for_epochs(params: Params, built: architecture.BuiltModel, pre, split
     hflip, pretrained = params.augment.hflip, built.weights.source != "none"
     if params.warm_start_head and pretrained:
         print("head warm start: solving the head on frozen-backbone features first")
-        solved, _ = solve_head(built, pre, params, splits, rt, weights)
+        solved, _ = solve_head(built, pre, params, splits, rt, weights, choice=choice)
         return solved.hflip, solved.tta
     if params.warm_start_head:  # a random backbone's features say nothing yet
         print("head warm start skipped: the backbone is randomly initialised (weights: none)")
     if hflip == "auto" and pretrained:
         head = built.model.get_submodule(built.head_name)
         initial = {k: v.clone() for k, v in head.state_dict().items()}
-        solved, _ = solve_head(built, pre, params, splits, rt, weights)
+        solved, _ = solve_head(built, pre, params, splits, rt, weights, choice=choice)
         head.load_state_dict(initial)
         return solved.hflip, solved.tta
     flip = hflip is not False  # auto with a random backbone: photos are the common case
@@ -296,16 +330,19 @@ def _flips_for_epochs(params: Params, built: architecture.BuiltModel, pre, split
 
 
 def _fit(params: Params, built: architecture.BuiltModel, pre, splits, rt, frozen, weights, generator,
-         ctx: distributed.DistContext, log, flip: bool) -> tuple[epoch_loop.FitResult, Checkpointer | None]:
+         ctx: distributed.DistContext, log, flip: bool, tta: str = "none",
+         val_rt=None) -> tuple[epoch_loop.FitResult, Checkpointer | None]:
     """The epoch loop for fine_tune / full_tune, with resume (single process only: under
-    torchrun every rank would write the same checkpoint)."""
+    torchrun every rank would write the same checkpoint). Validation scores as evaluate
+    will: with `tta`, in `val_rt`."""
     n_train = len(splits["train"])
     if params.batch_size > n_train:
         print(f"note: batch_size {params.batch_size} > {n_train} training images: "
               f"each epoch is a single batch of {n_train}")
     checkpointer = (Checkpointer(CHECKPOINT, fingerprint(params, manifest.manifest_path(PREPARED)), generator)
                     if ctx.world_size == 1 else None)
-    run_ctx = epoch_loop.RunContext(rt, generator, ctx, log, checkpointer, distributed.reducer(ctx, rt.device))
+    run_ctx = epoch_loop.RunContext(rt, generator, ctx, log, checkpointer, distributed.reducer(ctx, rt.device),
+                                val_rt=val_rt)
     groups = freezing.parameter_groups(built.model, built.stages, built.head_name, lr=params.lr,
                                 backbone_lr=params.backbone_lr, lr_decay=params.lr_decay,
                                 weight_decay=params.weight_decay)
@@ -322,7 +359,8 @@ def _fit(params: Params, built: architecture.BuiltModel, pre, splits, rt, frozen
     val_batches = batches.EvalBatches(list(distributed.shard(splits["val"], ctx)), datasets.eval_geometry(pre),
                                 params.evaluate.batch_size, rt.device)
     normalizer = datasets.Normalizer(pre.mean, pre.std).to(rt.device)
-    cfg = epoch_loop.FitConfig(params.num_epochs, params.patience, params.label_smoothing, weights)
+    cfg = epoch_loop.FitConfig(params.num_epochs, params.patience, params.label_smoothing, weights,
+                           val_tta=tta)
     model = distributed.wrap(built.model, ctx)
     if params.compile:  # fixed batch shapes: one graph for training (validation runs eagerly)
         print("compile: torch.compile of the training step; the first epoch includes compiling")
