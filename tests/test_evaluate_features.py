@@ -102,9 +102,9 @@ def test_other_strategies_use_the_model_file(project):
 def test_bf16_features_from_another_machine_use_the_model_file(project, monkeypatch):
     """Features recorded in bf16 on a CPU where bf16 is not native would be emulated (slow):
     the model file scores instead."""
-    from folderfit.pipeline import evaluate
+    from folderfit.compute import runtime
 
-    monkeypatch.setattr(evaluate, "cpu_supports_bf16", lambda: False)
+    monkeypatch.setattr(runtime, "cpu_supports_bf16", lambda: False)
     save_model(project, {"strategy": "feature_extract", "feature_engine": "torch-bf16"})
     run_stage("evaluate", project)
     assert summary(project)["scored_with"] == "the model file (fp32)"

@@ -141,10 +141,10 @@ def test_predict_and_load_default_to_evaluates_numerics(case, tmp_path, monkeypa
     assert all(got[k][0] == expected[k][0] for k in got)
     if numerics.startswith("onnxruntime"):  # a folder this large runs on ONNX Runtime itself
         from folderfit.compute import cpu_engine
-        from folderfit.commands import predict
+        from folderfit.compute import classifier
 
         exported, export = [], cpu_engine.export_backbone
-        monkeypatch.setattr(predict, "ORT_MIN_IMAGES", 1)
+        monkeypatch.setattr(classifier, "ORT_MIN_IMAGES", 1)
         monkeypatch.setattr(cpu_engine, "export_backbone", lambda *a: exported.append(export(*a)) or exported[-1])
         assert largest_difference(cli_predict(project, sorted(expected)), expected) <= 1e-4
         assert len(exported) == 1
