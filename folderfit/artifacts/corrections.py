@@ -20,7 +20,10 @@
 * A relabel to the image's own class changes nothing: reported as `n_unchanged`.
 * Blank lines are ignored. A line whose first character (after spaces) is `#` is a comment,
   unless it is itself a valid row (a class folder may start with `#`): comment out a row
-  with `# ` in front of it (a path starting with '# ' is not taken as a row).
+  with `# ` in front of it (a path starting with '# ' is not taken as a row). A quoted cell
+  is taken exactly as written (leading '#', outer spaces, commas, quotes, line ends); an
+  unquoted one is stripped of spaces. format_row quotes every cell that needs it, so what
+  the review server writes reads back as written, never as a comment.
 * The file must be UTF-8 (a UTF-8 or UTF-16 byte-order mark is understood); any other
   encoding is a one-line error saying to save it as UTF-8.
 
@@ -33,7 +36,7 @@ one-line error naming the row.
 from __future__ import annotations
 
 import codecs
-import csv
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -96,22 +99,81 @@ def decode(raw: bytes, path: Path) -> str:
                             f"UTF-8)") from None
 
 
-def _fields(line: str) -> list[str]:
-    return [field.strip() for field in next(csv.reader([line]), [])]
+_CELL_END = re.compile(r"[,\r\n]|$")
+_LINE_END = re.compile(r"[\r\n]|$")
+
+
+class _Unclosed(Exception):
+    """A quoted cell runs to the end of the text."""
+
+
+def _parse(text: str, pos: int) -> tuple[list[str], int]:
+    """(cells, end) of the CSV record starting at `pos`; `end` is where its line ends. A cell
+    that starts with '"' (after spaces) is quoted: taken exactly as written ('""' is a quote),
+    across line ends too; an unquoted cell is stripped of spaces, as always."""
+    cells, n = [], len(text)
+    while True:
+        i = pos
+        while i < n and text[i] in " \t":
+            i += 1
+        if i < n and text[i] == '"':
+            parts, i = [], i + 1
+            while True:
+                j = text.find('"', i)
+                if j < 0:
+                    raise _Unclosed
+                parts.append(text[i:j])
+                if text.startswith('"', j + 1):
+                    parts.append('"')
+                    i = j + 2
+                else:
+                    i = j + 1
+                    break
+            k = _CELL_END.search(text, i).start()
+            cell = "".join(parts) + text[i:k].strip()  # text after the quote: kept, as csv does
+        else:
+            k = _CELL_END.search(text, i).start()
+            cell = text[pos:k].strip()
+        cells.append(cell)
+        if k < n and text[k] == ",":
+            pos = k + 1
+            continue
+        return cells, k
+
+
+def records(text: str, path: Path, is_row=lambda fields: False) -> list[tuple[int, str, list | None]]:
+    """Every record of the file as (first line number, its text, its cells or None for a blank
+    line or a comment), in order; a quoted cell may hold line ends. A line whose first
+    character (after spaces) is '#' is a comment unless `is_row` accepts its cells (a real
+    correction of an image whose class folder starts with '#'); format_row quotes such cells,
+    so what the server writes is never read back as a comment."""
+    out, pos, line, n = [], 0, 1, len(text)
+    while pos < n:
+        end = _LINE_END.search(text, pos).start()
+        physical, cells = text[pos:end], None
+        if physical.lstrip().startswith("#"):
+            try:
+                candidate = _parse(physical, 0)[0]
+            except _Unclosed:
+                candidate = None
+            cells = candidate if candidate is not None and is_row(candidate) else None
+        elif physical.strip():
+            try:
+                cells, end = _parse(text, pos)
+            except _Unclosed:
+                raise PipelineError(f"{path}:{line}: a quoted cell starts here and is never "
+                                    f"closed; end it with '\"' (write a quote inside a cell "
+                                    f"as '\"\"')") from None
+        raw = text[pos:end]
+        out.append((line, raw, cells))
+        line += raw.count("\n") + raw.count("\r") - raw.count("\r\n") + 1
+        pos = end + (2 if text.startswith("\r\n", end) else 1)
+    return out
 
 
 def _rows(text: str, path: Path, is_row=lambda fields: False):
-    """(line number, fields) of the non-blank, non-comment lines after the header. A line
-    starting with '#' is a comment unless `is_row` accepts its fields (a real correction of an
-    image whose class folder starts with '#')."""
-    numbered = []
-    for n, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        fields = _fields(line)
-        if line.lstrip().startswith("#") and not is_row(fields):
-            continue
-        numbered.append((n, line, fields))
+    """(line number, fields) of the non-blank, non-comment records after the header."""
+    numbered = [r for r in records(text, path, is_row) if r[2] is not None]
     if not numbered:
         return
     n, header, fields = numbered[0]
@@ -171,7 +233,9 @@ def read(source: Path, path: Path = CORRECTIONS) -> dict[str, Correction]:
         if action == "drop":
             fix = Correction(n, posix.as_posix(), "drop")
         elif action.startswith("relabel:"):
-            new_class = action.removeprefix("relabel:").strip()
+            new_class = action.removeprefix("relabel:")
+            if new_class not in classes:  # 'relabel: cats' as written by hand
+                new_class = new_class.strip()
             if new_class not in classes:
                 raise PipelineError(f"{where}: unknown class '{new_class}' in '{action}'; the "
                                     f"classes of data.source are: {', '.join(classes)}")
@@ -186,13 +250,26 @@ def read(source: Path, path: Path = CORRECTIONS) -> dict[str, Correction]:
     return fixes
 
 
-def format_row(path: str, action: str) -> str:
-    """One CSV line (no newline), quoted where needed: a class 'cats, dogs' survives."""
-    import io
+def _cell(value: str) -> str:
+    """A CSV cell that `records` reads back as exactly `value`: quoted when it holds a comma,
+    a quote or a line end, starts with '#' (else the line is a comment), or has spaces at
+    either end (unquoted cells are stripped)."""
+    if value and (value[0] == "#" or value != value.strip() or any(c in value for c in ',"\r\n')):
+        return '"' + value.replace('"', '""') + '"'
+    return value
 
-    buf = io.StringIO()
-    csv.writer(buf, lineterminator="").writerow([path, action])
-    return buf.getvalue()
+
+def format_row(path: str, action: str) -> str:
+    """One CSV line (no newline), quoted where needed: a class 'cats, dogs', a folder '# a'
+    or ' a' survives the round trip."""
+    return f"{_cell(path)},{_cell(action)}"
+
+
+def original_class(rel: str, given_splits: bool) -> str:
+    """The class an image has without any fix: its class folder, the first folder of its
+    path (the second when data.source holds train/ val/ test/: `given_splits`)."""
+    parts = rel.split("/")
+    return parts[1 if given_splits and len(parts) > 2 else 0]
 
 
 # ------------------------------------------------------------------ applying

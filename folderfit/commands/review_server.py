@@ -13,15 +13,20 @@ Security, because a local server is reachable by every program and web page on t
 * the merged file is validated exactly as prepare reads it (folderfit.artifacts.corrections.read)
   before it replaces the old one (temp file + os.replace): a bad write never lands.
 Merging: the existing rows and comments stay; a new decision for a path replaces that path's
-row (the later decision wins), `keep` removes it (the label is right: no fix).
+row (the later decision wins). `keep` means the image stays in the class the page shows (its
+class in data/prepared): its row goes when that is the image's own folder, and otherwise
+becomes the relabel to it, so Keep never undoes a relabel that the data already has.
+Every read-merge-write holds an flock on data/.corrections.csv.lock, so two servers (or two
+tabs on two servers) on one project keep every decision they answer 200 for.
 """
 
 from __future__ import annotations
 
-import csv
+import contextlib
 import errno
 import hmac
 import json
+import os
 import secrets
 import sys
 import threading
@@ -31,24 +36,37 @@ from urllib.parse import parse_qs, urlsplit
 
 from folderfit.artifacts import corrections as corrections_file
 from folderfit.errors import PipelineError
+from folderfit.images import image_folder
 from folderfit.paths import PREPARED
 from folderfit.results.pages import review_page
 from folderfit.results.pages.html import read_manifest
-from folderfit.support.fileio import atomic_path
+from folderfit.support.fileio import atomic_path, output_error
 
 HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
 MAX_BODY = 1 << 20  # 1 MB: ~10,000 decisions
+MAX_CLIENTS = 16  # handler threads at once; more connections wait in the listen queue
+LISTEN_QUEUE = 128  # the listen backlog: a burst of a page's requests is queued, not reset
+IDLE_TIMEOUT = 30  # seconds a connection may stay silent before its handler lets go
 TOKEN_HEADER = "X-Folderfit-Token"
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 
 
 class Corrections:
-    """The corrections file, merged and written under a lock (the server is threaded)."""
+    """The corrections file, merged and written under a lock held across threads and
+    processes: every decision a server answers 200 for is in the file afterwards, even with
+    two servers (or a server and an editor's script using this class) on one project."""
 
     def __init__(self, path: Path, source: Path, manifest: list[dict]):
         self.path, self.source = Path(path), Path(source)
         self.paths = {r["source"] for r in manifest}
         self.classes = sorted({r["class"] for r in manifest})
+        self.shown = {r["source"]: r["class"] for r in manifest}  # the class the page shows
+        self.given_splits = image_folder.detect_layout(self.source).splits is not None
         self.lock = threading.Lock()
 
     def check(self, decision) -> tuple[str, str]:
@@ -68,44 +86,77 @@ class Corrections:
                                 f"relabel:<class> (one of: {', '.join(self.classes)})")
         return path, action
 
-    def lines(self) -> list[str]:
+    def records(self) -> list[tuple[int, str, list | None]]:
+        """The file's records as prepare reads them (corrections.records)."""
         if not self.path.is_file():
-            return ["path,action"]
+            return [(1, ",".join(corrections_file.HEADER), list(corrections_file.HEADER))]
         text = corrections_file.decode(self.path.read_bytes(), self.path)
-        return text.splitlines() or ["path,action"]
+        return corrections_file.records(text, self.path, corrections_file._valid_row(self.source))
 
-    def _key(self, line: str) -> str | None:
-        """The manifest path a row line decides, None for the header, comments and blanks."""
-        fields = [f.strip() for f in next(csv.reader([line]), [])]
-        if len(fields) != 2 or fields == corrections_file.HEADER:
+    def _key(self, cells: list | None) -> str | None:
+        """The manifest path a row decides; None for the header, comments and blanks."""
+        if not cells or len(cells) != 2 or cells == corrections_file.HEADER:
             return None
-        key = fields[0].replace("\\", "/")
+        key = cells[0].replace("\\", "/")
         return key if key in self.paths else None
 
     def saved(self) -> list[dict]:
-        """The decisions the file holds now (rows of manifest paths)."""
+        """The decisions the file holds now (rows of manifest paths). The file is only ever
+        replaced whole (os.replace), so it is read without the lock."""
+        return [{"path": key, "action": cells[1]} for _, _, cells in self.records()
+                if (key := self._key(cells))]
+
+    def _row(self, path: str, action: str) -> str | None:
+        """The row a decision leaves in the file, None for none. Keep means the image stays in
+        the class the page shows (its class in data/prepared): no row when that is its own
+        folder's class, else the relabel that gives it that class. So Keep on a relabelled
+        image keeps the relabel, and Keep right after a click not yet applied undoes it. A
+        relabel to the image's own folder is no fix either: its row goes (undoing a relabel)."""
+        own = corrections_file.original_class(path, self.given_splits)
+        if action == "keep":
+            action = f"relabel:{self.shown[path]}"
+        return None if action == f"relabel:{own}" else corrections_file.format_row(path, action)
+
+    @contextlib.contextmanager
+    def _locked(self):
+        """This server's threads, then every process: an exclusive flock on a lock file beside
+        the corrections file (the file itself is replaced on each write, so it cannot hold
+        the lock). Released when the descriptor closes, also when a process dies."""
         with self.lock:
-            out = []
-            for line in self.lines():
-                key = self._key(line)
-                if key and not line.lstrip().startswith("# "):
-                    out.append({"path": key, "action": next(csv.reader([line]))[1].strip()})
-            return out
+            if fcntl is None:  # no flock (Windows): threads of one server only
+                yield
+                return
+            lock_file = self.path.with_name(f".{self.path.name}.lock")
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o666)
+            except OSError as exc:
+                raise output_error(exc, lock_file) from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)
 
     def apply(self, decisions: list) -> int:
-        """Merge `decisions` into the file; returns the number of rows it then holds."""
+        """Merge `decisions` into the file; returns the number of rows it then holds. The
+        read, merge, check and replace all happen under the lock."""
         checked = dict(self.check(d) for d in decisions)  # the later one for a path wins
-        with self.lock:
+        with self._locked():
+            records = self.records()
             kept, done = [], set()
-            for line in self.lines():
-                key = self._key(line)
-                if key in checked and not line.lstrip().startswith("# "):
-                    if key not in done and checked[key] != "keep":
-                        kept.append(corrections_file.format_row(key, checked[key]))  # in place of the old row
+            if not any(cells == corrections_file.HEADER for _, _, cells in records):
+                kept.append(",".join(corrections_file.HEADER))  # a file of comments only
+            for _, raw, cells in records:
+                key = self._key(cells)
+                if key in checked:
+                    if key not in done and (row := self._row(key, checked[key])) is not None:
+                        kept.append(row)  # in place of the old row
                     done.add(key)
                 else:
-                    kept.append(line)
-            kept += [corrections_file.format_row(p, a) for p, a in checked.items() if p not in done and a != "keep"]
+                    kept.append(raw)
+            kept += [row for p, a in checked.items()
+                     if p not in done and (row := self._row(p, a)) is not None]
             text = "\n".join(kept) + "\n"
             with atomic_path(self.path) as tmp:
                 tmp.write_text(text, encoding="utf-8")
@@ -116,10 +167,36 @@ class Corrections:
             return len(rows)
 
 
+class Server(ThreadingHTTPServer):
+    """A thread per connection, at most MAX_CLIENTS at once: the accept loop waits for a free
+    slot, and the connections meanwhile wait in a listen queue of LISTEN_QUEUE."""
+    request_queue_size = LISTEN_QUEUE
+    daemon_threads = True
+
+    def __init__(self, *args, **kwargs):
+        self.slots = threading.BoundedSemaphore(MAX_CLIENTS)
+        super().__init__(*args, **kwargs)
+
+    def process_request(self, request, client_address):
+        self.slots.acquire()
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+
 def make_handler(page: bytes, token: str, store: Corrections, port_of):
     class Handler(BaseHTTPRequestHandler):
         server_version = "folderfit"
         sys_version = ""
+        timeout = IDLE_TIMEOUT  # a silent client cannot hold a slot for ever
 
         def log_message(self, fmt, *args):  # quiet: one line per write is printed instead
             pass
@@ -173,11 +250,17 @@ def make_handler(page: bytes, token: str, store: Corrections, port_of):
                 self.close_connection = True
                 return self._json(413, {"error": f"body over {MAX_BODY} bytes"})
             try:
-                body = json.loads(self.rfile.read(length).decode("utf-8"))
+                raw = self.rfile.read(length)
+            except OSError:  # the client went silent (IDLE_TIMEOUT) or away mid-body
+                self.close_connection = True
+                return None
+            try:
+                body = json.loads(raw.decode("utf-8"))
                 decisions = body["decisions"]
                 if not isinstance(decisions, list):
                     raise TypeError
-            except (ValueError, UnicodeDecodeError, KeyError, TypeError):
+            except (ValueError, UnicodeDecodeError, KeyError, TypeError, RecursionError):
+                # RecursionError: a body nested deeper than the parser's stack
                 return self._json(400, {"error": "expected JSON {\"decisions\": [{\"path\", \"action\"}]}"})
             try:
                 n = store.apply(decisions)
@@ -196,13 +279,12 @@ def make_server(page: bytes, *, store: Corrections, port: int = DEFAULT_PORT,
     holder = {}
     handler = make_handler(page, token, store, lambda: holder["port"])
     try:
-        server = ThreadingHTTPServer((HOST, port), handler)
+        server = Server((HOST, port), handler)
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
             raise PipelineError(f"port {port} on {HOST} is already in use; choose another with "
                                 f"--port N (or --port 0 for any free port)") from None
         raise PipelineError(f"cannot listen on {HOST}:{port} ({exc.strerror or exc})") from None
-    server.daemon_threads = True
     holder["port"] = server.server_address[1]
     return server, token
 

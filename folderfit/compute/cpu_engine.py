@@ -34,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import platform
 import sys
@@ -258,8 +259,11 @@ def choice_file() -> Path:
 
 
 def _read_choices(path: Path) -> dict:
+    from folderfit.support.fileio import open_regular
+
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        with open_regular(path) as fh:  # a named pipe in its place would block for ever
+            data = json.loads(fh.read().decode("utf-8"))
         return data if isinstance(data, dict) else {}
     except (OSError, ValueError):  # missing or damaged: it only costs a new trial
         return {}
@@ -325,7 +329,8 @@ def _valid_record(record, candidates: list[str]) -> bool:
     """A stored choice is used only if it is well formed (the file is a memo anyone can edit)."""
     return (isinstance(record, dict) and record.get("engine") in candidates
             and isinstance(record.get("ms_per_image"), dict)
-            and all(isinstance(v, (int, float)) for v in record["ms_per_image"].values())
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                    and v >= 0 for v in record["ms_per_image"].values())  # JSON allows NaN
             and isinstance(record.get("notes", []), list)
             and all(isinstance(n, str) for n in record.get("notes", [])))
 
@@ -357,6 +362,10 @@ def choose_engine(network: nn.Module, rt: Runtime, *, precision: str, cpu_engine
     if _valid_record(cached, candidates):
         return _result(cached["engine"], rt, cpu_engine, "cached", cached.get("ms_per_image"),
                        cached.get("notes", ()))
+    if cached is not None:
+        print(f"note: {path}: the stored engine choice for this machine and setting is not "
+              f"usable (an unknown engine, or a time that is not a finite number); measuring "
+              f"again", file=sys.stderr)
     # timed at the very batch size the extraction will use: torch's speed per image depends on
     # it (a 26 MB batch of 32 lite2 inputs puts every activation above the fixed mmap
     # threshold of folderfit.support.memory, so each one is mapped and zero-filled afresh). Timed on

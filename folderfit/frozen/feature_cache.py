@@ -30,6 +30,7 @@ time. If it cannot be written, features are computed without it (one note).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import sys
@@ -46,7 +47,7 @@ from folderfit.compute.runtime import Runtime
 from folderfit.errors import PipelineError
 from folderfit.images import datasets
 from folderfit.paths import cache_root
-from folderfit.support.fileio import save_torch
+from folderfit.support.fileio import NotRegularFile, open_regular, save_torch
 
 FEATURE_VERSION = 2  # 2: packs carry a checksum; precision, device, batch in the key
 CROP_RULE = "resize shorter side to resize_size (antialiased), centre crop image_size"
@@ -221,14 +222,20 @@ class FeatureCache:
 
     def _read(self, pack: Path, width=None) -> None:
         try:
-            payload = torch.load(pack, map_location="cpu", weights_only=True)
+            with open_regular(pack) as fh:  # a named pipe here would block the run for ever
+                payload = torch.load(fh, map_location="cpu", weights_only=True)
             problem = self._problem(payload, width)
+        except NotRegularFile as exc:
+            print(f"note: feature cache {pack}: {exc.strerror}; skipped (delete it: the cache "
+                  f"only holds files it wrote)", file=sys.stderr)
+            return
         except Exception as exc:  # a damaged pack only costs its recomputation
             problem = f"unreadable ({type(exc).__name__})"
         if problem:
             print(f"note: feature cache {pack}: {problem}; discarded, its vectors are "
                   f"recomputed", file=sys.stderr)
-            pack.unlink(missing_ok=True)  # a memo of ours: a bad one would be met every run
+            with contextlib.suppress(OSError):  # a memo of ours: a bad one would be met every run
+                pack.unlink(missing_ok=True)
             return
         self.vectors.update(zip(payload["keys"], payload["features"]))
 

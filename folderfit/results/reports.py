@@ -8,6 +8,7 @@ atomically (temp file + rename).
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 from pathlib import Path
@@ -29,6 +30,20 @@ def _pyplot():
     return plt
 
 
+def plain_text(figure_function):
+    """Draw the figure with every string as plain text: class and file names such as `$x^$`
+    or `a_b^c` are neither math text (a parse error) nor LaTeX, whatever the user's
+    matplotlibrc says. Text objects read these settings when created and when drawn, so the
+    whole function runs inside the context."""
+    @functools.wraps(figure_function)
+    def wrapper(*args, **kwargs):
+        import matplotlib
+
+        with matplotlib.rc_context({"text.parse_math": False, "text.usetex": False}):
+            return figure_function(*args, **kwargs)
+    return wrapper
+
+
 def save_png(fig, path: Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
@@ -48,6 +63,7 @@ def write_rows_json(path: Path, rows: list) -> None:
     write_text(path, "[\n" + ",\n".join(json.dumps(row) for row in rows) + "\n]\n")
 
 
+@plain_text
 def confusion_png(path: Path, matrix: np.ndarray, class_names: list, title: str,
                   normalized: bool = False) -> None:
     """Heat map with the value in every cell (counts, or row shares when normalized)."""
@@ -71,6 +87,7 @@ def confusion_png(path: Path, matrix: np.ndarray, class_names: list, title: str,
     save_png(fig, path)
 
 
+@plain_text
 def reliability_png(path: Path, bins: dict, ece: float, title: str) -> None:
     """Accuracy against mean confidence per bin (the diagonal is perfect calibration), with
     the number of images per bin below."""
@@ -119,6 +136,7 @@ def mistakes_gallery(path: Path, mistakes: list, title: str) -> None:
             f"{title}\nno mistakes")
 
 
+@plain_text
 def gallery(path: Path, tiles: list, title: str, empty: str) -> None:
     """Grid of thumbnails, each (image file, caption above, note below); `empty` is the
     figure's text when there are no tiles."""

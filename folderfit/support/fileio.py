@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 
@@ -152,6 +153,35 @@ def atomic_path(path: str | Path, size: int | None = None):
     finally:
         if tmp and os.path.exists(tmp):
             os.unlink(tmp)
+
+
+class NotRegularFile(OSError):
+    """A path that was to be read is a named pipe, a folder, a device or a socket."""
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISDIR, "a folder"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"),
+                       (stat.S_ISBLK, "a device")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def open_regular(path: str | Path):
+    """`path` opened for binary reading, only if it is a regular file (or a link to one):
+    opening a named pipe waits for a writer for ever and a device never ends, so anything else
+    raises NotRegularFile. Opened without blocking, then checked on the open descriptor, so
+    the file cannot be swapped between the check and the read."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotRegularFile(errno.EINVAL, f"{_kind(mode)}, not a regular file", str(path))
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def write_text(path: str | Path, text: str) -> None:

@@ -269,7 +269,9 @@ function save(rows) {
 }
 function status(text, cls) { const s = $('status'); s.textContent = text; s.className = cls; }
 
-function cell(s) { return /[",\r\n]/.test(s) ? '"' + s.replace(/"/g, '""') + '"' : s; }
+// quoted as corrections.format_row does: a leading '#' would make the line a comment, and
+// unquoted cells lose their outer spaces
+function cell(s) { return /^#|^\s|\s$|[",\r\n]/.test(s) ? '"' + s.replace(/"/g, '""') + '"' : s; }
 function csvText() {
   const lines = ['path,action'];
   for (const p of order) { const a = decisions.get(p); if (a && a !== 'keep') lines.push(cell(p) + ',' + cell(a)); }
