@@ -54,7 +54,7 @@ def test_open_regular_refuses_a_pipe_at_once(tmp_path):
 @needs_fifo
 def test_a_named_pipe_as_the_engine_choice_file_is_measured_again(tmp_path):
     os.mkfifo(tmp_path / cpu_engine.CHOICE_FILE)
-    code = ("from folderfit import cpu_engine as CE; "
+    code = ("from folderfit.compute import cpu_engine; "
             "print(cpu_engine._read_choices(cpu_engine.choice_file()))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO),

@@ -141,7 +141,7 @@ def test_an_unclosed_quote_is_one_line_naming_the_row(tmp_path):
 SERVER = """
 import json, sys
 from pathlib import Path
-from folderfit.results.pages import serve
+from folderfit.commands import review_server
 source, manifest, corrections = sys.argv[1], json.loads(Path(sys.argv[2]).read_text()), sys.argv[3]
 store = review_server.Corrections(Path(corrections), Path(source), manifest)
 srv, token = review_server.make_server(b"", store=store, port=0)
