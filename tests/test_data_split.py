@@ -43,7 +43,7 @@ def run_prepare(workdir: Path, monkeypatch, source: Path, **data) -> dict:
 
 
 def manifest_splits(workdir: Path) -> dict[str, str]:
-    with open(workdir / "data/prepared" / manifest.MANIFEST, newline="") as fh:
+    with open(manifest.manifest_path(workdir / "data/prepared"), newline="") as fh:
         return {row["source"]: row["split"] for row in csv.DictReader(fh)}
 
 
