@@ -48,11 +48,22 @@ def imports_of(path: Path) -> set[str]:
 def graph() -> dict[str, set[str]]:
     files = [p for p in PACKAGE.rglob("*.py") if "__pycache__" not in p.parts]
     modules = {module_name(p): p for p in files}
+    packages = {module_name(p) for p in files if p.name == "__init__.py"}
     edges = {}
     for name, path in modules.items():
-        # keep real modules only ("from folderfit.x import f" adds folderfit.x.f: not a module)
-        edges[name] = {m for m in imports_of(path) if m in modules and m != name}
+        # keep real modules only ("from folderfit.x import f" adds folderfit.x.f: not a module);
+        # `from folderfit.images import decode` depends on decode, not on the package's __init__
+        found = {m for m in imports_of(path) if m in modules and m != name}
+        edges[name] = {m for m in found
+                       if m not in packages or not any(o.startswith(m + ".") for o in found)}
     return edges
+
+
+# The folders from the bottom up: a module may import from its own folder and from folders
+# below it, never from one above. The top-level modules errors, params and paths sit below
+# every folder; cli (the entry) and the package's public face (__init__: load) above them all.
+LAYERS = ["support", "images", "backbone", "artifacts", "compute", "frozen", "tuning", "results",
+          "pipeline", "commands"]
 
 
 def test_the_graph_is_read():
@@ -129,6 +140,34 @@ def test_no_short_module_aliases():
                 for alias in node.names:
                     assert not (alias.asname and len(alias.asname) <= 3 and alias.asname.isupper()), \
                         f"{path.name}: {alias.name} as {alias.asname}"
+
+
+def test_folders_import_only_downward():
+    rank = {name: i for i, name in enumerate(LAYERS)}
+
+    def folder(module: str) -> str | None:
+        parts = module.split(".")
+        return parts[1] if len(parts) > 2 or module.split(".")[-1] in rank else None
+
+    for name, targets in graph().items():
+        here = folder(name)
+        if here is None or here == "project":
+            continue
+        for target in targets:
+            there = folder(target)
+            if there not in rank or there == here:
+                continue
+            assert rank[there] < rank[here], f"{name} imports {target}: {there}/ is not below {here}/"
+            assert not (here in ("pipeline", "commands") and there in ("pipeline", "commands")), name
+
+
+def test_every_folder_is_in_the_layer_order_and_documented():
+    folders = {p.parent.name for p in PACKAGE.glob("*/__init__.py")} - {"project"}
+    assert folders == set(LAYERS), folders ^ set(LAYERS)
+    dev = (REPO / "docs" / "development.md").read_text(encoding="utf-8")
+    for name in LAYERS:
+        assert f"`{name}/`" in dev, f"docs/development.md does not map {name}/"
+        assert (PACKAGE / name / "__init__.py").read_text(encoding="utf-8").startswith('"""'), name
 
 
 def test_errors_import_nothing_from_the_package():
