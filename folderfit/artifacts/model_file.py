@@ -7,6 +7,7 @@ predict, folderfit.load and export. Loading checks the file's schema and loads w
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -47,6 +48,62 @@ def save_model_file(path, built: BuiltModel, class_names: list, preprocess: weig
     save_torch(payload, path)
 
 
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+class Numerics(NamedTuple):
+    """An engine and the precision it computes in, written "engine-precision"
+    ("onnxruntime-fp32", "torch-bf16"): how a model's scores or a backbone's features were
+    computed. The one place that spells and parses that text."""
+    engine: str
+    precision: str
+
+    def __str__(self) -> str:
+        return f"{self.engine}-{self.precision}"
+
+    @classmethod
+    def parse(cls, text) -> Numerics | None:
+        """The Numerics `text` names, or None for anything else (not a string, no engine, an
+        unknown precision)."""
+        if not isinstance(text, str):
+            return None
+        engine, _, precision = text.rpartition("-")
+        return cls(engine, precision) if engine and precision in PRECISIONS else None
+
+
+@dataclass(frozen=True)
+class TrainRecord:
+    """How the train stage made the model, as the file records it (its `extra`, which train
+    also writes to metrics/train/details.json), read back typed: no reader parses the dict.
+    A field the file does not hold (an older file, one written outside train) is None."""
+    strategy: str | None
+    model_name: str | None
+    weights_source: str | None
+    feature_engine: Numerics | None  # what computed the backbone's features (feature_extract)
+    numerics: Numerics | None  # what computed the scores evaluate reports
+    precision: str | None
+    n_train: int | None
+    n_val: int | None
+
+    @classmethod
+    def from_extra(cls, extra) -> TrainRecord:
+        extra = extra if isinstance(extra, dict) else {}
+
+        def text(key):
+            return extra[key] if isinstance(extra.get(key), str) else None
+
+        def count(key):
+            value = extra.get(key)
+            return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+        weights_info = extra.get("weights") if isinstance(extra.get("weights"), dict) else {}
+        return cls(strategy=text("strategy"), model_name=text("model_name"),
+                   weights_source=weights_info.get("source") if isinstance(weights_info.get("source"), str) else None,
+                   feature_engine=Numerics.parse(extra.get("feature_engine")),
+                   numerics=Numerics.parse(extra.get("numerics")), precision=text("precision"),
+                   n_train=count("n_train"), n_val=count("n_val"))
+
+
 @dataclass
 class LoadedModel:
     model: nn.Module  # with the file's test-time augmentation applied inside (FlipTTA)
@@ -59,17 +116,21 @@ class LoadedModel:
         return self.info.get("tta", "none")
 
     @property
+    def record(self) -> TrainRecord:
+        return TrainRecord.from_extra(self.info.get("extra"))
+
+    @property
     def numerics(self) -> str | None:
         """The engine and precision the file's scores were computed with ('onnxruntime-fp32',
-        'torch-bf16', ...): train's `extra.numerics`; for files written before it, a
-        feature_extract file's feature engine or the run's precision; None if unknown.
-        evaluate, predict and folderfit.load score with it by default (runtime.scoring_runtime)."""
-        extra = self.info.get("extra") if isinstance(self.info.get("extra"), dict) else {}
-        for value in (extra.get("numerics"),
-                      extra.get("feature_engine") if extra.get("strategy") == "feature_extract" else None,
-                      f"torch-{extra['precision']}" if isinstance(extra.get("precision"), str) else None):
-            if isinstance(value, str) and value.rpartition("-")[2] in ("fp32", "bf16", "fp16"):
-                return value
+        'torch-bf16', ...): train's `numerics`; for files written before it, a feature_extract
+        file's feature engine or the run's precision; None if unknown. evaluate, predict and
+        folderfit.load score with it by default (runtime.scoring_runtime)."""
+        record = self.record
+        for value in (record.numerics,
+                      record.feature_engine if record.strategy == "feature_extract" else None,
+                      Numerics.parse(f"torch-{record.precision}") if record.precision else None):
+            if value is not None:
+                return str(value)
         return None
 
 

@@ -224,8 +224,10 @@ def pick_runtime(precision: str = "auto", device: str = "auto",
 
 def engine_precision(engine: str | None) -> str | None:
     """'fp32' of 'onnxruntime-fp32', 'bf16' of 'torch-bf16'; None for anything else."""
-    precision = str(engine or "").rpartition("-")[2]
-    return precision if precision in _DTYPES else None
+    from folderfit.artifacts.model_file import Numerics
+
+    numerics = Numerics.parse(engine)
+    return numerics.precision if numerics else None
 
 
 def scoring_runtime(precision: str, device: str, recorded: str | None,

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from folderfit.frozen import head
+from folderfit.frozen import feature_cache, head
 
 # l2 candidates: the head's grid down to 1e-2. Weaker penalties give over-confident
 # probabilities (the ranking needs calibrated ones) and are the slowest solves.
@@ -103,7 +103,7 @@ def _mean_view(views: list[torch.Tensor], mask: np.ndarray) -> torch.Tensor:
     """The views' features averaged per image: the head is linear, so its logits on the mean
     are the mean of its logits on the views."""
     index = torch.from_numpy(np.flatnonzero(mask))
-    return torch.stack([v[index] for v in views]).mean(0)
+    return feature_cache.mean_over_views([v[index] for v in views])
 
 
 def _probs(weight: torch.Tensor, bias: torch.Tensor, x: torch.Tensor) -> np.ndarray:

@@ -44,6 +44,9 @@ def train_feature_extractor(params, n_classes: int, rt) -> tuple[feature_cache.F
     return feature_extractor(backbone, pre, params, rt)
 
 
-def engine_name(extractor: feature_cache.FeatureExtractor) -> str:
-    """What really ran the backbone, with its precision (a failed export falls back to torch)."""
-    return f"{extractor.engine}-{extractor.rt.precision}"
+def recorded_extractor(backbone, pre, params, rt, engine: str) -> feature_cache.FeatureExtractor:
+    """An extractor that computes the features a model file records (engine "onnxruntime" or
+    "torch", in `rt`'s precision), as the train stage computed them: evaluate scores from
+    the same feature-cache entries."""
+    return feature_cache.FeatureExtractor(backbone, pre, rt, extraction_batch(params, rt),
+                                          engine="auto" if engine == "onnxruntime" else "torch")

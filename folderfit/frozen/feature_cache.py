@@ -44,6 +44,7 @@ from torch import nn
 from folderfit.compute import cpu_engine
 from folderfit.compute.inference import infer_batches, make_loader
 from folderfit.compute.runtime import Runtime
+from folderfit.artifacts.model_file import Numerics
 from folderfit.errors import PipelineError
 from folderfit.images import datasets
 from folderfit.paths import cache_root
@@ -266,6 +267,13 @@ class _EngineChanged(Exception):
     """ONNX Runtime turned out unusable: the lookups start again under torch's keys."""
 
 
+def mean_over_views(per_view: list[torch.Tensor]) -> torch.Tensor:
+    """Per image, the mean over its views (clean, mirrored) of a vector, features or logits:
+    the one way views are averaged, as FlipTTA averages the whole model's logits. The head is
+    linear, so its logits on the mean of the features equal the mean of its logits."""
+    return torch.stack(per_view).mean(0)
+
+
 class FeatureExtractor:
     """Pooled features of a frozen backbone (its head replaced by Identity) for image files,
     one view at a time, through the cache. `engine` is params.yaml's cpu_engine: which engine
@@ -295,6 +303,12 @@ class FeatureExtractor:
         self._pixels = _Memo(CLEAN_PIXELS_BYTES)
         self._keys: dict[Path, str] = {}
         self._reset()
+
+    @property
+    def numerics(self) -> str:
+        """What really ran the backbone, with its precision ("onnxruntime-fp32"; a failed
+        export falls back to torch)."""
+        return str(Numerics(self.engine, self.rt.precision))
 
     def _reset(self) -> None:
         import torchvision

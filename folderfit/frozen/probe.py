@@ -130,7 +130,7 @@ def solve(features: FeatureSource, train_y: torch.Tensor, val_y: torch.Tensor, n
     got = dict(zip(requests, features(requests)))
     val_x = got["val", feature_cache.CLEAN]
     if with_tta:
-        val_x = (val_x + got["val", feature_cache.FLIP]) / 2
+        val_x = feature_cache.mean_over_views([val_x, got["val", feature_cache.FLIP]])
     fit = head.fit_head(torch.cat([got["train", v] for v in views]), train_y.repeat(len(views)),
                      val_x, val_y, n_classes, class_weights=class_weights,
                      label_smoothing=label_smoothing, log=log)
@@ -180,7 +180,7 @@ def held_out_logits(features: FeatureSource, split: str, rows: torch.Tensor, fit
     """Logits of the images `rows` of `split` the way evaluate scores them (flip TTA: the head
     on the mean of the clean and mirrored vectors)."""
     views = [feature_cache.CLEAN] + ([feature_cache.FLIP] if tta == "flip" else [])
-    x = sum(v[rows] for v in features([(split, view) for view in views])) / len(views)
+    x = feature_cache.mean_over_views([v[rows] for v in features([(split, view) for view in views])])
     return x @ fit.weight.T + fit.bias
 
 

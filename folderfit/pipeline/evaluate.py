@@ -166,13 +166,13 @@ def feature_route(loaded, params: Params):
     record them (fine_tune / full_tune models: their backbone is new to the cache)."""
     from folderfit.compute.runtime import Runtime
     from folderfit.frozen import feature_cache
-    from folderfit.frozen.extractor import extraction_batch
+    from folderfit.frozen.extractor import recorded_extractor
 
-    extra = loaded.info.get("extra", {}) if isinstance(loaded.info, dict) else {}
-    engine, _, precision = str(extra.get("feature_engine", "")).partition("-")
-    if extra.get("strategy") != "feature_extract" or engine not in ("onnxruntime", "torch") or \
-            precision not in ("fp32", "bf16", "fp16"):
+    record = loaded.record
+    if record.strategy != "feature_extract" or record.feature_engine is None or \
+            record.feature_engine.engine not in ("onnxruntime", "torch"):
         return None
+    engine, precision = record.feature_engine
     device = pick_runtime("fp32", params.device).device
     if precision != "fp32":
         # under autocast the whole model runs its head in bf16 too (predict does): features +
@@ -182,8 +182,7 @@ def feature_route(loaded, params: Params):
     rt = Runtime(device, dtype)
     inner = loaded.model.model if isinstance(loaded.model, FlipTTA) else loaded.model
     backbone, head = feature_cache.backbone_only(prepare_model(copy.deepcopy(inner), rt), loaded.info["head_name"])
-    extractor = feature_cache.FeatureExtractor(backbone, loaded.preprocess, rt, extraction_batch(params, rt),
-                                   engine="auto" if engine == "onnxruntime" else "torch")
+    extractor = recorded_extractor(backbone, loaded.preprocess, params, rt, engine)
     return head.float().eval(), extractor
 
 
@@ -197,7 +196,7 @@ def score_from_features(route, samples, tta: str) -> np.ndarray:
     views = [feature_cache.CLEAN] + ([feature_cache.FLIP] if tta == "flip" else [])
     vectors = extractor.features_of([(files, view) for view in views], "features evaluate")
     with torch.inference_mode():
-        logits = sum(head(v.float()) for v in vectors) / len(vectors)
+        logits = feature_cache.mean_over_views([head(v.float()) for v in vectors])
     return torch.softmax(logits, 1).numpy().astype(np.float64)
 
 
@@ -224,7 +223,7 @@ def score_checked(loaded, samples, params: Params, rt) -> tuple[np.ndarray, np.n
                              extractor.rt, show_progress=False)
         gap = float(np.abs(reference - probs[pick]).max())
         tolerance = FEATURE_CHECK_TOLERANCE[extractor.rt.precision]
-        engine = f"{extractor.engine}-{extractor.rt.precision}"
+        engine = extractor.numerics
         if gap <= tolerance:
             print(f"evaluate: scored from the backbone's features ({engine}: "
                   f"{extractor.reused} vectors from the cache, {extractor.computed} computed) and the "
@@ -244,12 +243,13 @@ def run_facts(loaded, params: Params, split: str) -> dict:
     """What the results page shows about the run: model, strategy, data version, settings."""
     from folderfit.support.fileio import sha256_file
 
-    extra = loaded.info.get("extra", {}) if isinstance(loaded.info, dict) else {}
-    return {"backbone": extra.get("model_name", "?"), "strategy": extra.get("strategy", "?"),
-            "weights": (extra.get("weights") or {}).get("source", "?"),
-            "feature engine": extra.get("feature_engine", "-"),
+    record = loaded.record
+    return {"backbone": record.model_name or "?", "strategy": record.strategy or "?",
+            "weights": record.weights_source or "?",
+            "feature engine": str(record.feature_engine or "-"),
             "image size": loaded.preprocess.image_size, "test-time augmentation": loaded.tta,
-            "train / val images": f"{extra.get('n_train', '?')} / {extra.get('n_val', '?')}",
+            "train / val images": f"{record.n_train if record.n_train is not None else '?'} / "
+                                  f"{record.n_val if record.n_val is not None else '?'}",
             "scored": ESTIMATES[split].split(";")[0].format(folds=params.evaluate.cv_folds),
             "data version (manifest sha256)": sha256_file(manifest.manifest_path(PREPARED))[:12],
             "seed": params.seed}

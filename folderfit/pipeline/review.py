@@ -53,7 +53,7 @@ from pathlib import Path
 import numpy as np
 
 from folderfit.artifacts import manifest
-from folderfit.frozen.extractor import engine_name, train_feature_extractor
+from folderfit.frozen.extractor import train_feature_extractor
 from folderfit.paths import PREPARED, REVIEW_DIR, REVIEW_JSON
 from folderfit.results.pages import review_page
 from folderfit.results.review_lists import print_lists
@@ -328,7 +328,7 @@ def write_review_dir(out: Path, rows, classes, probs, issues, pairs, distance, o
 
 # ------------------------------------------------------------------ the stage
 def run(params) -> None:
-    import torch
+    from folderfit.frozen import feature_cache
 
     from folderfit.compute.runtime import pick_runtime, seed_everything
     from folderfit.frozen import similarity as feature_similarity
@@ -351,9 +351,9 @@ def run(params) -> None:
         views, mirror = follow_mirror_test(extractor, files, rows, labels, len(classes))
     features = extractor.features_of([(files, view) for view in views], "features review")
     print(f"review: {len(rows)} images, {len(views)} view(s) ({', '.join(v.name for v in views)}): "
-          f"{extractor.computed} computed ({engine_name(extractor)}), {extractor.reused} from the cache {extractor.root}")
+          f"{extractor.computed} computed ({extractor.numerics}), {extractor.reused} from the cache {extractor.root}")
     print(f"review: engine {engine_choice.describe()}")
-    z = feature_similarity.normalise(torch.stack(features).mean(0).numpy())  # votes, outliers: all views
+    z = feature_similarity.normalise(feature_cache.mean_over_views(features).numpy())  # votes, outliers: all views
     clean = feature_similarity.normalise(features[0].numpy())  # copies: the clean view
 
     index, similarity = feature_similarity.nearest(z, r.neighbours)
@@ -384,7 +384,7 @@ def run(params) -> None:
         summary = write_review_dir(staging, rows, classes, probs, issues, pairs, distance,
                                    outliers, details)
         summary = {**summary, **plan_summary(plan, details["folds"])}
-        summary["feature_engine"] = engine_name(extractor)
+        summary["feature_engine"] = extractor.numerics
         page_started = time.perf_counter()
         review_page.write(staging, PREPARED, staging / "index.html")  # the page of the lists
         page_seconds = time.perf_counter() - page_started

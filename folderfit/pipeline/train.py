@@ -124,13 +124,13 @@ def solve_head(built: architecture.BuiltModel, pre, params: Params, splits, rt, 
         solved = dataclasses.replace(solved, mirror_test={"hflip": False, "skipped": probe.size_note(len(files["train"]))})
     architecture.set_submodule(built.model, built.head_name, head)
     solved.fit.apply_to(head)
-    solved = dataclasses.replace(solved, feature_engine=feature_extractor.engine_name(extractor),
+    solved = dataclasses.replace(solved, feature_engine=extractor.numerics,
 )
     # how the engine was chosen goes to the log only: its trial times must not make two
     # identical runs' outputs differ
     print(f"engine: {engine_choice.describe()}")
     print(f"features: {len(files['train'])} train + {len(files['val'])} val images, "
-          f"{extractor.computed} vectors computed ({feature_extractor.engine_name(extractor)}), {extractor.reused} from the cache "
+          f"{extractor.computed} vectors computed ({extractor.numerics}), {extractor.reused} from the cache "
           f"{feature_cache.cache_root()}")
     if solved.mirror_test and "skipped" not in solved.mirror_test:
         t = solved.mirror_test
