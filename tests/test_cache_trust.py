@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from folderfit.compute import cpu_engine
-from folderfit.frozen import feature_cache
 from folderfit.compute.runtime import Runtime
+from folderfit.frozen import feature_cache
 
 REPO = Path(__file__).resolve().parents[1]
 needs_fifo = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")

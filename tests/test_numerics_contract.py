@@ -11,9 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import run_stage, write_params
+from PIL import Image
 
 CLASSES = ("ripples", "grain", "spots")
 
@@ -140,8 +139,7 @@ def test_predict_and_load_default_to_evaluates_numerics(case, tmp_path, monkeypa
     assert largest_difference(got, expected) <= 1e-4
     assert all(got[k][0] == expected[k][0] for k in got)
     if numerics.startswith("onnxruntime"):  # a folder this large runs on ONNX Runtime itself
-        from folderfit.compute import cpu_engine
-        from folderfit.compute import classifier
+        from folderfit.compute import classifier, cpu_engine
 
         exported, export = [], cpu_engine.export_backbone
         monkeypatch.setattr(classifier, "ORT_MIN_IMAGES", 1)
@@ -182,10 +180,9 @@ def test_onnxruntime_and_torch_fp32_agree(tmp_path):
     pytest.importorskip("onnxruntime")
     import torch
 
-    from folderfit.compute import cpu_engine
-    from folderfit.images import datasets
-    from folderfit.images import decode
     from folderfit.backbone import architecture
+    from folderfit.compute import cpu_engine
+    from folderfit.images import datasets, decode
 
     photo_folder(tmp_path, per_class=4, seed=9)
     built = architecture.build_model("tf_efficientnet_lite0", len(CLASSES), "default", 0)
@@ -208,8 +205,8 @@ def test_onnxruntime_and_torch_fp32_agree(tmp_path):
 def test_epoch_zero_reproduces_the_solved_head(bf16, overrides, tmp_path, monkeypatch, fake_cpu):
     import torch
 
-    from folderfit.tuning import epoch_loop
     from folderfit.frozen import probe
+    from folderfit.tuning import epoch_loop
 
     fake_cpu(bf16)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -235,6 +232,7 @@ def test_export_names_the_scores_numerics(numerics, tmp_path, capsys):
     """The exports compute fp32: preprocess.json names the model's numerics, and a model
     scored in bf16 gets the size of the difference in parity.json and a note."""
     import tiny_project as T
+
     from folderfit.commands import export as export_command
 
     images = photo_folder(tmp_path / "images", per_class=2, seed=11)

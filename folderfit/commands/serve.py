@@ -35,7 +35,6 @@ Needs the `serve` extra (Starlette, uvicorn, python-multipart): pip install 'fol
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
 import io
 import ipaddress
@@ -47,6 +46,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from folderfit.errors import PipelineError
+from folderfit.support.fileio import sha256_file
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -63,14 +63,6 @@ class Refused(Exception):
     def __init__(self, status: int, message: str, headers: dict | None = None):
         super().__init__(message)
         self.status, self.message, self.headers = status, message, headers
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def is_loopback(host: str) -> bool:
@@ -95,9 +87,9 @@ class Service:
         from folderfit.images import image_folder
 
         path = Path(model_path)
-        digest = file_sha256(path) if path.is_file() else None  # missing: load_model_file says so
+        digest = sha256_file(path) if path.is_file() else None  # missing: load_model_file says so
         loaded = load_model_file(path)
-        if file_sha256(path) != digest:  # the digest must be of the weights that are served
+        if sha256_file(path) != digest:  # the digest must be of the weights that are served
             raise PipelineError(f"{path}: the model file changed while it was loaded; start again "
                                 f"once it is written")
         self.classifier = Classifier(loaded, precision, device, Setting("cli"))

@@ -6,7 +6,6 @@ network input (folderfit.images.decode), so these compute what `evaluate` scores
 from __future__ import annotations
 
 import sys
-
 from pathlib import Path
 
 import torch

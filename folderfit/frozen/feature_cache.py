@@ -41,14 +41,19 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from folderfit.artifacts.model_file import Numerics
 from folderfit.compute import cpu_engine
 from folderfit.compute.inference import infer_batches, make_loader
 from folderfit.compute.runtime import Runtime
-from folderfit.artifacts.model_file import Numerics
 from folderfit.errors import PipelineError
 from folderfit.images import datasets
 from folderfit.paths import cache_root
-from folderfit.support.fileio import NotRegularFile, open_regular, save_torch
+from folderfit.support.fileio import (
+    NotRegularFile,
+    open_regular,
+    save_torch,
+    sha256_file,
+)
 
 FEATURE_VERSION = 2  # 2: packs carry a checksum; precision, device, batch in the key
 CROP_RULE = "resize shorter side to resize_size (antialiased), centre crop image_size"
@@ -101,10 +106,6 @@ def pack_checksum(keys: list[str], matrix: torch.Tensor) -> str:
     digest.update(f"{tuple(data.shape)}".encode())
     digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes() if data.numel() else b"")
     return digest.hexdigest()
-
-
-def file_digest(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 class _Memo:
@@ -349,7 +350,7 @@ class FeatureExtractor:
     def keys(self, files: list[Path]) -> list[str]:
         for f in files:
             if f not in self._keys:
-                self._keys[f] = file_digest(f)
+                self._keys[f] = sha256_file(f)
         return [self._keys[f] for f in files]
 
     def features(self, files: list[Path], view: View = CLEAN, desc: str = "features") -> torch.Tensor:

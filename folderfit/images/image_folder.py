@@ -40,6 +40,7 @@ from PIL import Image, ImageOps
 
 from folderfit.errors import PipelineError
 from folderfit.images import decode
+from folderfit.support.fileio import sha256_bytes
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
@@ -308,10 +309,6 @@ def upright_rgb(img: Image.Image) -> Image.Image:
 def bounded(img: Image.Image, image_size: int) -> Image.Image:
     """The stored copy's size rule (imageio.shrink)."""
     return decode.shrink(img, image_size)
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 # ------------------------------------------------------------------ splitting

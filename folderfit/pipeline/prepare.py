@@ -42,7 +42,12 @@ from folderfit.errors import PipelineError
 from folderfit.frozen import similarity
 from folderfit.images import decode, image_folder
 from folderfit.paths import DATA_REPORT, PREPARED, THUMBNAILS_NAME
-from folderfit.support.fileio import check_dvc_cache_room, staged_dir, write_json
+from folderfit.support.fileio import (
+    check_dvc_cache_room,
+    sha256_bytes,
+    staged_dir,
+    write_json,
+)
 from folderfit.support.progress import progress
 
 STAGING = ".staging"  # inside the temp output dir: encoded images before their split is known
@@ -83,7 +88,7 @@ def decode_one(path: Path, image_size: int):
         img, stored, size = decode.stored_image(path, image_size)
     except decode.BadImage as exc:
         return None, str(exc), None
-    pixel_hash = image_folder.sha256_bytes(f"{img.size}".encode() + img.tobytes())
+    pixel_hash = sha256_bytes(f"{img.size}".encode() + img.tobytes())
     return pixel_hash, decode.encode_stored(stored), (size, similarity.thumbnail_pixels(stored))
 
 

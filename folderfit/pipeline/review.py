@@ -328,9 +328,8 @@ def write_review_dir(out: Path, rows, classes, probs, issues, pairs, distance, o
 
 # ------------------------------------------------------------------ the stage
 def run(params) -> None:
-    from folderfit.frozen import feature_cache
-
     from folderfit.compute.runtime import pick_runtime, seed_everything
+    from folderfit.frozen import feature_cache
     from folderfit.frozen import similarity as feature_similarity
 
     started = time.perf_counter()

@@ -37,7 +37,7 @@ from folderfit.frozen import feature_cache, probe
 from folderfit.images import datasets
 from folderfit.params import Params
 from folderfit.paths import MODEL_FILE, PREPARED, TIMING, TRAIN_DIR, TRAIN_METRICS
-from folderfit.support.fileio import staged_dir, write_json
+from folderfit.support.fileio import sha256_file, staged_dir, write_json
 from folderfit.support.memory import torch_compute_heap
 from folderfit.tuning import batches, distributed, epoch_loop, freezing
 from folderfit.tuning.augment import BatchAugment
@@ -114,7 +114,7 @@ def solve_head(built: architecture.BuiltModel, pre, params: Params, splits, rt, 
     cv = None
     if cv_folds:
         started = time.perf_counter()
-        copies = [feature_cache.file_digest(path) for path in files["train"] + files["val"]]  # copies: one fold
+        copies = [sha256_file(path) for path in files["train"] + files["val"]]  # copies: one fold
         cv = probe.cross_validate(features, labels["train"], labels["val"], head.out_features,
                               folds=cv_folds, groups=copies, seed=params.seed, **procedure)
         correct = int((cv.probs.argmax(1) == cv.labels).sum())

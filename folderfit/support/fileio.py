@@ -210,6 +210,10 @@ def save_torch(obj, path: str | Path) -> None:
     write_bytes(path, buf.getvalue())
 
 
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
