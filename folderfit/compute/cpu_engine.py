@@ -24,7 +24,7 @@ GPU, torch runs the network under the runtime's autocast (not measured).
 ONNX Runtime's outputs agree with torch's to about 1e-5, not bit for bit, and bf16's to about
 1e-2, so the engine, precision included, is part of the feature cache's key
 (folderfit.frozen.feature_cache). The graph is exported from the torch module with the TorchScript-based
-exporter (~1-2 s for lite2; the torch.export-based one took ~20 s), its batch dimension free
+exporter (an order of magnitude faster than the torch.export-based one), its batch dimension free
 and fixed at session creation. Before use, one image goes through both engines: a graph that
 does not compute what the torch module computes is never used.
 """
@@ -182,7 +182,7 @@ ORT_FP32, TORCH_FP32, TORCH_BF16 = "onnxruntime-fp32", "torch-fp32", "torch-bf16
 PREFERENCE = (ORT_FP32, TORCH_FP32, TORCH_BF16)
 CHOICE_MARGIN = 1.2  # a less preferred engine must be this much faster to be chosen
 TRIAL_ROUNDS = 2  # timed batches per candidate after one warm-up batch (the fastest counts)
-# Losers stop early: the trial times whole batches of the real size (~0.5-2 s each for lite2).
+# Losers stop early: the trial times whole batches of the real size, which take seconds.
 # A candidate must beat the best so far by CHOICE_MARGIN to be chosen, so one timed batch
 # slower than the best ends its rounds, and a warm-up batch (which also builds kernels) this
 # much slower means it is not timed at all.
@@ -368,10 +368,8 @@ def choose_engine(network: nn.Module, rt: Runtime, *, precision: str, cpu_engine
               f"again", file=sys.stderr)
     # timed at the very batch size the extraction will use: torch's speed per image depends on
     # it (a 26 MB batch of 32 lite2 inputs puts every activation above the fixed mmap
-    # threshold of folderfit.support.memory, so each one is mapped and zero-filled afresh). Timed on
-    # batches of 4, torch bf16 measured 12.2 ms/image against ONNX Runtime's 16.8 and was
-    # chosen; at batch 32 it then ran at ~37 ms/image, and review took 430 s on 10,000 photos
-    # (293 s with ONNX Runtime).
+    # threshold of folderfit.support.memory, so each one is mapped and zero-filled afresh): a
+    # trial on small batches once chose an engine that then ran 3x slower (docs/speed.md).
     engine, times, notes = _measure(network, candidates, image_size, batch_size)
     if path and engine is not None:
         _store_choice(path, key, {"engine": engine, "ms_per_image": times, "notes": notes,

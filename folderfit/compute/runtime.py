@@ -20,7 +20,7 @@ Scoring with a trained model file (evaluate, predict, folderfit.load) resolves `
 numerics recorded in the file instead (scoring_runtime): what its scores were computed with.
 
 Refused = a one-line error naming the setting and the fix, instead of running something
-that is much slower (emulated bf16: ~15x slower than fp32 on such a CPU) or pointless (fp16
+that is much slower (emulated bf16, docs/speed.md) or pointless (fp16
 on a CPU). `device: auto` is the current CUDA GPU if there is one, else the CPU; the Apple
 GPU is used only when asked for (`device: mps`): it is not tested by this project.
 """
@@ -56,7 +56,7 @@ def deterministic_algorithms() -> None:
     """Deterministic kernels in eager mode and under torch.compile, through public switches only:
     * eager kernels: torch.set_deterministic_debug_mode("warn"), the public call that sets what
       torch.use_deterministic_algorithms(True, warn_only=True) sets, without that function's
-      import of torch._inductor (+1.8 s of CPU per stage process on the 2-core CPU, measured);
+      import of torch._inductor (seconds of CPU per stage process: docs/speed.md);
     * Inductor: TORCHINDUCTOR_DETERMINISTIC=1, its documented switch, read when it is imported,
       so `compile: true` (or anything else that loads it later) starts deterministic.
     tests/test_runtime.py reads both back through torch's public getters."""

@@ -10,7 +10,7 @@ problem, so it is solved to convergence instead of run for SGD epochs with early
   training rows: every view of every image is one row) + l2 / 2 * ||W||^2 (bias not penalised).
 * Solver: full-batch L-BFGS with a strong-Wolfe line search, in float32. Small problems run
   on one thread: their matrix products are too small to share, and several busy-waiting
-  threads on a loaded CPU made each step 10x slower (measured).
+  threads on a loaded CPU made each step many times slower (docs/speed.md).
 * The l2 strength is chosen on the validation images from `L2_GRID`, solved from the
   strongest to the weakest, each solve starting from the previous solution (warm start).
   Best: highest val accuracy, then lowest val loss, then the stronger regularisation.
@@ -34,8 +34,8 @@ L2_GRID = tuple(float(v) for v in np.logspace(1, -4, 11))  # strongest first (wa
 MAX_ITER = 200
 TOLERANCE_GRAD = 1e-6
 DTYPE = torch.float32
-# feature values in the problem (rows x features) from which the solve uses every thread; 2
-# threads gained nothing measurable on 7,000 rows x 1,280 (train 53.8 s against 52.1 s)
+# feature values in the problem (rows x features) from which the solve uses every thread:
+# below it, more threads gained nothing measurable (docs/speed.md)
 ONE_THREAD_BELOW = 20_000_000
 
 

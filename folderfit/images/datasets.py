@@ -59,8 +59,7 @@ class Normalizer(torch.nn.Module):
 def decode_file(path: Path) -> torch.Tensor:
     """A prepared (RGB, small, lossless) image file as a uint8 CHW tensor: the pixels
     folderfit.images.decode computed from the original, so evaluate sees what predict sees.
-    Pillow reads the uncompressed stored copy in ~0.9 ms at 325 px (torchvision.io does not
-    read BMP)."""
+    Pillow reads the uncompressed stored copy (torchvision.io does not read BMP)."""
     from PIL import Image
 
     with Image.open(path) as img:

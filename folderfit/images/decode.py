@@ -36,8 +36,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 STORE_MARGIN = 1.25  # stored copy: shorter side at most this x image_size
 # JPEG draft only while the shorter side stays >= this x the stored side. libjpeg's reduced
-# IDCT is itself a proper downscale, so no margin is needed: 1.0 against 2.0 halved prepare's
-# time per photo of 640-1600 px (50 -> 27 ms, bench/photo_set.py photos)
+# IDCT is itself a proper downscale, so no margin is needed (1.0 against 2.0 halved prepare's
+# time per photo: docs/speed.md)
 DRAFT_GAP = 1.0
 MAX_ASPECT = 20.0  # longer side / shorter side
 # 16-bit and 32-bit grey images: the bit depths a sample range is read as (see to_rgb)
@@ -198,10 +198,9 @@ def stored_image(path: str | Path, image_size: int) -> tuple[Image.Image, Image.
 
 def encode_stored(img: Image.Image) -> bytes:
     """The stored copy as an uncompressed 24-bit BMP: lossless, and the cheapest format to
-    write and to read back (photos at 325 px: 0.4 ms to write and 0.9 ms to read into a
-    tensor, against 10 ms and 4.6 ms for the fastest PNG; PNG was most of prepare's time per
-    photo). The price is disk: ~2.7x the bytes of that PNG (~420 KB per image at 260 px).
-    Browsers and every image library show BMP."""
+    write and to read back (PNG was most of prepare's time per photo; docs/speed.md has the
+    figures). The price is disk: several times the bytes of a PNG. Browsers and every image
+    library show BMP."""
     import io
 
     buf = io.BytesIO()

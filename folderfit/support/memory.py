@@ -4,18 +4,17 @@ glibc serves a large allocation with mmap only until the first one is freed; the
 its mmap threshold to that size, and later batch-sized buffers (26 MB for 32 images at
 260 px) come from the heap. Freed among long-lived small objects (the decoded images kept
 for mirrored views), their holes cannot be returned or reused for the next buffers, so the
-heap grows with every batch: measured on 1,200 photos, 3.45 GiB against 1.75 GiB with the
-threshold fixed. A fixed threshold keeps every buffer of MMAP_THRESHOLD or more outside the
-heap, returned to the system when freed (a few ms per batch of page faults).
+heap grows with every batch (about twice the memory on a thousand photos, docs/speed.md). A
+fixed threshold keeps every buffer of MMAP_THRESHOLD or more outside the heap, returned to
+the system when freed (at the price of page faults per batch).
 
 That price is small for ONNX Runtime, which keeps its activations in its own arena, but not
 for torch on a CPU: every activation of 4 MB or more is then mapped, zero-filled by the kernel
-and unmapped again, in every layer of every step. tf_efficientnet_lite2 at 260 px, 32 images,
-on the 2-core EPYC with AVX-512 BF16: a full_tune training step took 7.8-8.4 s with the fixed
-threshold against 4.2-4.9 s with glibc's default. The epoch loop therefore runs under
-torch_compute_heap(): glibc's largest threshold (32 MB) and a trim threshold above it, which
-is where glibc's own dynamic setting ends up (4.4-4.7 s per step). A training step frees
-everything it allocates, so its buffers are reused from step to step instead of fragmenting.
+and unmapped again, in every layer of every step, which nearly doubled a full_tune step on
+a CPU (docs/speed.md). The epoch loop therefore runs under torch_compute_heap(): glibc's
+largest threshold (32 MB) and a trim threshold above it, which is where glibc's own dynamic
+setting ends up. A training step frees everything it allocates, so its buffers are reused
+from step to step instead of fragmenting.
 """
 
 from __future__ import annotations

@@ -16,8 +16,7 @@ def auto_strategy(n_train: int, device_type: str = "cpu") -> str:
     """On a GPU, the recipe's table: < 1,000 training images -> feature_extract;
     1,000-10,000 -> fine_tune; > 10,000 -> full_tune. On a CPU always feature_extract: an
     epoch of backpropagation through the backbone costs there what the whole feature_extract
-    run costs (lite2 @ 260 on 2 cores: ~70 s per epoch of 340 images against ~60 s for the
-    whole feature_extract pipeline), so fine-tuning cannot pay for itself in reasonable time."""
+    run costs (docs/speed.md), so fine-tuning cannot pay for itself in reasonable time."""
     if device_type == "cpu" or n_train < 1000:
         return "feature_extract"
     if n_train <= 10000:
