@@ -174,6 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="folderfit",
         description="Use a model trained by the folderfit DVC pipeline (dvc repro trains it).")
     parser.add_argument("--version", action="version", version=f"folderfit {__version__}")
+    talk = parser.add_mutually_exclusive_group()
+    talk.add_argument("-q", "--quiet", action="store_true",
+                      help="only warnings, errors and the command's own output (no status lines or progress)")
+    talk.add_argument("-v", "--verbose", action="store_true", help="also the details behind the status lines")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (_, help_text) in COMMANDS.items():
         ARGUMENTS[name](sub.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + "."))
@@ -183,6 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> None:
     """The `folderfit` console script."""
     args = build_parser().parse_args(argv)
+    if args.quiet or args.verbose:
+        from folderfit.support.report import set_level
+
+        set_level("quiet" if args.quiet else "verbose")
     # `review --serve` is served by the pages package (the review module only prints lists)
     serving = args.command == "review" and getattr(args, "serve", False)
     module = importlib.import_module("folderfit.commands.review_server" if serving else COMMANDS[args.command][0])
@@ -212,8 +220,11 @@ def stage_main(name: str, description: str, target: str | None = None, argv=None
         from folderfit.params import load_params
         from folderfit.support.memory import fix_mmap_threshold
 
+        from folderfit.support.report import detail
+
         fix_mmap_threshold()  # before the big buffers: a fragmented heap grows long feature runs
         params = load_params()
+        detail(f"{name}: {STAGES[name]}.run with params.yaml (folderfit {__version__})")
         importlib.import_module(STAGES[name]).run(params)
 
     run_main(body)

@@ -37,6 +37,7 @@ from folderfit.artifacts.model_file import load_model_file
 from folderfit.compute.classifier import predict_files
 from folderfit.compute.runtime import Setting
 from folderfit.errors import PipelineError
+from folderfit.support.report import say
 from folderfit.images import image_folder
 from folderfit.images.collect import collect_images
 from folderfit.support.fileio import write_text
@@ -128,7 +129,7 @@ def command(args) -> None:
     else:
         sys.stdout.write(text)
     n_failed = len(failed) + len(missing)
-    print(f"predict: {len(records)} image(s) classified"
+    say(f"predict: {len(records)} image(s) classified"
           + (f" -> {args.output}" if args.output else "")
           + (f"; {n_failed} skipped (see above)" if n_failed else ""), file=sys.stderr)
     if n_failed:

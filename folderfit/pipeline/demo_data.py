@@ -16,6 +16,7 @@ from PIL import Image
 
 from folderfit.paths import DEMO_DIR
 from folderfit.support.fileio import staged_dir
+from folderfit.support.report import say
 
 
 def write_digits(out_dir: Path, per_class: int, size: int) -> int:
@@ -53,7 +54,7 @@ def run(params) -> None:
         with staged_dir(DEMO_DIR) as tmp:
             (tmp / NOT_USED).write_text(f"data.source is {params.data.source}, so the demo digits "
                                         f"were not made; set data.source: {DEMO_DIR} to make them\n")
-        print(f"demo_data: data.source is not {DEMO_DIR}: the demo set is not made")
+        say(f"demo_data: data.source is not {DEMO_DIR}: the demo set is not made")
         return
     n = write_digits(DEMO_DIR, params.demo.per_class, params.demo.size)
-    print(f"demo_data: wrote {n} digit images to {DEMO_DIR}/")
+    say(f"demo_data: wrote {n} digit images to {DEMO_DIR}/")

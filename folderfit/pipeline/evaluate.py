@@ -55,6 +55,7 @@ from folderfit.paths import EVAL_DIR, EVAL_JSON, MODEL_FILE, PREPARED, REPORT_TX
 from folderfit.results import metrics, reports
 from folderfit.results.pages import results_page
 from folderfit.support.fileio import staged_dir, write_json, write_text
+from folderfit.support.report import say
 
 HEADLINE = ("split", "estimate", "n_images", "accuracy", "accuracy_ci95_low", "accuracy_ci95_high", "macro_f1",
             "balanced_accuracy", "roc_auc_ovr_macro", "ece", "copies_of_learned_excluded",
@@ -225,7 +226,7 @@ def score_checked(loaded, samples, params: Params, rt) -> tuple[np.ndarray, np.n
         tolerance = FEATURE_CHECK_TOLERANCE[extractor.rt.precision]
         engine = extractor.numerics
         if gap <= tolerance:
-            print(f"evaluate: scored from the backbone's features ({engine}: "
+            say(f"evaluate: scored from the backbone's features ({engine}: "
                   f"{extractor.reused} vectors from the cache, {extractor.computed} computed) and the "
                   f"model file's head; the whole model file on {len(pick)} of the images agrees "
                   f"(largest probability difference {gap:.1e} <= {tolerance:g}) "
@@ -332,7 +333,7 @@ def run(params: Params) -> None:
         return f"{name} {summary[name]:.4f}{ci}"
 
     auc = summary["roc_auc_ovr_macro"]
-    print(f"evaluate: {split} ({estimate}), {len(y)} images: {with_ci('accuracy')}, {with_ci('macro_f1')}, "
+    say(f"evaluate: {split} ({estimate}), {len(y)} images: {with_ci('accuracy')}, {with_ci('macro_f1')}, "
           f"balanced accuracy {summary['balanced_accuracy']:.4f}, top-{summary['top_k']} "
           f"{summary['top_k_accuracy']:.4f}, ROC-AUC {'n/a' if auc is None else f'{auc:.4f}'} "
           f"({summary['roc_auc_classes']}/{len(classes)} classes), ECE {summary['ece']:.4f}"

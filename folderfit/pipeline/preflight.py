@@ -26,6 +26,7 @@ from folderfit.images import image_folder
 from folderfit.paths import DEMO_DIR, PREFLIGHT_OK
 from folderfit.support.fileio import write_text
 from folderfit.support.provenance import LIBRARY, library_files
+from folderfit.support.report import say
 
 # project templates `folderfit init` copies: not code any stage runs
 TEXT = ("params.yaml and data.source passed folderfit's preflight checks. Every other stage "
@@ -67,4 +68,4 @@ def check_source_names(source: str) -> None:
 def run(params) -> None:
     check_source_names(params.data.source)
     write_text(PREFLIGHT_OK, stamp())
-    print(f"preflight: params.yaml and data.source {image_folder.printable(params.data.source)} OK")
+    say(f"preflight: params.yaml and data.source {image_folder.printable(params.data.source)} OK")

@@ -49,6 +49,7 @@ from folderfit.support.fileio import (
     write_json,
 )
 from folderfit.support.progress import progress
+from folderfit.support.report import say
 
 STAGING = ".staging"  # inside the temp output dir: encoded images before their split is known
 MAX_LISTED = 10  # leak pairs named in the error message (all are printed as warnings)
@@ -379,16 +380,16 @@ def _run(params, source: Path, fixes) -> None:
         corrections.write_test_record(tmp, report)
         write_json(DATA_REPORT, report)  # before the swap: a failure here leaves both as they were
     sizes = ", ".join(f"{s} {report.get(f'n_{s}', 0)}" for s in image_folder.SPLITS)
-    print(f"prepare: {len(rows)} images, {len(classes)} classes ({sizes}); "
+    say(f"prepare: {len(rows)} images, {len(classes)} classes ({sizes}); "
           f"{report['n_skipped']} skipped, {dups['duplicate_files']} duplicate file(s)")
     if fixes:
-        print(f"corrections ({corrections.CORRECTIONS}): {report['n_relabelled']} relabelled, "
+        say(f"corrections ({corrections.CORRECTIONS}): {report['n_relabelled']} relabelled, "
               f"{report['n_dropped']} dropped, {report['n_unchanged']} unchanged; "
               f"{report['n_test_corrections']} test image(s) corrected (kept apart)")
     if extras["split_given"] and extras["made_splits"]:
-        print(f"prepare: {' and '.join(extras['made_splits'])} drawn from your train/ folder "
+        say(f"prepare: {' and '.join(extras['made_splits'])} drawn from your train/ folder "
               f"(stratified, seed {params.seed})")
     for s in extras["skipped"]:
-        print(f"  skipped {s['file']}: {s['reason']}", file=sys.stderr)
+        say(f"  skipped {s['file']}: {s['reason']}", file=sys.stderr)
     for pair in dups["label_conflicts"]:
         print(f"warning: the same image is labelled differently: {' vs '.join(pair)}", file=sys.stderr)

@@ -58,6 +58,7 @@ from folderfit.paths import PREPARED, REVIEW_DIR, REVIEW_JSON
 from folderfit.results.pages import review_page
 from folderfit.results.review_lists import print_lists
 from folderfit.support.fileio import staged_dir, write_json
+from folderfit.support.report import say
 
 OUTLIER_IQR_FACTOR = 1 / 0.37037 - 1  # cleanlab Datalab's default outlier threshold, as a factor
 
@@ -123,14 +124,14 @@ def follow_mirror_test(extractor, files: list, rows: list[dict], labels: np.ndar
     if len(train) == 0 or len(val) == 0:
         return [feature_cache.CLEAN, feature_cache.FLIP], None
     if probe.mirror_views_pay("auto", len(train)) is False:  # the rule train follows
-        print(f"review: {probe.size_note(len(train))}")
+        say(f"review: {probe.size_note(len(train))}")
         return [feature_cache.CLEAN], None
     train_clean, val_clean, val_mirrored = extractor.features_of(
         [([files[i] for i in train], feature_cache.CLEAN), ([files[i] for i in val], feature_cache.CLEAN),
          ([files[i] for i in val], feature_cache.FLIP)], "features review (mirror test)")
     y = torch.as_tensor(labels)
     test = probe.mirror_test(train_clean, y[train], val_clean, val_mirrored, y[val], n_classes)
-    print(f"review: hflip auto: val accuracy {test['val_accuracy']:.4f}, mirrored "
+    say(f"review: hflip auto: val accuracy {test['val_accuracy']:.4f}, mirrored "
           f"{test['val_accuracy_mirrored']:.4f} -> {'clean + flip' if test['hflip'] else 'clean'} views")
     return ([feature_cache.CLEAN, feature_cache.FLIP] if test["hflip"] else [feature_cache.CLEAN]), test
 
@@ -349,9 +350,9 @@ def run(params) -> None:
     if params.augment.hflip == "auto":  # train's own mirror test decides, on the same vectors
         views, mirror = follow_mirror_test(extractor, files, rows, labels, len(classes))
     features = extractor.features_of([(files, view) for view in views], "features review")
-    print(f"review: {len(rows)} images, {len(views)} view(s) ({', '.join(v.name for v in views)}): "
+    say(f"review: {len(rows)} images, {len(views)} view(s) ({', '.join(v.name for v in views)}): "
           f"{extractor.computed} computed ({extractor.numerics}), {extractor.reused} from the cache {extractor.root}")
-    print(f"review: engine {engine_choice.describe()}")
+    say(f"review: engine {engine_choice.describe()}")
     z = feature_similarity.normalise(feature_cache.mean_over_views(features).numpy())  # votes, outliers: all views
     clean = feature_similarity.normalise(features[0].numpy())  # copies: the clean view
 
@@ -389,7 +390,7 @@ def run(params) -> None:
         page_seconds = time.perf_counter() - page_started
         write_json(REVIEW_JSON, summary)
     accuracy = details["accuracy_out_of_sample"]
-    print(f"review: out-of-sample accuracy "
+    say(f"review: out-of-sample accuracy "
           f"{'-' if accuracy is None else f'{accuracy:.4f}'} ({details['folds']}-fold); "
           f"{summary['n_label_issues']} label issues (estimated label noise "
           f"{summary['label_noise_rate']:.1%}), {summary['n_near_duplicates']} "
@@ -397,5 +398,5 @@ def run(params) -> None:
           f"{summary['n_near_duplicates_across_splits']} across splits), {summary['n_outliers']} "
           f"outliers -> {REVIEW_DIR}/ [{time.perf_counter() - started:.1f} s]")
     print_lists(REVIEW_DIR, top=5, out=sys.stdout)
-    print(f"see them all: open {REVIEW_DIR}/index.html ({page_seconds:.1f} s to write), or "
+    say(f"see them all: open {REVIEW_DIR}/index.html ({page_seconds:.1f} s to write), or "
           f"`folderfit review --serve` to save decisions into data/corrections.csv (docs: review)")

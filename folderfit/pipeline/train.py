@@ -39,6 +39,7 @@ from folderfit.params import Params
 from folderfit.paths import MODEL_FILE, PREPARED, TIMING, TRAIN_DIR, TRAIN_METRICS
 from folderfit.support.fileio import sha256_file, staged_dir, write_json
 from folderfit.support.memory import torch_compute_heap
+from folderfit.support.report import say
 from folderfit.tuning import batches, distributed, epoch_loop, freezing
 from folderfit.tuning.augment import BatchAugment
 from folderfit.tuning.checkpoint import CHECKPOINT, Checkpointer, fingerprint
@@ -105,7 +106,7 @@ def solve_head(built: architecture.BuiltModel, pre, params: Params, splits, rt, 
     a = params.augment
     hflip = probe.mirror_views_pay(a.hflip, len(files["train"]))
     if hflip != a.hflip:
-        print(probe.size_note(len(files["train"])))
+        say(probe.size_note(len(files["train"])))
     procedure = dict(hflip=hflip, n_views=a.feature_views, min_scale=a.min_scale,
                      tta=params.evaluate.tta, refit=refit, class_weights=weights,
                      label_smoothing=params.label_smoothing, calibrate=calibrate)
@@ -118,7 +119,7 @@ def solve_head(built: architecture.BuiltModel, pre, params: Params, splits, rt, 
         cv = probe.cross_validate(features, labels["train"], labels["val"], head.out_features,
                               folds=cv_folds, groups=copies, seed=params.seed, **procedure)
         correct = int((cv.probs.argmax(1) == cv.labels).sum())
-        print(f"cross-validation ({cv.folds} folds, the whole head procedure nested in each): "
+        say(f"cross-validation ({cv.folds} folds, the whole head procedure nested in each): "
               f"{correct}/{len(cv.labels)} right out of fold [{time.perf_counter() - started:.1f} s]")
     if hflip != a.hflip:  # recorded with the run: why hflip auto used no mirror images
         solved = dataclasses.replace(solved, mirror_test={"hflip": False, "skipped": probe.size_note(len(files["train"]))})
@@ -128,22 +129,22 @@ def solve_head(built: architecture.BuiltModel, pre, params: Params, splits, rt, 
 )
     # how the engine was chosen goes to the log only: its trial times must not make two
     # identical runs' outputs differ
-    print(f"engine: {engine_choice.describe()}")
-    print(f"features: {len(files['train'])} train + {len(files['val'])} val images, "
+    say(f"engine: {engine_choice.describe()}")
+    say(f"features: {len(files['train'])} train + {len(files['val'])} val images, "
           f"{extractor.computed} vectors computed ({extractor.numerics}), {extractor.reused} from the cache "
           f"{feature_cache.cache_root()}")
     if solved.mirror_test and "skipped" not in solved.mirror_test:
         t = solved.mirror_test
-        print(f"hflip auto: val accuracy {t['val_accuracy']:.4f}, mirrored {t['val_accuracy_mirrored']:.4f} "
+        say(f"hflip auto: val accuracy {t['val_accuracy']:.4f}, mirrored {t['val_accuracy_mirrored']:.4f} "
               f"-> flips {'on' if solved.hflip else 'off'}")
-    print(f"head: views {', '.join(solved.views)}; l2 {solved.fit.l2:.3g} chosen on val (accuracy "
+    say(f"head: views {', '.join(solved.views)}; l2 {solved.fit.l2:.3g} chosen on val (accuracy "
           f"{solved.fit.val_accuracy:.4f}, loss {solved.fit.val_loss:.4f}); flip TTA {solved.tta}"
           + ("; then solved again on train + val" if refit else ""))
     c = solved.calibration
     if c and "skipped" in c:
-        print(f"head: confidences not calibrated: {c['skipped']}")
+        say(f"head: confidences not calibrated: {c['skipped']}")
     elif c:
-        print(f"head: confidences calibrated on val: temperature {c['temperature']:.3g} "
+        say(f"head: confidences calibrated on val: temperature {c['temperature']:.3g} "
               f"(val loss {c['val_loss']:.4f} -> {c['val_loss_calibrated']:.4f}; predictions unchanged)")
     return solved, cv
 
@@ -191,7 +192,7 @@ def _train(params: Params, ctx: distributed.DistContext, curves: Path | None) ->
     strategy = (freezing.auto_strategy(n_train, rt.device.type) if params.strategy == "auto"
                 else params.strategy)
     if params.strategy == "auto":
-        print(f"strategy auto: {n_train} training images on {rt.device.type} -> {strategy}")
+        say(f"strategy auto: {n_train} training images on {rt.device.type} -> {strategy}")
     # What the model learns from; evaluate scores only what is left (folderfit.artifacts.learned_from).
     learned = {"train": splits["train"], "val_selection": splits["val"]}
     cv_folds = 0
@@ -204,10 +205,10 @@ def _train(params: Params, ctx: distributed.DistContext, curves: Path | None) ->
         if holdout:
             splits = {**splits, "val": selection}
             learned["val_selection"] = selection
-            print(f"no test split: {len(holdout)} of the val images are held out for evaluate "
+            say(f"no test split: {len(holdout)} of the val images are held out for evaluate "
                   f"(split val_holdout); {len(selection)} choose the best epoch")
         else:  # evaluate will say that nothing is left to score honestly
-            print("note: no test split and at most one val image per class: none can be held "
+            say("note: no test split and at most one val image per class: none can be held "
                   "out, so evaluate will have nothing honest to score; set data.test_fraction > 0")
     built = architecture.build_model(params.model_name, len(classes), params.weights, params.seed)
     distributed.reseed_augmentation(ctx, params.seed)
@@ -220,7 +221,7 @@ def _train(params: Params, ctx: distributed.DistContext, curves: Path | None) ->
     # the runs that solve a head on frozen features: its engine is chosen first
     choice = (engine_choice(built, pre, params, rt) if strategy == "feature_extract" or
               (pretrained and (params.warm_start_head or params.augment.hflip == "auto")) else None)
-    print(f"train: {params.model_name} (weights: {built.weights.source}), {strategy}, "
+    say(f"train: {params.model_name} (weights: {built.weights.source}), {strategy}, "
           f"{n_frozen}/{len(built.stages)} stages frozen, {freezing.count_trainable(model):,d} trainable "
           f"parameters, {n_train} train / {len(splits['val'])} val images, "
           f"{numerics_text(rt, strategy, choice)}")
@@ -261,7 +262,7 @@ def _train(params: Params, ctx: distributed.DistContext, curves: Path | None) ->
             if result.best_epoch == 0 and warm and params.refit_head and ctx.world_size == 1:
                 # no epoch beat the solved head: deliver what feature_extract would (the same
                 # head refit on train + val, the pretrained backbone), never the weaker unrefit one
-                print("fine-tuning did not beat the solved head on val: delivering the "
+                say("fine-tuning did not beat the solved head on val: delivering the "
                       "feature_extract model (head solved again on train + val)")
                 solve_head(built, pre, params, splits, rt, weights, refit=True, choice=choice)
                 details["delivered"] = "the start: feature_extract's model (head refit on train + val)"
@@ -301,7 +302,7 @@ def _train(params: Params, ctx: distributed.DistContext, curves: Path | None) ->
     write_json(TIMING, {"train_wall_s": round(wall, 2)})
     if checkpointer:
         checkpointer.finish()  # only now: the outputs it could have recovered are written
-    print(f"train: val accuracy {headline['best_val_accuracy']:.4f}, {wall:.1f} s -> {MODEL_FILE}")
+    say(f"train: val accuracy {headline['best_val_accuracy']:.4f}, {wall:.1f} s -> {MODEL_FILE}")
 
 
 def _flips_for_epochs(params: Params, built: architecture.BuiltModel, pre, splits, rt, weights,
@@ -312,11 +313,11 @@ def _flips_for_epochs(params: Params, built: architecture.BuiltModel, pre, split
     decides, and the new head keeps its initialisation."""
     hflip, pretrained = params.augment.hflip, built.weights.source != "none"
     if params.warm_start_head and pretrained:
-        print("head warm start: solving the head on frozen-backbone features first")
+        say("head warm start: solving the head on frozen-backbone features first")
         solved, _ = solve_head(built, pre, params, splits, rt, weights, choice=choice)
         return solved.hflip, solved.tta
     if params.warm_start_head:  # a random backbone's features say nothing yet
-        print("head warm start skipped: the backbone is randomly initialised (weights: none)")
+        say("head warm start skipped: the backbone is randomly initialised (weights: none)")
     if hflip == "auto" and pretrained:
         head = built.model.get_submodule(built.head_name)
         initial = {k: v.clone() for k, v in head.state_dict().items()}
@@ -325,7 +326,7 @@ def _flips_for_epochs(params: Params, built: architecture.BuiltModel, pre, split
         return solved.hflip, solved.tta
     flip = hflip is not False  # auto with a random backbone: photos are the common case
     if hflip == "auto":
-        print("hflip auto: a random backbone's features cannot decide; random flips on")
+        say("hflip auto: a random backbone's features cannot decide; random flips on")
     return flip, "flip" if probe.uses_tta(params.evaluate.tta, flip) else "none"
 
 
@@ -337,7 +338,7 @@ def _fit(params: Params, built: architecture.BuiltModel, pre, splits, rt, frozen
     will: with `tta`, in `val_rt`."""
     n_train = len(splits["train"])
     if params.batch_size > n_train:
-        print(f"note: batch_size {params.batch_size} > {n_train} training images: "
+        say(f"note: batch_size {params.batch_size} > {n_train} training images: "
               f"each epoch is a single batch of {n_train}")
     checkpointer = (Checkpointer(CHECKPOINT, fingerprint(params, manifest.manifest_path(PREPARED)), generator)
                     if ctx.world_size == 1 else None)
@@ -350,7 +351,7 @@ def _fit(params: Params, built: architecture.BuiltModel, pre, splits, rt, frozen
         frozen = frozen + [m for m in freezing.batchnorm_layers(built.model) if m not in frozen]
     optimizer = torch.optim.AdamW(groups)
     store = batches.ImageStore([path for path, _ in splits["train"]], rt.device)
-    print(f"data: {store.describe()}")
+    say(f"data: {store.describe()}")
     sampler = distributed.train_sampler(store, ctx, params.seed)
     augment = BatchAugment(pre.image_size, params.augment.min_scale, flip)
     train_batches = batches.TrainBatches(store, [label for _, label in splits["train"]],
@@ -363,7 +364,7 @@ def _fit(params: Params, built: architecture.BuiltModel, pre, splits, rt, frozen
                            val_tta=tta)
     model = distributed.wrap(built.model, ctx)
     if params.compile:  # fixed batch shapes: one graph for training (validation runs eagerly)
-        print("compile: torch.compile of the training step; the first epoch includes compiling")
+        say("compile: torch.compile of the training step; the first epoch includes compiling")
         model = torch.compile(model, dynamic=False)
     with torch_compute_heap():  # torch's activations reused from step to step (folderfit.support.memory)
         result = epoch_loop.fit(model, optimizer, train_batches, val_batches, normalizer, cfg, run_ctx,

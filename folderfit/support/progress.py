@@ -28,10 +28,12 @@ def _is_terminal(stream) -> bool:
 def progress(iterable, total: int | None = None, desc: str = "", unit: str = "items",
              interval: float | None = None, stream=None, enabled: bool | None = None):
     """Yield from `iterable`, showing progress (see the module docstring). `enabled=False`
-    shows nothing; None: shown unless FOLDERFIT_PROGRESS=0."""
+    shows nothing; None: shown unless FOLDERFIT_PROGRESS=0 or the level is quiet."""
     stream = stream or sys.stderr
-    if enabled is None:
-        enabled = os.environ.get("FOLDERFIT_PROGRESS", "1") != "0"
+    if enabled is None:  # quiet (folderfit.support.report) shows no progress either
+        from folderfit.support.report import LEVELS, level
+
+        enabled = os.environ.get("FOLDERFIT_PROGRESS", "1") != "0" and level() >= LEVELS["normal"]
     if not enabled:
         yield from iterable
         return

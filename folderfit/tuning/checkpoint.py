@@ -38,6 +38,7 @@ import torch
 
 from folderfit.params import Params, as_dict
 from folderfit.support.fileio import save_torch
+from folderfit.support.report import say
 
 CHECKPOINT = Path("checkpoints/train.pt")
 FORMAT = "folderfit-checkpoint-1"
@@ -125,7 +126,7 @@ class Checkpointer:
         stopper.bad_epochs = s["bad_epochs"]
         stopper.floor = s.get("floor")
         set_rng_state(payload["rng"], self.generator)
-        print(f"resuming from {self.path}: epoch {payload['epoch']} finished", flush=True)
+        say(f"resuming from {self.path}: epoch {payload['epoch']} finished", flush=True)
         return payload["epoch"], list(payload["history"]), bool(payload["stopped"])
 
     def save(self, epoch: int, module, optimizer, scheduler, stopper, history: list,

@@ -36,6 +36,7 @@ import torch
 import torch.distributed as dist
 
 from folderfit.errors import PipelineError
+from folderfit.support.report import say
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,7 @@ def per_rank_batch(batch_size: int, ctx: DistContext) -> int:
         raise PipelineError(f"params.yaml: 'batch_size' {batch_size} is below the number of "
                             f"processes ({ctx.world_size}); it is the global batch, raise it")
     if batch_size % ctx.world_size:
-        print(f"note: batch_size {batch_size} is not a multiple of {ctx.world_size} processes; "
+        say(f"note: batch_size {batch_size} is not a multiple of {ctx.world_size} processes; "
               f"each takes {batch_size // ctx.world_size}")
     return batch_size // ctx.world_size
 
@@ -168,6 +169,6 @@ def report_sync(model: torch.nn.Module, ctx: DistContext) -> float:
     dist.broadcast(reference, src=0)
     drift = torch.tensor([float((flat - reference).abs().max())], dtype=torch.float64, device=flat.device)
     dist.all_reduce(drift, op=dist.ReduceOp.MAX)
-    print(f"distributed: {ctx.world_size} processes, max parameter difference to rank 0: "
+    say(f"distributed: {ctx.world_size} processes, max parameter difference to rank 0: "
           f"{float(drift):.3g}" + ("" if float(drift) == 0 else " (WARNING: replicas diverged)"))
     return float(drift)

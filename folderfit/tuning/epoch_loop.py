@@ -39,6 +39,7 @@ from folderfit.backbone.views import with_tta
 from folderfit.compute.inference import infer_labelled, scores
 from folderfit.compute.runtime import Runtime, async_copy, to_device
 from folderfit.support.progress import progress
+from folderfit.support.report import say
 from folderfit.tuning.distributed import DistContext, unwrap
 from folderfit.tuning.freezing import set_train_mode
 
@@ -126,7 +127,7 @@ def _log_epoch(epoch: int, row: dict, history: list, log: EpochLogger | None, lr
     history.append(row)
     train = (f"train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.3f}"
              if "train_loss" in row else "start (no training yet)        ")
-    print(f"epoch {epoch:3d}  {train}  val loss {row['val_loss']:.4f} acc "
+    say(f"epoch {epoch:3d}  {train}  val loss {row['val_loss']:.4f} acc "
           f"{row['val_accuracy']:.3f}  lr {lr:.2e}"
           + (f"  {seconds:.0f} s" if seconds is not None else ""), flush=True)
     if log:
@@ -241,7 +242,7 @@ def fit(model: nn.Module, optimizer, train_loader, val_loader, normalizer: nn.Mo
         if run.checkpointer:
             run.checkpointer.save(epoch, net, optimizer, scheduler, stopper, history, stop, scaler)
         if stop:
-            print(f"early stopping: no better epoch on val for {cfg.patience} epochs")
+            say(f"early stopping: no better epoch on val for {cfg.patience} epochs")
             break
     net.load_state_dict(stopper.best_state)
     return FitResult(stopper.best_epoch, epoch, stopper.best_key[0], stopper.best_key[1], history,
