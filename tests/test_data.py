@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from folderfit.errors import PipelineError
-from folderfit.images import datasets, image_folder
+from folderfit.images import datasets, decode, image_folder
 
 
 def items(per_class: dict) -> list[image_folder.Item]:
@@ -50,7 +50,7 @@ def test_exif_orientation_is_applied(tmp_path):
     exif[0x0112] = 6  # rotate 90 degrees clockwise on display
     path = tmp_path / "rotated.jpg"
     img.save(path, exif=exif.tobytes())
-    assert image_folder.load_rgb(path).size == (20, 40)
+    assert decode.decode_upright(path, None)[0].size == (20, 40)
 
 
 @pytest.mark.parametrize("mode", ["RGBA", "LA", "P", "L", "I;16", "CMYK"])
@@ -58,19 +58,19 @@ def test_modes_become_rgb(tmp_path, mode):
     img = Image.new(mode, (8, 8))
     path = tmp_path / ("x.tif" if mode == "CMYK" else "x.png")
     img.save(path)
-    assert image_folder.load_rgb(path).mode == "RGB"
+    assert decode.decode_upright(path, None)[0].mode == "RGB"
 
 
 def test_non_image_raises_bad_image(tmp_path):
     path = tmp_path / "notes.jpg"
     path.write_text("not a picture")
-    with pytest.raises(image_folder.BadImage, match="not an image"):
-        image_folder.load_rgb(path)
+    with pytest.raises(decode.BadImage, match="not an image"):
+        decode.decode_upright(path, None)[0]
 
 
 def test_bounded_never_enlarges():
-    assert image_folder.bounded(Image.new("RGB", (1000, 500)), 224).size == (560, 280)
-    assert image_folder.bounded(Image.new("RGB", (64, 48)), 224).size == (64, 48)
+    assert decode.shrink(Image.new("RGB", (1000, 500)), 224).size == (560, 280)
+    assert decode.shrink(Image.new("RGB", (64, 48)), 224).size == (64, 48)
 
 
 @pytest.mark.parametrize("folders,splits", [

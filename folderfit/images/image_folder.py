@@ -36,7 +36,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
 
 from folderfit.errors import PipelineError
 from folderfit.images import decode
@@ -287,30 +286,6 @@ def check_source(source: str) -> Path:
 
 
 # ------------------------------------------------------------------ decoding
-# The decoding itself is folderfit.images.decode (the one path shared with predict and export);
-# these names stay for the callers and tests that use them.
-BadImage = decode.BadImage
-
-
-to_rgb = decode.to_rgb
-
-
-def load_rgb(path: Path) -> Image.Image:
-    """Open an image as 8-bit RGB with EXIF orientation applied (full resolution: no JPEG
-    draft), or raise BadImage(reason)."""
-    return decode.decode_upright(path, None)[0]
-
-
-def upright_rgb(img: Image.Image) -> Image.Image:
-    """8-bit RGB as a viewer shows it: EXIF orientation applied, see imageio.to_rgb for the modes."""
-    return to_rgb(ImageOps.exif_transpose(img))
-
-
-def bounded(img: Image.Image, image_size: int) -> Image.Image:
-    """The stored copy's size rule (imageio.shrink)."""
-    return decode.shrink(img, image_size)
-
-
 # ------------------------------------------------------------------ splitting
 def split_counts(n: int, val_fraction: float, test_fraction: float) -> tuple[int, int, int]:
     """(train, val, test) sizes for one class: at least one image in every non-empty split."""
@@ -380,7 +355,3 @@ def _empty_split_error(label: str, split: str, hashes: list, by_class: dict, pla
         f"(label conflicts) and stay with those copies ({'; '.join(twins[:3])}); delete the "
         f"wrongly labelled copies or add images to '{label}'")
 
-
-def class_counts(samples: list[tuple[Path, int]], n_classes: int) -> list[int]:
-    counts = Counter(label for _, label in samples)
-    return [counts.get(i, 0) for i in range(n_classes)]
