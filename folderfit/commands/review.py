@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from folderfit.errors import PipelineError
-from folderfit.results.review_lists import _read_csv, print_lists
+from folderfit.results.review_lists import read_list, print_lists
 
 
 def write_template(folder: Path, path: Path, top: int) -> tuple[int, int]:
@@ -27,8 +27,8 @@ def write_template(folder: Path, path: Path, top: int) -> tuple[int, int]:
     if path.exists():
         raise PipelineError(f"{path}: exists; give a new file name (the template never "
                             f"overwrites, and {corrections.CORRECTIONS} is yours to edit)")
-    issues = _read_csv(folder / "label_issues.csv")[:top]
-    split_of = {r["path"]: r["split"] for r in _read_csv(folder / "scores.csv")}
+    issues = read_list(folder / "label_issues.csv")[:top]
+    split_of = {r["path"]: r["split"] for r in read_list(folder / "scores.csv")}
     rows = [r for r in issues if split_of.get(r["path"]) != corrections.TEST]
     tests = [r for r in issues if split_of.get(r["path"]) == corrections.TEST]
     lines = ["path,action",

@@ -11,7 +11,7 @@ from folderfit.errors import PipelineError
 
 
 # ------------------------------------------------------------------ `folderfit review`
-def _read_csv(path: Path) -> list[dict]:
+def read_list(path: Path) -> list[dict]:
     if not path.is_file():
         raise PipelineError(f"{path}: not found; run `dvc repro review` first")
     with open(path, newline="", encoding="utf-8") as fh:
@@ -26,9 +26,9 @@ def _table(rows: list[list[str]], out) -> None:
 
 def print_lists(folder: Path, top: int, out) -> None:
     """The three lists, `top` rows each, as aligned text."""
-    issues = _read_csv(folder / "label_issues.csv")
-    pairs = _read_csv(folder / "near_duplicates.csv")
-    outliers = _read_csv(folder / "outliers.csv")
+    issues = read_list(folder / "label_issues.csv")
+    pairs = read_list(folder / "near_duplicates.csv")
+    outliers = read_list(folder / "outliers.csv")
     print(f"label issues: {len(issues)} (most suspect first; score = probability of the given "
           f"label, out of sample)", file=out)
     if issues:
