@@ -20,6 +20,13 @@ class Padded(NamedTuple):
     n: int
 
 
+def pad_batch(images: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """`images` grown to `batch_size` rows with copies of its first image: every batch of a
+    run has one shape (kernels chosen once; an image's output does not depend on its batch)."""
+    n = len(images)
+    return images if n >= batch_size else torch.cat([images, images[:1].expand(batch_size - n, *images.shape[1:])])
+
+
 def loader_workers(rt: Runtime) -> int:
     """On CPU the data path runs in the main process: with few cores, workers would compete
     with the model for them. On a GPU, workers decode while the GPU computes."""

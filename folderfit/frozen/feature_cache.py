@@ -43,7 +43,7 @@ from torch import nn
 
 from folderfit.artifacts.model_file import Numerics
 from folderfit.compute import cpu_engine
-from folderfit.compute.inference import infer_batches, make_loader
+from folderfit.compute.inference import infer_batches, make_loader, pad_batch
 from folderfit.compute.runtime import Runtime
 from folderfit.errors import PipelineError
 from folderfit.images import datasets
@@ -186,10 +186,7 @@ def decode_workers(rt: Runtime) -> int:
 def _padded(loader, batch_size: int):
     """Batches of one fixed shape (the last one padded with copies of its first image)."""
     for images, indices in loader:
-        n = len(images)
-        if n < batch_size:
-            images = torch.cat([images, images[:1].expand(batch_size - n, *images.shape[1:])])
-        yield images, (indices, n)
+        yield pad_batch(images, batch_size), (indices, len(images))
 
 
 class FeatureCache:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from folderfit.compute.inference import Padded
+from folderfit.compute.inference import Padded, pad_batch
 from folderfit.images import datasets
 from folderfit.tuning.augment import BatchAugment
 
@@ -172,7 +172,5 @@ class EvalBatches:
     def __iter__(self):
         for start in range(0, len(self.labels), self.batch_size):
             images = self.images[start:start + self.batch_size]
-            n = len(images)
-            if n < self.batch_size:  # padded with copies of its first image; dropped by infer
-                images = torch.cat([images, images[:1].expand(self.batch_size - n, *images.shape[1:])])
-            yield images, Padded(self.labels[start:start + n], n)
+            n = len(images)  # the padding rows are dropped by infer
+            yield pad_batch(images, self.batch_size), Padded(self.labels[start:start + n], n)
