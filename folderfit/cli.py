@@ -31,7 +31,7 @@ COMMANDS = {
     "ci-report": ("folderfit.commands.ci_report", "headline results and changed params against a base "
                                          "revision, as Markdown"),
     "compare": ("folderfit.commands.compare", "is the difference real? two experiments' predictions on the "
-                                             "same images, paired: flips, 95% CI, McNemar test"),
+                                             "same images, paired: the flips, an interval, McNemar's test"),
     "review": ("folderfit.commands.review", "print the label review's ranked lists (likely label errors, "
                                    "near-duplicates, outliers)"),
     "serve": ("folderfit.commands.serve", "serve a model file as an HTTP JSON prediction service "
