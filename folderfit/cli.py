@@ -30,6 +30,8 @@ COMMANDS = {
                                              "compare every output"),
     "ci-report": ("folderfit.commands.ci_report", "headline results and changed params against a base "
                                          "revision, as Markdown"),
+    "compare": ("folderfit.commands.compare", "is the difference real? two experiments' predictions on the "
+                                             "same images, paired: the flips, an interval, McNemar's test"),
     "review": ("folderfit.commands.review", "print the label review's ranked lists (likely label errors, "
                                    "near-duplicates, outliers)"),
     "serve": ("folderfit.commands.serve", "serve a model file as an HTTP JSON prediction service "
@@ -113,6 +115,23 @@ def _ci_report_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base", default="main", help="revision to compare with (default: %(default)s)")
 
 
+def _compare_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("rev_a", nargs="?", metavar="REV_A",
+                   help="A: a commit, branch, tag or `dvc exp` name (its metrics/eval from the DVC cache)")
+    p.add_argument("rev_b", nargs="?", metavar="REV_B",
+                   help="B: as REV_A, or `workspace` (the default); with --a, the one REV given is B")
+    p.add_argument("--a", metavar="PATH", help="A from a folder (a copy of metrics/eval) or a predictions.csv")
+    p.add_argument("--b", metavar="PATH", help="B from a folder or a predictions.csv")
+    p.add_argument("--json", action="store_true", help="print the whole comparison as JSON")
+    p.add_argument("--show", type=_positive, default=20,
+                   help="flipped images listed per direction in the text (default: %(default)s)")
+    p.add_argument("--min-shared", type=float, default=0.95,
+                   help="refuse unless this share of the larger set was scored by both (default: %(default)s)")
+    p.add_argument("--resamples", type=_positive, default=10_000,
+                   help="paired bootstrap resamples for the 95%% interval (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="the bootstrap's seed (default: %(default)s)")
+
+
 def _review_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top", type=_positive, default=20, help="rows shown per list (default: %(default)s)")
     p.add_argument("--dir", default="metrics/review", help="the review stage's output folder (default: %(default)s)")
@@ -166,7 +185,7 @@ def _port(text: str) -> int:
 
 ARGUMENTS = {"predict": _predict_args, "export": _export_args, "describe": _describe_args,
              "repro-check": _repro_check_args, "ci-report": _ci_report_args, "review": _review_args,
-             "serve": _serve_args, "init": _init_args}
+             "serve": _serve_args, "init": _init_args, "compare": _compare_args}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,6 +4,12 @@ a base revision, as a short Markdown table, then the params that differ.
 Numbers come from `dvc metrics diff --json` and `dvc params diff --json`, so the base column
 is read through the base's dvc.lock from the DVC cache; when the cache lacks the base's
 metrics the column is empty and one note says how to fetch them.
+
+Then "Is the difference real?": the base's and this checkout's per-image predictions compared
+on the images both scored (folderfit.results.comparison, as `folderfit compare BASE`): one
+sentence with the accuracy difference, its 95% interval, McNemar's p and the flip counts. When
+the two cannot be compared (no base predictions in the cache, different splits or test sets)
+the section says why in one line instead; the report itself never fails on it.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import subprocess
 import sys
 
 from folderfit.errors import PipelineError
+from folderfit.results import comparison
 
 # (metrics file, key, label) of the rows the report shows, in this order
 HEADLINE = [
@@ -54,6 +61,19 @@ def _change(old, new) -> str:
     return "" if old == new else "changed"
 
 
+def verdict(base: str) -> str:
+    """The paired comparison of the base's predictions with this checkout's, in a few lines."""
+    try:
+        result = comparison.compare(comparison.read_revision(base, base),
+                                    comparison.read_revision(comparison.WORKSPACE, "this commit"))
+    except PipelineError as exc:
+        return f"Not compared: {exc}."
+    ups, downs = result["n_wrong_to_right"], result["n_right_to_wrong"]
+    return (result["sentence"][0].upper() + result["sentence"][1:] + ".\n\n"
+            f"Flipped: {ups} wrong -> right, {downs} right -> wrong; `folderfit compare {base}` "
+            f"lists them.")
+
+
 def report(base: str) -> str:
     metrics = _dvc_json(["metrics", "diff", base, "--all"])
     params = _dvc_json(["params", "diff", base])
@@ -71,6 +91,7 @@ def report(base: str) -> str:
         lines += ["", f"Note: no metrics of {base} are in the DVC cache here, so its column is "
                       f"empty; `dvc fetch -a` (with a DVC remote holding them) brings them."]
     lines += ["", "All numbers: `dvc metrics diff " + base + "`; per class: metrics/eval/per_class.json.",
+              "", "## Is the difference real?", "", verdict(base),
               "", f"## Params: {base} -> this commit", ""]
     changed = [(key, entry) for file in params.values() for key, entry in sorted(file.items())]
     if changed:
