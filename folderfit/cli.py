@@ -36,6 +36,8 @@ COMMANDS = {
                                    "near-duplicates, outliers)"),
     "serve": ("folderfit.commands.serve", "serve a model file as an HTTP JSON prediction service "
                                  "(127.0.0.1 by default; needs folderfit[serve])"),
+    "release": ("folderfit.commands.release", "register the committed model as a version of the dvc.yaml "
+                                             "artifact (GTO tags NAME@vX.Y.Z, NAME#STAGE#N)"),
     "init": ("folderfit.commands.init", "write the pipeline project (dvc.yaml, params.yaml, stages, CI "
                                    "workflow) into your git repository"),
 }
@@ -176,6 +178,12 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="as for predict (default: %(default)s)")
 
 
+def _release_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("version", metavar="VERSION", help="semantic version X.Y.Z (or vX.Y.Z), new for the artifact")
+    p.add_argument("--stage", help="also assign this stage to the version, e.g. prod (tag NAME#STAGE#N)")
+    p.add_argument("--message", "-m", help="the tags' annotation (default: GTO's wording)")
+
+
 def _port(text: str) -> int:
     value = int(text)
     if not 0 <= value <= 65535:
@@ -185,7 +193,7 @@ def _port(text: str) -> int:
 
 ARGUMENTS = {"predict": _predict_args, "export": _export_args, "describe": _describe_args,
              "repro-check": _repro_check_args, "ci-report": _ci_report_args, "review": _review_args,
-             "serve": _serve_args, "init": _init_args, "compare": _compare_args}
+             "serve": _serve_args, "release": _release_args, "init": _init_args, "compare": _compare_args}
 
 
 def build_parser() -> argparse.ArgumentParser:

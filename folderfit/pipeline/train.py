@@ -37,7 +37,7 @@ from folderfit.frozen import feature_cache, probe
 from folderfit.images import datasets
 from folderfit.params import Params
 from folderfit.paths import MODEL_FILE, PREPARED, TIMING, TRAIN_DIR, TRAIN_METRICS
-from folderfit.support.fileio import sha256_file, staged_dir, write_json
+from folderfit.support.fileio import mirror_files, sha256_file, staged_dir, write_json
 from folderfit.support.memory import torch_compute_heap
 from folderfit.support.report import say
 from folderfit.tuning import batches, distributed, epoch_loop, freezing
@@ -47,12 +47,19 @@ from folderfit.tuning.checkpoint import CHECKPOINT, Checkpointer, fingerprint
 
 class EpochLog:
     """Per-step curves through dvclive (plots in metrics/train/plots/metrics/): epochs of the
-    epoch loop, or the points of the head's regularisation path."""
+    epoch loop, or the points of the head's regularisation path.
 
-    def __init__(self, directory: Path):
+    dvclive writes into the staging folder `directory` (swapped in whole when train succeeds;
+    dvclive appends rows in place, so a killed run could leave half a row). After each step the
+    plots are also copied to `live`, where dvc.yaml's plots and readers during the run (`dvc
+    plots show`, the VS Code extension) look, each file replaced atomically: during a run and
+    after a crash they hold the curves of this run up to its last finished step, whole."""
+
+    def __init__(self, directory: Path, live: Path | None = None):
         from dvclive import Live
         from scmrepo.exceptions import SCMError
 
+        self.plots, self.live_plots = directory / "plots", live
         try:
             self.live = Live(dir=str(directory), save_dvc_exp=False, dvcyaml=False, report=None)
         except SCMError as exc:  # dvclive reads the git HEAD, which a brand-new repo lacks
@@ -69,6 +76,8 @@ class EpochLog:
             if key in row:
                 self.live.log_metric(key, row[key])
         self.live.next_step()
+        if self.live_plots is not None:
+            mirror_files(self.plots, self.live_plots)
 
     def close(self) -> None:
         self.live.end()
@@ -174,7 +183,8 @@ def run(params: Params) -> None:
     ctx = distributed.init_from_env(params.device)  # torchrun: one process per GPU; see folderfit/tuning/distributed.py
     try:
         # metrics/train is built beside its place and swapped in whole at the end, so a failed
-        # run leaves the previous curves (DVC keeps them: persist: true in dvc.yaml)
+        # run leaves the previous details and learned_from (DVC keeps them: persist: true in
+        # dvc.yaml); only the curves under plots/ follow the run as it goes (EpochLog)
         with staged_dir(TRAIN_DIR) if ctx.is_main else contextlib.nullcontext() as curves:
             _train(params, ctx, curves)
     finally:
@@ -225,7 +235,7 @@ def _train(params: Params, ctx: distributed.DistContext, curves: Path | None) ->
           f"{n_frozen}/{len(built.stages)} stages frozen, {freezing.count_trainable(model):,d} trainable "
           f"parameters, {n_train} train / {len(splits['val'])} val images, "
           f"{numerics_text(rt, strategy, choice)}")
-    log = EpochLog(curves) if ctx.is_main else None
+    log = EpochLog(curves, live=TRAIN_DIR / "plots") if ctx.is_main else None
     checkpointer = None
     # On a GPU the heavy batches are evaluate.batch_size for feature_extract, batch_size otherwise.
     batch_key, batch = (("evaluate.batch_size", params.evaluate.batch_size)

@@ -253,6 +253,27 @@ def staging_dir_of(target: str | Path) -> Path:
     return target.with_name(f".{target.name}.tmp")
 
 
+def mirror_files(src: str | Path, dest: str | Path) -> None:
+    """Make the files under `dest` those under `src` (small ones: each is read whole), every
+    file replaced atomically, so a reader of `dest` never sees one half-written; files under
+    `dest` that `src` lacks are deleted. For outputs built in a staging folder that readers
+    follow while they grow (train's curves)."""
+    src, dest = Path(src), Path(dest)
+    wanted = {path.relative_to(src) for path in src.rglob("*") if path.is_file()} if src.is_dir() else set()
+    for rel in sorted(wanted):
+        data = (src / rel).read_bytes()
+        target = dest / rel
+        if not target.is_file() or target.read_bytes() != data:
+            write_bytes(target, data)
+    if dest.is_dir():
+        for path in sorted(dest.rglob("*"), reverse=True):  # files before their folders
+            rel = path.relative_to(dest)
+            if path.is_file() and rel not in wanted:
+                path.unlink()
+            elif path.is_dir() and not any(path.iterdir()):
+                path.rmdir()
+
+
 @contextlib.contextmanager
 def staged_dir(target: str | Path, expected_size=None):
     """Yield an empty temp folder beside `target` (a killed run's leftover is cleared first);
