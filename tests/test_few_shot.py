@@ -122,3 +122,13 @@ def test_few_shot_set_runs_end_to_end(tmp_path):
     assert "1 photo: no estimate" in page
     with open(repo / "metrics/eval/predictions.csv") as fh:
         assert len(list(csv.DictReader(fh))) == sum(sizes)
+
+
+def test_class_notes_say_how_little_is_known():
+    from folderfit.pipeline import evaluate
+
+    assert evaluate.class_note(5, 5, [0.5, 1.0], "cv") is None
+    assert evaluate.class_note(1, 1, [0.0, 0.79], "cv").startswith("1 photo: no estimate for this class")
+    assert evaluate.class_note(1, 0, [0.0, 1.0], "val_holdout").endswith("none scored: no estimate for this class")
+    assert evaluate.class_note(2, 2, [0.34, 1.0], "cv") == \
+        "2 photos, 2 scored: recall is known only within 0.34-1.00 (95%)"
