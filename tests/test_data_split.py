@@ -152,9 +152,9 @@ def test_fractions_leaving_no_training_image_name_the_cause(tmp_path, monkeypatc
     text = str(exc.value)
     assert "leave no training image for class 'a'" in text and "lower the fractions" in text
     assert "at least" not in text and "\n" not in text
-    # too few images is still named as such
-    small = image_folder(tmp_path / "small", per_class=2)
-    with pytest.raises(PipelineError, match="at least 3 are needed"):
+    # too few images is no error (issue 33): every class of 1 photo is, as nothing is left to validate
+    small = image_folder(tmp_path / "small", per_class=1)
+    with pytest.raises(PipelineError, match="every class has a single distinct image"):
         run_prepare(tmp_path, monkeypatch, small, val_fraction=0.15, test_fraction=0.15)
 
 

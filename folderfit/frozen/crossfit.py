@@ -52,6 +52,14 @@ def plan_folds(counts, wanted: int) -> tuple[int, str | None]:
                f"{k}-fold cross-fitting instead")
 
 
+def fold_cap(counts) -> int:
+    """Most folds the class sizes `counts` allow: the smallest class of at least 2 images (plan_folds
+    says so first). A class of one image sits in one fold whatever K is, and is scored there
+    by a head that never saw its class: it does not shrink the folds of the others."""
+    sizes = [int(c) for c in counts if c >= 2]
+    return min(sizes) if sizes else 2
+
+
 def assign_folds(labels: np.ndarray, groups: np.ndarray, k: int, seed: int) -> np.ndarray:
     """Fold index per image: stratified by label, copies (same group) in one fold.
 
@@ -65,8 +73,7 @@ def assign_folds(labels: np.ndarray, groups: np.ndarray, k: int, seed: int) -> n
     present = np.unique(labels)
     _, group_of = np.unique(groups, return_inverse=True)
     n_groups = int(group_of.max()) + 1 if len(group_of) else 0
-    # never more folds than the smallest class has images (plan_folds says so first)
-    k = max(2, min(k, n_groups, int(np.bincount(labels)[present].min())))
+    k = max(2, min(k, n_groups, fold_cap(np.bincount(labels)[present])))
     n_classes = int(labels.max()) + 1
     rng = np.random.default_rng(seed)
     size = np.bincount(group_of, minlength=n_groups)

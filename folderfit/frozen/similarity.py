@@ -19,7 +19,18 @@ import numpy as np
 
 THUMBNAIL = 32  # px, grayscale
 THUMBNAIL_CORRELATION = 0.998  # from here two thumbnails are one picture (resized/re-encoded)
-_CHUNK = 2048  # rows per block of the pairwise products (memory: _CHUNK x N floats)
+_CHUNK = 2048  # rows per block of the pairwise products, at most
+# bytes per block of the nearest-neighbour search: the products (float32), their negation and
+# argpartition's int64 indices are 16 bytes per pair; 2048 rows stay up to N = 16,384
+BLOCK_BYTES = 512 << 20
+BYTES_PER_PAIR = 16
+
+
+def block_rows(n: int) -> int:
+    """Rows per block of the pairwise products among `n` rows: _CHUNK, fewer for large n so
+    a block's working memory stays near BLOCK_BYTES (each row's result does not depend on
+    the block it is computed in)."""
+    return max(1, min(_CHUNK, BLOCK_BYTES // (BYTES_PER_PAIR * max(n, 1))))
 
 
 def normalise(x: np.ndarray) -> np.ndarray:
@@ -30,12 +41,13 @@ def normalise(x: np.ndarray) -> np.ndarray:
 def nearest(z: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """(indices [N, k], cosine similarities [N, k]) of each normalised row's k nearest other
     rows, nearest first, ties by index (the row itself is never its own neighbour). Exact,
-    by blocks of rows, so memory stays _CHUNK x N."""
+    by blocks of rows, so memory stays near BLOCK_BYTES (block_rows)."""
     k = min(k, len(z) - 1)
     index = np.zeros((len(z), k), dtype=np.int64)
     similarity = np.zeros((len(z), k), dtype=np.float32)
-    for start in range(0, len(z), _CHUNK):
-        block = z[start:start + _CHUNK] @ z.T
+    rows_per_block = block_rows(len(z))
+    for start in range(0, len(z), rows_per_block):
+        block = z[start:start + rows_per_block] @ z.T
         rows = np.arange(len(block))
         block[rows, start + rows] = -np.inf  # not its own neighbour
         # the k largest, then ordered by (similarity descending, index ascending)
@@ -84,10 +96,11 @@ def thumbnails(files: list[Path], known: dict | None = None) -> np.ndarray:
 
 def pairs_above(z: np.ndarray, threshold: float) -> list[tuple[int, int, float]]:
     """Every pair (i < j) whose rows' dot product is >= threshold, by blocks of rows (exact;
-    memory stays _CHUNK x N)."""
+    memory stays near BLOCK_BYTES: block_rows)."""
     pairs = []
-    for start in range(0, len(z), _CHUNK):
-        block = z[start:start + _CHUNK] @ z.T
+    rows_per_block = block_rows(len(z))
+    for start in range(0, len(z), rows_per_block):
+        block = z[start:start + rows_per_block] @ z.T
         a, j = np.nonzero(block >= threshold)
         keep = start + a < j
         a, j = a[keep], j[keep]

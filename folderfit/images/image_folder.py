@@ -21,6 +21,11 @@ Decisions (the user-facing side: docs/data.md):
   a PNG and a BMP of one picture) are one group and always land in the same split, even when
   they sit under two classes (a label conflict): no leakage through duplicates.
   Every class gets at least one image in every split, or a PipelineError names class and split.
+* Few-shot classes (fewer distinct images than a place in every split needs: 3 with val and
+  test): the set then has no test split at all (evaluate estimates by cross-validation over
+  train + val, which covers every class; a test split that some classes cannot be in would
+  score those not at all); a class of 2 gets one train and one val image, a class of 1 goes
+  to train only (few_shot_classes; docs/data.md).
 
 Feeding the prepared images to a network is folderfit.images.datasets.
 """
@@ -295,6 +300,21 @@ def split_counts(n: int, val_fraction: float, test_fraction: float) -> tuple[int
     return n_train, n_val, n_test
 
 
+def places_needed(val_fraction: float, test_fraction: float) -> int:
+    """Distinct images a class needs for one in train and one in every other split made
+    (split_counts gives every class a val image, whatever val_fraction)."""
+    return 2 + (1 if test_fraction > 0 else 0)
+
+
+def few_shot_classes(items: list[Item], val_fraction: float, test_fraction: float) -> dict[str, int]:
+    """{class: distinct images} of the classes too small for a place in every split."""
+    distinct = defaultdict(set)
+    for item in items:
+        distinct[item.label].add(item.sha256)
+    needed = places_needed(val_fraction, test_fraction)
+    return {label: len(h) for label, h in sorted(distinct.items()) if len(h) < needed}
+
+
 def stratified_split(items: list[Item], val_fraction: float, test_fraction: float,
                      seed: int) -> dict[str, list[Item]]:
     """Seeded split per class; items sharing a sha256 (identical images) move together.
@@ -302,7 +322,12 @@ def stratified_split(items: list[Item], val_fraction: float, test_fraction: floa
     An image filed under several classes (a label conflict) is placed once, by the first of its
     classes (in name order); the later classes count it towards their own share of that split
     and fill the rest from their other images. Every class gets at least one image in train,
-    in val and (with test_fraction > 0) in test, or a PipelineError names class and split."""
+    in val and (with test_fraction > 0) in test, or a PipelineError names class and split.
+    With few-shot classes (few_shot_classes) there is no test split, and a class too small
+    for val too goes to train whole (module docstring)."""
+    if test_fraction > 0 and few_shot_classes(items, val_fraction, test_fraction):
+        test_fraction = 0.0
+    needed = places_needed(val_fraction, test_fraction)
     by_class: dict[str, dict[str, list[Item]]] = defaultdict(lambda: defaultdict(list))
     for item in items:
         by_class[item.label][item.sha256].append(item)
@@ -310,17 +335,14 @@ def stratified_split(items: list[Item], val_fraction: float, test_fraction: floa
     for label in sorted(by_class):
         hashes = sorted(by_class[label])
         want = dict(zip(SPLITS, split_counts(len(hashes), val_fraction, test_fraction)))
-        if want["train"] < 1:
-            needed = 1 + (1 if val_fraction > 0 else 0) + (1 if test_fraction > 0 else 0)
-            if len(hashes) >= needed:  # enough images: the fractions leave none for training
-                raise PipelineError(
-                    f"params.yaml: data.val_fraction {val_fraction:g} and data.test_fraction "
-                    f"{test_fraction:g} leave no training image for class '{label}' "
-                    f"({len(hashes)} distinct images: {want['val']} to val, {want['test']} to "
-                    f"test); lower the fractions (e.g. 0.15 each)")
+        if len(hashes) < needed:  # too few for val as well: train only
+            want = {"train": len(hashes), "val": 0, "test": 0}
+        if want["train"] < 1:  # enough images, but the fractions leave none for training
             raise PipelineError(
-                f"data.source: class '{label}' has {len(hashes)} distinct image(s), at least "
-                f"{needed} are needed to give it a place in every split; add images or remove the class")
+                f"params.yaml: data.val_fraction {val_fraction:g} and data.test_fraction "
+                f"{test_fraction:g} leave no training image for class '{label}' "
+                f"({len(hashes)} distinct images: {want['val']} to val, {want['test']} to "
+                f"test); lower the fractions (e.g. 0.15 each)")
         placed = Counter(home[h] for h in hashes if h in home)
         free = [h for h in hashes if h not in home]
         need_test = max(0, want["test"] - placed["test"])

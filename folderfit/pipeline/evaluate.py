@@ -256,11 +256,42 @@ def run_facts(loaded, params: Params, split: str) -> dict:
             "seed": params.seed}
 
 
+FEW_SHOT = 3  # a class with fewer photos in the data gets a note per class (docs/data.md)
+
+
+def class_note(photos: int, support: int, interval: list, split: str) -> str | None:
+    """What a class's row can claim when the class has few photos, or None."""
+    if photos >= FEW_SHOT:
+        return None
+    if photos == 1 and split == "cv":
+        return ("1 photo: no estimate for this class: cross-validation scores it with a head that "
+                "never saw the class, so it counts as wrong; the delivered model learned from it, "
+                "but nothing measures how well")
+    if support == 0:
+        return f"{photos} photo(s), none scored: no estimate for this class"
+    return (f"{photos} photos, {support} scored: recall is known only within "
+            f"{interval[0]:.2f}-{interval[1]:.2f} (95%)")
+
+
+def add_class_notes(per_class: dict, split: str) -> None:
+    """A `photos` count (every split) and, for few-shot classes, a `note` on each row."""
+    photos = {name: 0 for name in per_class}
+    for row in manifest.read_manifest_rows(PREPARED):
+        if row["class"] in photos:
+            photos[row["class"]] += 1
+    for name, row in per_class.items():
+        row["photos"] = photos[name]
+        note = class_note(photos[name], row["support"], row["recall_ci95"], split)
+        if note:
+            row["note"] = note
+
+
 def write_eval_dir(out: Path, probs, y, classes: list, samples, summary: dict) -> dict:
     """Every file of metrics/eval/ into `out`; returns the per-class report."""
     split, n = summary["split"], len(y)
     preds, confidence = probs.argmax(1), probs.max(1)
     per_class = metrics.per_class_report(probs, y, classes)
+    add_class_notes(per_class, split)
     write_json(out / "summary.json", summary)
     write_json(out / "per_class.json", per_class)
 
@@ -324,7 +355,8 @@ def run(params: Params) -> None:
     write_text(REPORT_TXT, reports.per_class_table(split, len(y), per_class, summary))
     headline = {key: summary[key] for key in HEADLINE if key in summary}
     write_json(EVAL_JSON, {**headline, "per_class": [
-        {"class": name, **{k: row[k] for k in ("precision", "recall", "f1", "support")}}
+        {"class": name, **{k: row[k] for k in ("precision", "recall", "f1", "support", "recall_ci95",
+                                                "photos", "note") if k in row}}
         for name, row in per_class.items()]})
 
     def with_ci(name):

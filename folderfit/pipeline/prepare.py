@@ -199,15 +199,18 @@ def collect(source: Path, val_fraction: float, test_fraction: float, seed: int, 
         return per_split, corrections.classes_of(per_split, classes), {**extras, **corrections.report(fixes, applied)}
     _check_given_classes(source, roots, scanned, records, usable, skipped)
     per_split = {split: [r for c in usable for r in records[split].get(c, [])] for split in records}
-    made = []
+    made, few = [], None
     if "val" not in per_split:  # carve val (and test, if not given either) out of train
         made = ["val"] + (["test"] if "test" not in per_split and test_fraction > 0 else [])
-        carved, _, _ = _split_here({c: records["train"][c] for c in usable}, usable, val_fraction,
-                                   test_fraction if "test" in made else 0.0, seed, [], [], made)
+        carved, _, carve_facts = _split_here({c: records["train"][c] for c in usable}, usable, val_fraction,
+                                             test_fraction if "test" in made else 0.0, seed, [], [], made)
         per_split.update(carved)
+        made = carve_facts["made_splits"]
+        few = carve_facts.get("few_shot_classes")
     per_split = corrections.apply_to_splits(per_split, fixes, applied)
     return per_split, corrections.classes_of(per_split, usable), {"split_given": True, "made_splits": made, "skipped": skipped,
-                               "empty_classes": empty, **corrections.report(fixes, applied)}
+                               "empty_classes": empty, **({"few_shot_classes": few} if few else {}),
+                               **corrections.report(fixes, applied)}
 
 
 def _split_here(records: dict, classes: list, val_fraction: float, test_fraction: float,
@@ -217,10 +220,19 @@ def _split_here(records: dict, classes: list, val_fraction: float, test_fraction
         for r in records[c]:
             items.append(image_folder.Item(r["rel"], c, r["sha256"]))
             by_rel[r["rel"]] = r
+    few = image_folder.few_shot_classes(items, val_fraction, test_fraction)
     splits = image_folder.stratified_split(items, val_fraction, test_fraction, seed)
     per_split = {s: [by_rel[it.rel] for it in v] for s, v in splits.items() if v}
-    return per_split, classes, {"split_given": False, "made_splits": made, "skipped": skipped,
-                                "empty_classes": empty}
+    if few and "val" not in per_split and val_fraction > 0:
+        raise PipelineError(
+            f"data.source: every class has a single distinct image ({', '.join(list(few)[:5])}"
+            f"{', ...' if len(few) > 5 else ''}): nothing is left to validate or to estimate the "
+            f"accuracy with; add a second photo to some classes")
+    extras = {"split_given": False, "made_splits": [s for s in made if s in per_split],
+              "skipped": skipped, "empty_classes": empty}
+    if few:  # the split rule for them: image_folder's docstring, docs/data.md
+        extras["few_shot_classes"] = [{"class": c, "images": n} for c, n in few.items()]
+    return per_split, classes, extras
 
 
 def _check_given_classes(source: Path, roots: dict, scanned: dict, records: dict, usable: list,
@@ -328,6 +340,7 @@ def build_report(rows: list[dict], classes: list, extras: dict, dups: dict) -> d
         "duplicates": {"groups": dups["groups"], "label_conflicts": dups["label_conflicts"],
                        "cross_split_duplicates": dups["cross_split_duplicates"]},
         "empty_classes": extras["empty_classes"],
+        **({"few_shot_classes": extras["few_shot_classes"]} if "few_shot_classes" in extras else {}),
         "skipped": extras["skipped"],
         **{k: extras[k] for k in corrections.REPORT_KEYS if k in extras},
     }
@@ -386,6 +399,13 @@ def _run(params, source: Path, fixes) -> None:
         say(f"corrections ({corrections.CORRECTIONS}): {report['n_relabelled']} relabelled, "
               f"{report['n_dropped']} dropped, {report['n_unchanged']} unchanged; "
               f"{report['n_test_corrections']} test image(s) corrected (kept apart)")
+    few = extras.get("few_shot_classes")
+    if few:
+        named = ", ".join(f"'{f['class']}' {f['images']}" for f in few[:5]) + (", ..." if len(few) > 5 else "")
+        say(f"prepare: {len(few)} class(es) with too few distinct images for a place in every split "
+            f"({named}): they train (and validate where they have 2)"
+            + ("" if report.get("n_test") else "; no test split: evaluate estimates by "
+               "cross-validation over train + val") + " (docs/data.md)")
     if extras["split_given"] and extras["made_splits"]:
         say(f"prepare: {' and '.join(extras['made_splits'])} drawn from your train/ folder "
               f"(stratified, seed {params.seed})")

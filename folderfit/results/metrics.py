@@ -198,11 +198,15 @@ def class_curves(probs: np.ndarray, labels: np.ndarray, class_names: list) -> tu
 
 
 def per_class_report(probs: np.ndarray, labels: np.ndarray, class_names: list) -> dict:
-    """per_class() plus one-vs-rest ROC-AUC and average precision (None where undefined)."""
-    report = per_class(labels, probs.argmax(1), class_names)
+    """per_class() plus one-vs-rest ROC-AUC and average precision (None where undefined), and
+    the Wilson 95% interval of each class's recall (how little a few scored photos say)."""
+    preds = probs.argmax(1)
+    report = per_class(labels, preds, class_names)
     aucs, aps = ranking_per_class(probs, labels)
     for i, row in enumerate(report.values()):
         row["roc_auc"], row["average_precision"] = _r(aucs[i]), _r(aps[i])
+        hits = int(((labels == i) & (preds == i)).sum())
+        row["recall_ci95"] = [_r(v) for v in accuracy_interval(hits, row["support"])]
     return report
 
 

@@ -176,6 +176,9 @@ def per_class_table(split: str, n_images: int, per_class: dict, summary: dict) -
                      f"{row['f1']:6.4f}  {row['support']:7d}  {cell(row['roc_auc'])} "
                      f"{cell(row['average_precision'])}")
     lines.append("")
+    notes = [f"{name}: {row['note']}" for name, row in per_class.items() if row.get("note")]
+    if notes:  # few-shot classes (docs/data.md)
+        lines += notes + [""]
     for key, value in summary.items():
         lines.append(f"{key:<24} {value}")
     return "\n".join(lines) + "\n"

@@ -191,12 +191,22 @@ def _confusion(classes: list, matrix: list) -> str:
 def _per_class(per_class: dict) -> str:
     if not isinstance(per_class, dict) or not per_class:
         return ""
-    keys = [k for k in ("precision", "recall", "f1", "support", "roc_auc", "average_precision")
+    keys = [k for k in ("precision", "recall", "recall_ci95", "f1", "support", "photos", "roc_auc",
+                        "average_precision", "note")
             if any(isinstance(v, dict) and k in v for v in per_class.values())]
-    head = "".join(f"<th>{esc(k.replace('_', ' '))}</th>" for k in keys)
+    head = "".join(f"<th>{esc(k.replace('_ci95', ' 95% interval').replace('_', ' '))}</th>" for k in keys)
+
+    def cell(row: dict, k: str) -> str:
+        value = row.get(k)
+        if k in ("support", "photos"):
+            return esc(value)
+        if k == "note":
+            return f'<span class="l">{esc(value or "")}</span>'
+        if k == "recall_ci95" and isinstance(value, list) and len(value) == 2:
+            return f"{_num(value[0])}-{_num(value[1])}"
+        return _num(value)
     rows = "".join(
-        f'<tr><td class="l">{esc(name)}</td>' + "".join(
-            f"<td>{esc(row.get(k)) if k == 'support' else _num(row.get(k))}</td>" for k in keys)
+        f'<tr><td class="l">{esc(name)}</td>' + "".join(f"<td>{cell(row, k)}</td>" for k in keys)
         + "</tr>" for name, row in per_class.items() if isinstance(row, dict))
     return f'<table id="per-class"><tr><th class="l">class</th>{head}</tr>{rows}</table>'
 
