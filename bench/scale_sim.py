@@ -271,7 +271,7 @@ def main(argv=None) -> None:
             if step in steps:
                 runner.run(step, n, steps[step])
         linear_steps(runner, n, labels, args, crossfit, label_issues)
-        del x, z, found
+        x = z = found = None  # free the matrices before the next size
     for n in sorted(args.linear_sizes):
         labels = np.random.default_rng(args.seed).integers(0, args.classes, n)
         linear_steps(runner, n, labels, args, crossfit, label_issues)
