@@ -119,6 +119,7 @@ def test_hand_over_files_are_named_in_code_by_their_owner_only():
               "LEARNED_FROM": "artifacts/learned_from.py", "CV_PREDICTIONS": "artifacts/learned_from.py",
               "manifest.csv": "artifacts/manifest.py", "learned_from.csv": "artifacts/learned_from.py",
               "cv_predictions.csv": "artifacts/learned_from.py", "models/model.pt": "paths.py"}
+    owners |= {"LEARNING_CURVE": "artifacts/learning_curve_record.py", "learning_curve.json": "artifacts/learning_curve_record.py"}
     for path in PACKAGE.rglob("*.py"):
         rel = path.relative_to(PACKAGE).as_posix()
         if rel == "paths.py" or rel.startswith("project/"):

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from folderfit.artifacts import learned_from, manifest, model_file
+from folderfit.artifacts import learned_from, learning_curve_record, manifest, model_file
 from folderfit.backbone import architecture
 from folderfit.compute.runtime import (
     gpu_memory_guard,
@@ -33,7 +33,7 @@ from folderfit.compute.runtime import (
 )
 from folderfit.errors import PipelineError
 from folderfit.frozen import extractor as feature_extractor
-from folderfit.frozen import feature_cache, probe
+from folderfit.frozen import feature_cache, learning_curve, probe
 from folderfit.images import datasets
 from folderfit.params import Params
 from folderfit.paths import MODEL_FILE, PREPARED, TIMING, TRAIN_DIR, TRAIN_METRICS
@@ -99,11 +99,12 @@ def class_weights(params: Params, samples, n_classes: int) -> torch.Tensor | Non
 
 def solve_head(built: architecture.BuiltModel, pre, params: Params, splits, rt, weights, *, log=None,
                refit: bool = False, cv_folds: int = 0, calibrate: bool = False,
-               choice=None) -> tuple[probe.SolvedHead, probe.CrossValidation | None]:
+               choice=None, curve: bool = False) -> tuple[probe.SolvedHead, probe.CrossValidation | None]:
     """The head of the frozen backbone solved on its cached features (folderfit.frozen.probe) and
     put into the model; with `cv_folds`, also the cross-validation of that whole procedure
     over train + val (the honest estimate when there is no test split). `choice`: the
-    engine choice made already (engine_choice), else made here."""
+    engine choice made already (engine_choice), else made here. `curve`: also the learning
+    curve (folderfit.frozen.learning_curve), in the result's `learning_curve`."""
     model, head = feature_cache.backbone_only(built.model, built.head_name)
     extractor, engine_choice = feature_extractor.feature_extractor(model, pre, params, rt, choice)
     files = {split: [path for path, _ in splits[split]] for split in ("train", "val")}
@@ -130,6 +131,9 @@ def solve_head(built: architecture.BuiltModel, pre, params: Params, splits, rt, 
         correct = int((cv.probs.argmax(1) == cv.labels).sum())
         say(f"cross-validation ({cv.folds} folds, the whole head procedure nested in each): "
               f"{correct}/{len(cv.labels)} right out of fold [{time.perf_counter() - started:.1f} s]")
+    if curve:
+        solved = dataclasses.replace(solved, learning_curve=_learning_curve(features, labels, files, solved,
+                                                                            params, weights, head.out_features))
     if hflip != a.hflip:  # recorded with the run: why hflip auto used no mirror images
         solved = dataclasses.replace(solved, mirror_test={"hflip": False, "skipped": probe.size_note(len(files["train"]))})
     architecture.set_submodule(built.model, built.head_name, head)
@@ -245,7 +249,7 @@ def _train(params: Params, ctx: distributed.DistContext, curves: Path | None) ->
         if strategy == "feature_extract":
             solved, cv = solve_head(built, pre, params, splits, rt, weights, log=log,
                                     refit=params.refit_head, cv_folds=cv_folds, calibrate=True,
-                                    choice=choice)
+                                    choice=choice, curve=True)
             numerics = solved.feature_engine  # what really ran (a failed export: torch)
             flip, tta = solved.hflip, solved.tta
             outcome = {"best_val_accuracy": solved.fit.val_accuracy, "best_val_loss": solved.fit.val_loss}
@@ -307,9 +311,16 @@ def _train(params: Params, ctx: distributed.DistContext, curves: Path | None) ->
     learned_from.write_learned_from(curves, learned)
     if cv is not None:
         learned_from.write_cv(curves, splits["train"] + splits["val"], cv)
+    curve_s = None
+    if strategy == "feature_extract" and solved.learning_curve is not None:
+        found = solved.learning_curve
+        curve_s = found.pop("seconds", None)
+        record = found if "skipped" in found else learning_curve.describe(found, classes)
+        learning_curve_record.write_learning_curve(curves, record)
     write_json(TRAIN_METRICS, headline)
     wall = time.perf_counter() - started
-    write_json(TIMING, {"train_wall_s": round(wall, 2)})
+    write_json(TIMING, {"train_wall_s": round(wall, 2),
+                        **({"learning_curve_s": round(curve_s, 2)} if curve_s is not None else {})})
     if checkpointer:
         checkpointer.finish()  # only now: the outputs it could have recovered are written
     say(f"train: val accuracy {headline['best_val_accuracy']:.4f}, {wall:.1f} s -> {MODEL_FILE}")
@@ -380,3 +391,32 @@ def _fit(params: Params, built: architecture.BuiltModel, pre, splits, rt, frozen
         result = epoch_loop.fit(model, optimizer, train_batches, val_batches, normalizer, cfg, run_ctx,
                             frozen)
     return result, checkpointer
+
+
+def _learning_curve(features, labels: dict, files: dict, solved: probe.SolvedHead, params: Params,
+                    weights, n_classes: int) -> dict:
+    """feature_extract: the out-of-fold learning curve of the delivered head's procedure at its
+    l2 (folderfit.frozen.learning_curve), on the features the head learned from (cached), with
+    the seconds it took under `seconds`; {"skipped": why} above the size budget."""
+    a = params.augment
+    views = probe.training_views(solved.hflip, a.feature_views, a.min_scale, params.seed)
+    scored = [feature_cache.CLEAN] + ([feature_cache.FLIP] if solved.tta == "flip" else [])
+    n_images, dim = len(files["train"]) + len(files["val"]), solved.fit.weight.shape[1]
+    why = learning_curve.too_big(n_images, len(views), dim)
+    if why:
+        say(f"learning curve skipped: {why}")
+        return {"skipped": why}
+    started = time.perf_counter()
+    wanted = list(dict.fromkeys(views + scored))
+    both = features([(split, v) for v in wanted for split in ("train", "val")])
+    per_view = {v: torch.cat(both[2 * i:2 * i + 2]) for i, v in enumerate(wanted)}
+    copies = [sha256_file(path) for path in files["train"] + files["val"]]  # copies: one fold
+    found = learning_curve.curve([per_view[v] for v in views], [per_view[v] for v in scored],
+                                 torch.cat([labels["train"], labels["val"]]).numpy(), n_classes, copies,
+                                 l2=solved.fit.l2, seed=params.seed, class_weights=weights,
+                                 label_smoothing=params.label_smoothing)
+    seconds = time.perf_counter() - started
+    say(f"learning curve ({found['folds']} folds x {len(found['fractions'])} subset sizes, head at "
+        f"l2 {solved.fit.l2:.3g}): accuracy {', '.join(f'{v:.3f}' for v in found['accuracy'])} "
+        f"[{seconds:.1f} s]")
+    return {**found, "seconds": seconds}

@@ -16,6 +16,8 @@ import json
 import math
 from pathlib import Path
 
+from folderfit.artifacts import learning_curve_record
+from folderfit.paths import TRAIN_DIR
 from folderfit.results.pages import thumbs as page_thumbs
 from folderfit.results.pages.html import (
     esc,
@@ -269,15 +271,20 @@ def render(data: dict) -> str:
         f'<h2 id="cell-title" class="hidden"></h2><div class="grid" id="cell"></div></section>'
         f'<section><h2>Mistakes ({n_wrong}), most confident first</h2><div class="grid" id="mistakes"></div></section>'
         f'<section><h2>Per class</h2>{_per_class(data["per_class"])}</section>'
-        f'<section><h2>Calibration</h2>{_calibration(data["bins"], s.get("ece"))}</section>')
+        f'<section><h2>Calibration</h2>{_calibration(data["bins"], s.get("ece"))}</section>'
+        f'{_more_photos(data.get("learning_curve"))}')
     return page("folderfit results", header, body, json_script("data", data), SCRIPT)
 
 
-def write(eval_dir: Path, prepared_dir: Path, out: Path, *, facts: dict) -> Path:
+def write(eval_dir: Path, prepared_dir: Path, out: Path, *, facts: dict,
+          train_dir: Path | None = TRAIN_DIR) -> Path:
     """Write the results page `out` (e.g. metrics/eval/index.html) from evaluate's files in
     `eval_dir`, images via prepare's manifest in `prepared_dir`; `facts` (backbone, strategy,
-    changed params, data version, ...) are shown as given. Atomic."""
-    write_text(out, render(collect(eval_dir, prepared_dir, facts=facts)))
+    changed params, data version, ...) are shown as given; train's learning curve from
+    `train_dir` when it wrote one (None: not shown). Atomic."""
+    data = collect(eval_dir, prepared_dir, facts=facts)
+    data["learning_curve"] = learning_curve_record.read_learning_curve(train_dir) if train_dir else None
+    write_text(out, render(data))
     return Path(out)
 
 
@@ -334,3 +341,26 @@ for (const td of document.querySelectorAll('#cm td.cell')) td.onclick = () => {
 };
 document.body.dataset.ready = '1';
 """
+
+
+def _more_photos(record: dict | None) -> str:
+    """"More photos?": train's learning curve per class (folderfit.frozen.learning_curve), when
+    train wrote one."""
+    if not record:
+        return ""
+    if "skipped" in record:
+        return (f'<section><h2>More photos?</h2><p id="more-photos" class="muted">'
+                f'learning curve not computed: {esc(record["skipped"])}</p></section>')
+    rows = []
+    for name, row in record.get("classes", {}).items():
+        points = " \u00b7 ".join(f"{_num(a)} at {n:.0f}" for n, a in zip(row.get("photos", []), row.get("accuracy", []))
+                             if isinstance(n, (int, float)) and isinstance(a, (int, float)))
+        rows.append(f'<tr data-verdict="{esc(row.get("verdict", ""))}"><td class="l">{esc(name)}</td>'
+                    f'<td>{esc(row.get("photos_now", ""))}</td><td class="l">{esc(points)}</td>'
+                    f'<td class="l">{esc(row.get("statement", ""))}</td></tr>')
+    return (f'<section><h2>More photos?</h2><p class="muted">Out-of-fold recall of the head refitted on '
+            f'{"/".join(f"{f:.0%}" for f in record.get("fractions", []))} of each class\'s photos '
+            f'({esc(record.get("folds", "?"))} folds), and what a curve fitted to it says one doubling '
+            f'would add: a rough guide, not a promise.</p><table id="more-photos"><tr><th class="l">class'
+            f'</th><th>photos now</th><th class="l">recall at photos</th><th class="l">more photos?</th></tr>'
+            f'{"".join(rows)}</table></section>')
