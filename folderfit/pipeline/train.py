@@ -23,7 +23,12 @@ from pathlib import Path
 
 import torch
 
-from folderfit.artifacts import learned_from, learning_curve_record, manifest, model_file
+from folderfit.artifacts import (
+    learned_from,
+    learning_curve_record,
+    manifest,
+    model_file,
+)
 from folderfit.backbone import architecture
 from folderfit.compute.runtime import (
     gpu_memory_guard,
