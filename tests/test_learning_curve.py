@@ -106,7 +106,7 @@ def test_train_writes_the_curve_and_the_page_shows_it(tmp_path, monkeypatch):
     (eval_dir / "predictions.csv").write_text("path,true,predicted,confidence\nx.png,bars,bars,0.9\n")
     html = results_page.write(eval_dir, tmp_path / "data/prepared", eval_dir / "index.html", facts={},
                               train_dir=tmp_path / "metrics/train").read_text()
-    assert 'id="more-photos"' in html
+    assert 'id="more-photos"' in html and "\u00b1" in html  # each class's standard error
     for row in record["classes"].values():
         assert esc(row["statement"]) in html
     bare = results_page.write(eval_dir, tmp_path / "data/prepared", eval_dir / "bare.html", facts={},

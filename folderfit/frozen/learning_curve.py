@@ -166,8 +166,11 @@ def describe(result: dict, class_names: list[str]) -> dict:
         accuracy = [round(row[c] / total, 6) for row in result["correct_per_class"]]
         fc = forecast(photos, accuracy, total, (shape[1],)) if shape else None
         verdict, text = statement(name, photos, accuracy, total, fc)
+        # the binomial standard error of the last point: how far chance alone moves it
+        noise = math.sqrt(accuracy[-1] * (1 - accuracy[-1]) / total)
         classes[name] = {"photos_now": total, "photos": photos, "accuracy": accuracy,
-                         "forecast": fc, "verdict": verdict, "statement": text}
+                         "standard_error": round(noise, 4), "forecast": fc, "verdict": verdict,
+                         "statement": text}
     return {"folds": result["folds"], "fractions": result["fractions"],
             "overall": {"photos_per_class": [round(v, 2) for v in overall_n], "accuracy": result["accuracy"],
                         "exponent": shape[1] if shape else None},

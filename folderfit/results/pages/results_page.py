@@ -355,12 +355,15 @@ def _more_photos(record: dict | None) -> str:
     for name, row in record.get("classes", {}).items():
         points = " \u00b7 ".join(f"{_num(a)} at {n:.0f}" for n, a in zip(row.get("photos", []), row.get("accuracy", []))
                              if isinstance(n, (int, float)) and isinstance(a, (int, float)))
+        noise = row.get("standard_error")
+        noise = f" (\u00b1{noise:.2f})" if isinstance(noise, (int, float)) else ""
         rows.append(f'<tr data-verdict="{esc(row.get("verdict", ""))}"><td class="l">{esc(name)}</td>'
-                    f'<td>{esc(row.get("photos_now", ""))}</td><td class="l">{esc(points)}</td>'
+                    f'<td>{esc(row.get("photos_now", ""))}</td><td class="l">{esc(points + noise)}</td>'
                     f'<td class="l">{esc(row.get("statement", ""))}</td></tr>')
     return (f'<section><h2>More photos?</h2><p class="muted">Out-of-fold recall of the head refitted on '
             f'{"/".join(f"{f:.0%}" for f in record.get("fractions", []))} of each class\'s photos '
             f'({esc(record.get("folds", "?"))} folds), and what a curve fitted to it says one doubling '
-            f'would add: a rough guide, not a promise.</p><table id="more-photos"><tr><th class="l">class'
+            f'would add. A class\'s recall on few photos moves by a few points by chance (\u00b1 one '
+            f'standard error below): read a forecast as a direction, not a number.</p><table id="more-photos"><tr><th class="l">class'
             f'</th><th>photos now</th><th class="l">recall at photos</th><th class="l">more photos?</th></tr>'
             f'{"".join(rows)}</table></section>')
