@@ -9,9 +9,9 @@
 
 Outputs: models/model.pt (self-contained: architecture name, classes, preprocessing, weights),
 metrics/train.json (headline: strategy, best validation accuracy and loss), metrics/train/
-(details.json with every fact of the run, and the per-step curves logged with dvclive, drawn
-by `dvc plots show`), metrics/timing.json (wall time: the one output that differs between
-identical reruns).
+(details.json with every fact of the run, the learning curve per class for feature_extract,
+and the per-step curves logged with dvclive, drawn by `dvc plots show`), metrics/timing.json
+(wall time: the one output that differs between identical reruns).
 """
 
 from __future__ import annotations
