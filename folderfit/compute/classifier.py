@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from folderfit.artifacts.model_file import load_model_file
+from folderfit.compute import decisions
 from folderfit.compute.inference import infer, make_loader
 from folderfit.compute.runtime import Setting, prepare_model, scoring_runtime
 from folderfit.errors import PipelineError
@@ -71,18 +72,38 @@ def predict_files(loaded, files: list[Path], batch_size: int, precision: str = "
     """(probabilities [n_ok, classes] float32, indices of `files` they belong to,
     [(index, reason)] of files that could not be read). The inference loop is evaluate's
     (folderfit.tuning.epoch_loop.infer)."""
+    return classify_files(loaded, files, batch_size, precision, progress, device, setting)[:3]
+
+
+def classify_files(loaded, files: list[Path], batch_size: int, precision: str = "auto",
+                   progress: bool | None = None, device: str = "auto", setting: Setting = Setting("api")):
+    """predict_files() and the model file's decisions for the files read
+    (folderfit.compute.decisions.Decisions). A file with decision rules runs in torch, whose
+    hooks give the backbone's features (ONNX Runtime's graph would hide them)."""
     rt = scoring_runtime(precision, device, loaded.numerics, setting)
     model = prepare_model(loaded.model, rt)
-    if precision == "auto" and len(files) >= ORT_MIN_IMAGES:
+    rules = loaded.decisions
+    if precision == "auto" and len(files) >= ORT_MIN_IMAGES and rules is None:
         model = onnxruntime_model(model, loaded, rt)
     normalizer = datasets.Normalizer(loaded.preprocess.mean, loaded.preprocess.std).to(rt.device)
     loader = make_loader(ImageFiles(files, loaded.preprocess), batch_size, rt, collate_fn=collate)
-    logits, metas = infer(model, loader, normalizer, rt, desc="predict", show_progress=progress)
+    with capture(loaded, model) as seen:
+        logits, metas = infer(model, loader, normalizer, rt, desc="predict", show_progress=progress)
     order = [i for indices, _ in metas for i in indices]
     failed = [bad for _, bads in metas for bad in bads]
     n_classes = len(loaded.class_names)
     probs = torch.softmax(logits, 1) if len(order) else torch.zeros(0, n_classes)
-    return probs, order, failed
+    decided = decisions.decide(rules, probs, decisions.features(seen), loaded.class_names)
+    return probs, order, failed, decided
+
+
+def capture(loaded, model):
+    """The backbone features of every image `model` runs (when the file has rules to use them)."""
+    import contextlib
+
+    if loaded.decisions is None:
+        return contextlib.nullcontext([])
+    return decisions.capture_features(model, loaded.info["head_name"], loaded.tta)
 
 
 class Classifier:
@@ -116,15 +137,38 @@ class Classifier:
     def batch_probabilities(self, batch: torch.Tensor) -> torch.Tensor:
         """probabilities() of a uint8 NCHW batch of network_image tensors (folderfit serve
         makes them itself, to name the upload an image error comes from)."""
-        logits, _ = infer(self.model, [(batch, None)], self.normalizer, self.rt, show_progress=False)
+        return self.batch_decisions(batch)[0]
+
+    def batch_decisions(self, batch: torch.Tensor) -> tuple[torch.Tensor, decisions.Decisions]:
+        """(batch_probabilities(), the model file's decisions for the batch)."""
+        with capture(self.loaded, self.model) as seen:
+            logits, _ = infer(self.model, [(batch, None)], self.normalizer, self.rt, show_progress=False)
         probs = torch.softmax(logits, 1)
         if not bool(torch.isfinite(probs).all()):
             raise PipelineError("the model gives non-finite probabilities (NaN/inf); the model "
                                 "file is broken (NaN weights?): retrain it or use another one")
-        return probs
+        return probs, decisions.decide(self.loaded.decisions, probs, decisions.features(seen), self.class_names)
 
-    def classify(self, image, top_k: int = 3) -> list[tuple[str, float]]:
-        """[(class, probability)] for one PIL image, most probable first."""
-        probs = self.probabilities([image])[0]
-        top = probs.topk(min(top_k, len(probs)))
-        return [(self.class_names[int(i)], float(p)) for p, i in zip(top.values, top.indices)]
+    def classify(self, image, top_k: int = 3) -> "Classification":
+        """[(class, probability)] for one PIL image, most probable first; its `.decision` is
+        the model file's decision: the class, 'unsure' or 'unfamiliar'
+        (folderfit.compute.decisions)."""
+        try:
+            batch = torch.stack([decode.network_image(image, self.loaded.preprocess)])
+        except decode.BadImage as exc:
+            raise PipelineError(f"image refused: {exc}") from None
+        probs, decided = self.batch_decisions(batch)
+        top = probs[0].topk(min(top_k, probs.shape[1]))
+        return Classification([(self.class_names[int(i)], float(p)) for p, i in zip(top.values, top.indices)],
+                              decision=decided.labels[0], distance=float(decided.distance[0]))
+
+
+class Classification(list):
+    """Classifier.classify's answer: the [(class, probability)] list, most probable first, with
+    the decision (a class, 'unsure' or 'unfamiliar') and the feature distance (NaN without
+    decision rules)."""
+
+    def __init__(self, top, decision: str, distance: float):
+        super().__init__(top)
+        self.decision = decision
+        self.distance = distance

@@ -106,6 +106,7 @@ class SolvedHead:
     mirror_test: dict | None  # hflip auto only
     feature_engine: str = "torch-fp32"  # what ran the backbone, with its precision (folderfit.frozen.extractor)
     calibration: dict | None = None  # calibrate only: temperature, val loss before and after
+    decisions: object = None  # train's decision rules (folderfit.frozen.decisions), when asked
 
 
 def solve(features: FeatureSource, train_y: torch.Tensor, val_y: torch.Tensor, n_classes: int, *,
