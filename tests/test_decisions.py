@@ -171,6 +171,12 @@ def test_unrelated_images_are_unfamiliar_and_every_route_agrees(trained, capsys)
             answer = classifier.classify(img)
         assert answer.decision == row["decision"], path
         assert row["set"] and row["top1_class"]
+    from folderfit.commands import serve
+
+    service = serve.Service(model, precision="auto", device="cpu")  # the server's answer too
+    uploads = [(path, open(path, "rb").read()) for path in rows]
+    served = service.classify(uploads, top_k=2)["predictions"]
+    assert [p["decision"] for p in served] == [r["decision"] for r in rows.values()]
     odd = [r["decision"] for p, r in rows.items() if "/odd/" in p]
     fresh = [r["decision"] for p, r in rows.items() if "/fresh/" in p]
     assert odd.count("unfamiliar") >= 5, odd
