@@ -53,11 +53,12 @@ def test_no_threshold_reaches_an_impossible_target():
     assert not ok and threshold == conf.max() and accepted == 1 / 300
 
 
-def synthetic_rules(n: int = 3000, classes: int = 4, seed: int = 0, small_class: int | None = None):
+def synthetic_rules(n: int = 3000, classes: int = 4, seed: int = 0, small_class: int | None = None,
+                    dim: int = 16):
     """Rules fitted on calibrated synthetic probabilities (true labels drawn from them) and
     Gaussian class clusters as features, and a sampler of fresh (probs, labels, features)."""
     rng = np.random.default_rng(seed)
-    centres = rng.normal(0, 1, (classes, 16)) * 3
+    centres = rng.normal(0, 1, (classes, dim)) * 3
 
     def sample(m):
         logits = rng.normal(0, 2.0, (m, classes))
@@ -66,7 +67,7 @@ def synthetic_rules(n: int = 3000, classes: int = 4, seed: int = 0, small_class:
         if small_class is not None:  # few calibration images of this class
             keep = (labels != small_class) | (rng.uniform(size=m) < 0.02)
             probs, labels = probs[keep], labels[keep]
-        features = torch.from_numpy(centres[labels] + rng.normal(0, 1, (len(labels), 16))).float()
+        features = torch.from_numpy(centres[labels] + rng.normal(0, 1, (len(labels), dim))).float()
         return probs, labels, features
 
     probs, labels, features = sample(n)
@@ -100,9 +101,14 @@ def test_distance_flags_unrelated_vectors_and_keeps_familiar_ones():
 def test_rules_survive_the_model_file(tmp_path):
     from folderfit.artifacts import model_file
 
-    rules, _ = synthetic_rules(classes=3)
     path = tmp_path / "model.pt"
     built, pre = T.save_tiny_model(path)
+    width = built.model.get_submodule(built.head_name).in_features
+    wrong, _ = synthetic_rules(n=300, classes=3)
+    model_file.save_model_file(path, built, list(T.CLASSES), pre, decisions=wrong.to_payload())
+    with pytest.raises(Exception, match="the head reads"):
+        model_file.load_model_file(path)
+    rules, _ = synthetic_rules(n=300, classes=3, dim=width)
     model_file.save_model_file(path, built, list(T.CLASSES), pre, decisions=rules.to_payload())
     loaded = model_file.load_model_file(path).decisions
     assert loaded.confidence_threshold == rules.confidence_threshold
@@ -204,3 +210,11 @@ def test_dvc_repro_writes_the_decision_keys(tmp_path):
     for key in ("accepted_fraction", "accepted_accuracy", "unfamiliar_rate", "set_coverage_95",
                 "set_mean_size_95"):
         assert key in ev, key
+
+
+def test_no_images_or_no_features_still_decide():
+    rules, _ = synthetic_rules(n=300)
+    names = ["a", "b", "c", "d"]
+    assert decisions.decide(rules, torch.zeros(0, 4), None, names).labels == []
+    sure = decisions.decide(rules, torch.tensor([[0.97, 0.01, 0.01, 0.01], [0.4, 0.3, 0.2, 0.1]]), None, names)
+    assert sure.labels[1] == decisions.UNSURE and not sure.unfamiliar.any()

@@ -302,6 +302,11 @@ def load_model_file(path) -> LoadedModel:
     model = create_architecture(family, bare)
     replace_head(model, len(payload["class_names"]), seed=0)
     _check_weights_fit(model, payload, path)
+    rules = payload.get("decisions")
+    width = payload["state_dict"][f"{payload['head_name']}.weight"].shape[1]
+    if rules is not None and rules["reference"].shape[1] != width:
+        raise PipelineError(f"{path}: the decision rules' feature vectors have {rules['reference'].shape[1]} "
+                            f"values, the head reads {width}; the file is damaged or edited, retrain it")
     model.load_state_dict(payload["state_dict"])
     info = {k: v for k, v in payload.items() if k != "state_dict"}
     info.setdefault("tta", "none")  # files written before test-time augmentation existed

@@ -86,11 +86,14 @@ def decide(rules, probs: torch.Tensor, features: torch.Tensor | None, class_name
     n = len(probs)
     top = probs.argmax(1) if n else torch.zeros(0, dtype=torch.long)
     names = [class_names[int(c)] for c in top]
-    if rules is None:
-        return Decisions(names, np.ones(n, bool), np.zeros(n, bool), np.full(n, np.nan))
+    if rules is None or n == 0 or features is None:  # no rules, or nothing to measure
+        sure = np.ones(n, bool) if rules is None or n == 0 else \
+            probs.max(1).values.double().numpy() >= rules.confidence_threshold
+        return Decisions([name if ok else UNSURE for name, ok in zip(names, sure)], sure,
+                         np.zeros(n, bool), np.full(n, np.nan))
     distance = neighbour_distance(features, rules.reference, rules.neighbours).numpy().astype(np.float64)
     unfamiliar = distance > rules.distance_threshold
-    sure = probs.max(1).values.double().numpy() >= rules.confidence_threshold if n else np.zeros(0, bool)
+    sure = probs.max(1).values.double().numpy() >= rules.confidence_threshold
     labels = [UNFAMILIAR if far else name if ok else UNSURE
               for name, far, ok in zip(names, unfamiliar, sure)]
     return Decisions(labels, ~unfamiliar & sure, unfamiliar, distance)
