@@ -218,3 +218,23 @@ def test_no_images_or_no_features_still_decide():
     assert decisions.decide(rules, torch.zeros(0, 4), None, names).labels == []
     sure = decisions.decide(rules, torch.tensor([[0.97, 0.01, 0.01, 0.01], [0.4, 0.3, 0.2, 0.1]]), None, names)
     assert sure.labels[1] == decisions.UNSURE and not sure.unfamiliar.any()
+
+
+def test_onnxruntime_route_gives_the_same_decisions(trained, monkeypatch):
+    """From 64 images on, predict runs the exported backbone and the torch head: the same
+    decisions and distances as torch alone."""
+    from folderfit.artifacts.model_file import load_model_file
+    from folderfit.compute import classifier
+
+    loaded = load_model_file(trained / "models/model.pt")
+    assert str(loaded.numerics).startswith("onnxruntime")
+    files = sorted((trained / "odd").glob("*.png")) + sorted((trained / "fresh").rglob("*.png"))
+    _, _, _, torch_route = classifier.classify_files(loaded, files, 8)
+    monkeypatch.setattr(classifier, "ORT_MIN_IMAGES", 1)
+    routes = []
+    real = classifier.onnxruntime_model
+    monkeypatch.setattr(classifier, "onnxruntime_model", lambda *a: routes.append(real(*a)) or routes[-1])
+    _, _, _, ort_route = classifier.classify_files(loaded, files, 8)
+    assert isinstance(routes[0], classifier.FeaturesThenHead)
+    assert ort_route.labels == torch_route.labels
+    assert np.allclose(ort_route.distance, torch_route.distance, atol=1e-4)

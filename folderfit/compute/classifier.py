@@ -5,12 +5,15 @@ network input (folderfit.images.decode), so these compute what `evaluate` scores
 
 from __future__ import annotations
 
+import copy
 import sys
 from pathlib import Path
 
 import torch
 
 from folderfit.artifacts.model_file import load_model_file
+from folderfit.backbone.architecture import set_submodule
+from folderfit.backbone.views import FlipTTA
 from folderfit.compute import decisions
 from folderfit.compute.inference import infer, make_loader
 from folderfit.compute.runtime import Setting, prepare_model, scoring_runtime
@@ -55,16 +58,40 @@ ORT_MIN_IMAGES = 64
 def onnxruntime_model(model, loaded, rt):
     """`model` (fp32, CPU) as an ONNX Runtime session where the file records that engine, else
     `model` itself: torch fp32 computes the same numbers (to ~1e-6 in probability), slower.
-    The exported graph passes cpu_engine's parity check against torch first."""
+    The exported graph passes cpu_engine's parity check against torch first. A file with
+    decision rules exports its backbone only and keeps its torch head (FeaturesThenHead), so
+    the head's input, the features the rules measure, stays in sight."""
     from folderfit.compute import cpu_engine
 
     if not str(loaded.numerics).startswith("onnxruntime") or not cpu_engine.applies(rt):
         return model
     try:
-        return cpu_engine.export_backbone(model.eval(), loaded.preprocess.image_size, None)
+        if loaded.decisions is None:
+            return cpu_engine.export_backbone(model.eval(), loaded.preprocess.image_size, None)
+        head_name = loaded.info["head_name"]
+        flip = isinstance(model, FlipTTA)
+        backbone = copy.deepcopy(model.model if flip else model).eval()
+        set_submodule(backbone, head_name, torch.nn.Identity())
+        features = cpu_engine.export_backbone(backbone, loaded.preprocess.image_size, None)
+        return FeaturesThenHead(features, decisions.head_module(model, head_name), flip)
     except cpu_engine.EngineUnavailable as exc:
         print(f"note: predict runs torch fp32, not ONNX Runtime ({exc}): the same numbers", file=sys.stderr)
         return model
+
+
+class FeaturesThenHead(torch.nn.Module):
+    """An exported backbone's features (averaged with the mirror image's, as FlipTTA averages
+    a linear head's logits) through the model's own torch head."""
+
+    def __init__(self, features, head: torch.nn.Module, flip: bool):
+        super().__init__()
+        self.features, self.head, self.flip = features, head, flip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.features(x)
+        if self.flip:
+            f = (f + self.features(x.flip(-1))) / 2
+        return self.head(f)
 
 
 def predict_files(loaded, files: list[Path], batch_size: int, precision: str = "auto",
@@ -78,12 +105,11 @@ def predict_files(loaded, files: list[Path], batch_size: int, precision: str = "
 def classify_files(loaded, files: list[Path], batch_size: int, precision: str = "auto",
                    progress: bool | None = None, device: str = "auto", setting: Setting = Setting("api")):
     """predict_files() and the model file's decisions for the files read
-    (folderfit.compute.decisions.Decisions). A file with decision rules runs in torch, whose
-    hooks give the backbone's features (ONNX Runtime's graph would hide them)."""
+    (folderfit.compute.decisions.Decisions)."""
     rt = scoring_runtime(precision, device, loaded.numerics, setting)
     model = prepare_model(loaded.model, rt)
     rules = loaded.decisions
-    if precision == "auto" and len(files) >= ORT_MIN_IMAGES and rules is None:
+    if precision == "auto" and len(files) >= ORT_MIN_IMAGES:
         model = onnxruntime_model(model, loaded, rt)
     normalizer = datasets.Normalizer(loaded.preprocess.mean, loaded.preprocess.std).to(rt.device)
     loader = make_loader(ImageFiles(files, loaded.preprocess), batch_size, rt, collate_fn=collate)
@@ -98,12 +124,15 @@ def classify_files(loaded, files: list[Path], batch_size: int, precision: str = 
 
 
 def capture(loaded, model):
-    """The backbone features of every image `model` runs (when the file has rules to use them)."""
+    """The backbone features of every image `model` runs (when the file has rules to use them):
+    the input of the loaded model's head, which FeaturesThenHead calls once per batch with
+    features already averaged, and FlipTTA twice."""
     import contextlib
 
     if loaded.decisions is None:
         return contextlib.nullcontext([])
-    return decisions.capture_features(model, loaded.info["head_name"], loaded.tta)
+    pairs = loaded.tta == "flip" and not isinstance(model, FeaturesThenHead)
+    return decisions.capture_features(loaded.model, loaded.info["head_name"], "flip" if pairs else "none")
 
 
 class Classifier:
