@@ -82,6 +82,9 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", "-o", help="predictions file: .csv, .jsonl or .ndjson, a new file unless "
                                           "--force (default: CSV on stdout)")
     p.add_argument("--force", action="store_true", help="replace an existing --output file")
+    p.add_argument("--sets", type=float, metavar="LEVEL",
+                   help="also each image's prediction set: the classes that hold the true one with "
+                        "this probability, e.g. 0.95 (conformal; needs a model file with decision rules)")
     p.add_argument("--batch-size", type=_positive, default=64, help="images per batch (default: %(default)s)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
                    help="auto: the precision the model file's scores (evaluate's) were computed in; "

@@ -79,6 +79,11 @@ class EvaluateParams:
 
 
 @dataclass(frozen=True)
+class PredictParams:
+    target_accuracy: float  # accepted predictions' accuracy goal (folderfit.frozen.decisions)
+
+
+@dataclass(frozen=True)
 class ReviewParams:
     folds: int
     neighbours: int
@@ -113,6 +118,7 @@ class Params:
     demo: DemoParams
     evaluate: EvaluateParams
     review: ReviewParams
+    predict: PredictParams
 
 
 def _suggest(key: str, choices: typing.Iterable[str]) -> str:
@@ -248,6 +254,8 @@ def validate(p: Params) -> Params:
                  p.evaluate.bootstrap)
     _check_range(p.evaluate.cv_folds == 0 or 2 <= p.evaluate.cv_folds <= 20, "evaluate.cv_folds",
                  "0 (off) or in 2..20", p.evaluate.cv_folds)
+    _check_range(0.5 <= p.predict.target_accuracy < 1, "predict.target_accuracy", "in [0.5, 1)",
+                 p.predict.target_accuracy)
     _check_range(2 <= p.review.folds <= 100, "review.folds", "in 2..100", p.review.folds)
     _check_range(1 <= p.review.neighbours <= 1000, "review.neighbours", "in 1..1000",
                  p.review.neighbours)

@@ -28,10 +28,10 @@ MODEL_FILE_FORMAT = 1
 
 # ------------------------------------------------------------------ model file
 def save_model_file(path, built: BuiltModel, class_names: list, preprocess: weights.Preprocess,
-                    extra: dict | None = None, tta: str = "none") -> None:
+                    extra: dict | None = None, tta: str = "none", decisions: dict | None = None) -> None:
     """One self-contained file: architecture name, classes, preprocessing, test-time
-    augmentation, weights. Plain types and tensors only, so it loads with
-    torch.load(weights_only=True)."""
+    augmentation, weights, and (optionally) the decision rules (DecisionRules.to_payload).
+    Plain types and tensors only, so it loads with torch.load(weights_only=True)."""
     from folderfit.support.fileio import save_torch
 
     payload = {
@@ -45,6 +45,8 @@ def save_model_file(path, built: BuiltModel, class_names: list, preprocess: weig
         "state_dict": {k: v.detach().cpu().contiguous() for k, v in built.model.state_dict().items()},
         "extra": extra or {},
     }
+    if decisions is not None:
+        payload["decisions"] = decisions
     save_torch(payload, path)
 
 
@@ -104,6 +106,44 @@ class TrainRecord:
                    n_train=count("n_train"), n_val=count("n_val"))
 
 
+@dataclass(frozen=True)
+class DecisionRules:
+    """When the model says `unsure` or `unfamiliar` instead of a class, and its prediction
+    sets (folderfit.frozen.decisions fits them from out-of-sample scores; folderfit.compute.decisions
+    applies them). Stored under the file's `decisions` key; a file without it (older, or made
+    outside train) has none and never abstains."""
+    target_accuracy: float  # predict.target_accuracy at training time
+    confidence_threshold: float  # top probability from which a prediction is accepted
+    target_met: bool  # False: no threshold reached the target; only the most confident pass
+    calibration: str  # which out-of-sample scores chose the thresholds
+    n_calibration: int
+    accepted_fraction: float  # of the calibration images, at the threshold
+    accuracy_low: float  # one-sided 95% lower bound on accepted accuracy (Clopper-Pearson)
+    reference: torch.Tensor  # [M, D] float16 L2-normalised backbone features of training images
+    neighbours: int  # distance = mean cosine distance to this many nearest references
+    distance_threshold: float  # above it an image is `unfamiliar`
+    distance_quantile: float  # of out-of-sample in-distribution distances
+    conformal_scores: list  # per class: sorted 1 - p(true class) of its calibration images
+    min_class_calibration: int  # classes with fewer scores use the pooled ones for sets
+
+    def to_payload(self) -> dict:
+        return {k: (v.detach().cpu().half().contiguous() if k == "reference" else
+                    [t.detach().cpu().float().contiguous() for t in v] if k == "conformal_scores" else v)
+                for k, v in self.__dict__.items()}
+
+    @classmethod
+    def from_payload(cls, raw) -> DecisionRules:
+        return cls(**{k: raw[k] for k in DECISION_KEYS})
+
+
+# DecisionRules' fields as stored: key -> type, checked on load like the rest of the file
+DECISION_KEYS = {"target_accuracy": float, "confidence_threshold": float, "target_met": bool,
+                 "calibration": str, "n_calibration": int, "accepted_fraction": float,
+                 "accuracy_low": float, "reference": torch.Tensor, "neighbours": int,
+                 "distance_threshold": float, "distance_quantile": float,
+                 "conformal_scores": list, "min_class_calibration": int}
+
+
 @dataclass
 class LoadedModel:
     model: nn.Module  # with the file's test-time augmentation applied inside (FlipTTA)
@@ -114,6 +154,12 @@ class LoadedModel:
     @property
     def tta(self) -> str:
         return self.info.get("tta", "none")
+
+    @property
+    def decisions(self) -> DecisionRules | None:
+        """The file's decision rules; None for a file without them (it never abstains)."""
+        raw = self.info.get("decisions")
+        return DecisionRules.from_payload(raw) if raw is not None else None
 
     @property
     def record(self) -> TrainRecord:
@@ -181,8 +227,28 @@ def check_model_file(payload, path) -> None:
     tensors = payload["state_dict"]
     if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in tensors.items()):
         raise bad("'state_dict' must map names to tensors")
+    if "decisions" in payload:
+        _check_decisions(payload["decisions"], len(classes), bad)
     if payload.get("tta", "none") not in TTA_CHOICES:  # absent: a file from before TTA existed
         raise bad(f"'tta' is {payload['tta']!r}, not one of {', '.join(TTA_CHOICES)}")
+
+
+def _check_decisions(rules, n_classes: int, bad) -> None:
+    """The `decisions` record's schema (DECISION_KEYS), tensors' shapes included."""
+    if not isinstance(rules, dict):
+        raise bad("'decisions' is not a dictionary")
+    for key, kind in DECISION_KEYS.items():
+        value = rules.get(key)
+        ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
+        if kind is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not ok:
+            raise bad(f"'decisions.{key}' is missing or not a {kind.__name__}")
+    if rules["reference"].ndim != 2 or rules["neighbours"] < 1:
+        raise bad("'decisions.reference' must be a [vectors, features] matrix")
+    scores = rules["conformal_scores"]
+    if len(scores) != n_classes or not all(isinstance(t, torch.Tensor) and t.ndim == 1 for t in scores):
+        raise bad("'decisions.conformal_scores' must hold one vector per class")
 
 
 def _check_weights_fit(model: nn.Module, payload: dict, path) -> None:
@@ -236,6 +302,11 @@ def load_model_file(path) -> LoadedModel:
     model = create_architecture(family, bare)
     replace_head(model, len(payload["class_names"]), seed=0)
     _check_weights_fit(model, payload, path)
+    rules = payload.get("decisions")
+    width = payload["state_dict"][f"{payload['head_name']}.weight"].shape[1]
+    if rules is not None and rules["reference"].shape[1] != width:
+        raise PipelineError(f"{path}: the decision rules' feature vectors have {rules['reference'].shape[1]} "
+                            f"values, the head reads {width}; the file is damaged or edited, retrain it")
     model.load_state_dict(payload["state_dict"])
     info = {k: v for k, v in payload.items() if k != "state_dict"}
     info.setdefault("tta", "none")  # files written before test-time augmentation existed

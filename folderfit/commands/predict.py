@@ -19,8 +19,11 @@ written atomically. Probabilities that are not finite (a model file with NaN wei
 one-line error, not output.
 
 Output: CSV (default, stdout when no --output) with columns path, predicted, confidence,
-top1_class, top1_prob, ... topK_class, topK_prob; or JSON lines when --output ends in
-.jsonl / .ndjson: {"path", "predicted", "confidence", "top_k": [{"class", "prob"}, ...]}.
+top1_class, top1_prob, ... topK_class, topK_prob, decision (and `set` with --sets: the
+classes joined by ';'); or JSON lines when --output ends in .jsonl / .ndjson: {"path",
+"predicted", "decision", "confidence", "top_k": [{"class", "prob"}, ...] (, "set")}.
+`decision` is the model file's (folderfit.compute.decisions): the class, `unsure` or
+`unfamiliar`; a model file without decision rules always gives the class.
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ from pathlib import Path
 import torch
 
 from folderfit.artifacts.model_file import load_model_file
-from folderfit.compute.classifier import predict_files
+from folderfit.compute import decisions
+from folderfit.compute.classifier import classify_files
 from folderfit.compute.runtime import Setting
 from folderfit.errors import PipelineError
 from folderfit.support.report import say
@@ -45,16 +49,21 @@ from folderfit.support.fileio import write_text
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 
 
-def rows(files: list[Path], probs: torch.Tensor, order: list[int], class_names: list, k: int):
-    """One dict per predicted file: path, predicted, confidence, top_k [(class, prob)]."""
+def rows(files: list[Path], probs: torch.Tensor, order: list[int], class_names: list, k: int,
+         decided=None, sets=None):
+    """One dict per predicted file: path, predicted, decision, confidence, top_k
+    [(class, prob)] (and set [class] when `sets`)."""
     k = min(k, len(class_names))
     top_p, top_i = probs.topk(k, dim=1)  # ties: lower class index first, like argmax
     out = []
     for row, index in enumerate(order):
         top = [(class_names[int(c)], float(p)) for p, c in zip(top_p[row], top_i[row])]
         out.append({"path": image_folder.printable(str(files[index])), "predicted": top[0][0],
+                    "decision": decided.labels[row] if decided else top[0][0],
                     "confidence": top[0][1],
                     "top_k": top})
+        if sets is not None:
+            out[-1]["set"] = [class_names[c] for c in sets[row]]
     return out
 
 
@@ -64,19 +73,21 @@ def format_csv(records: list[dict], k: int) -> str:
     header = ["path", "predicted", "confidence"]
     for j in range(1, k + 1):
         header += [f"top{j}_class", f"top{j}_prob"]
-    writer.writerow(header)
+    with_sets = bool(records) and "set" in records[0]
+    writer.writerow(header + ["decision"] + (["set"] if with_sets else []))
     for r in records:
         line = [r["path"], r["predicted"], f"{r['confidence']:.6f}"]
         for name, p in r["top_k"]:
             line += [name, f"{p:.6f}"]
-        writer.writerow(line)
+        writer.writerow(line + [r["decision"]] + ([";".join(r["set"])] if with_sets else []))
     return buf.getvalue()
 
 
 def format_jsonl(records: list[dict]) -> str:
-    return "".join(json.dumps({"path": r["path"], "predicted": r["predicted"],
+    return "".join(json.dumps({"path": r["path"], "predicted": r["predicted"], "decision": r["decision"],
                                "confidence": round(r["confidence"], 6),
-                               "top_k": [{"class": c, "prob": round(p, 6)} for c, p in r["top_k"]]})
+                               "top_k": [{"class": c, "prob": round(p, 6)} for c, p in r["top_k"]],
+                               **({"set": r["set"]} if "set" in r else {})})
                    + "\n" for r in records)
 
 
@@ -109,18 +120,25 @@ def command(args) -> None:
         raise PipelineError(f"--output {args.output}: use a .csv, .jsonl or .ndjson file name")
     check_output(args.output, getattr(args, "force", False))
     loaded = load_model_file(args.model)
+    level = getattr(args, "sets", None)
+    if level is not None and not 0 < level < 1:
+        raise PipelineError(f"--sets {level}: give a coverage level between 0 and 1, e.g. 0.95")
+    if level is not None and loaded.decisions is None:
+        raise PipelineError(f"{args.model}: has no decision rules for --sets (a file from before "
+                            f"them, or not from a feature_extract train); retrain with `dvc repro train`")
     files, missing = collect_images(args.paths)
     for path, reason in missing:
         print(f"skipped {path}: {reason}", file=sys.stderr)
     if not files:
         raise PipelineError(f"no image files found in {image_folder.printable(' '.join(args.paths))} (extensions: "
                             f"{', '.join(sorted(image_folder.IMAGE_EXTENSIONS))}); pass image files or folders")
-    probs, order, failed = predict_files(loaded, files, args.batch_size, args.precision,
-                                         device=args.device, setting=Setting("cli"))
+    probs, order, failed, decided = classify_files(loaded, files, args.batch_size, args.precision,
+                                                   device=args.device, setting=Setting("cli"))
     for index, reason in failed:
         print(f"skipped {image_folder.printable(str(files[index]))}: {reason}", file=sys.stderr)
     check_finite(probs, order, files, args.model)
-    records = rows(files, probs, order, loaded.class_names, args.top_k)
+    sets = None if level is None else decisions.prediction_sets(loaded.decisions, probs, level)
+    records = rows(files, probs, order, loaded.class_names, args.top_k, decided, sets)
     k = min(args.top_k, len(loaded.class_names))
     jsonl = bool(args.output) and args.output.lower().endswith(JSONL_SUFFIXES)
     text = format_jsonl(records) if jsonl else format_csv(records, k)

@@ -142,13 +142,13 @@ class Service:
         import torch
 
         batch = torch.stack([self.tensor(label, data) for label, data in uploads])
-        probs = self.classifier.batch_probabilities(batch)
+        probs, decided = self.classifier.batch_decisions(batch)  # decision: predict's
         names = self.classifier.class_names
         top_p, top_i = probs.topk(min(top_k, len(names)), dim=1)  # ties as predict breaks them
         predictions = []
-        for (label, _), ps, cs in zip(uploads, top_p.tolist(), top_i.tolist()):
+        for (label, _), ps, cs, decision in zip(uploads, top_p.tolist(), top_i.tolist(), decided.labels):
             top = [{"class": names[c], "prob": p} for p, c in zip(ps, cs)]
-            predictions.append({"name": label, "predicted": top[0]["class"],
+            predictions.append({"name": label, "predicted": top[0]["class"], "decision": decision,
                                 "confidence": top[0]["prob"], "top_k": top})
         return {"model": self.model, "predictions": predictions}
 

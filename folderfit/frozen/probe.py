@@ -107,6 +107,7 @@ class SolvedHead:
     feature_engine: str = "torch-fp32"  # what ran the backbone, with its precision (folderfit.frozen.extractor)
     calibration: dict | None = None  # calibrate only: temperature, val loss before and after
     learning_curve: dict | None = None  # folderfit.frozen.learning_curve.curve, when asked for
+    decisions: object = None  # train's decision rules (folderfit.frozen.decisions), when asked
 
 
 def solve(features: FeatureSource, train_y: torch.Tensor, val_y: torch.Tensor, n_classes: int, *,

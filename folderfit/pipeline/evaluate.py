@@ -25,6 +25,8 @@ list, which `dvc exp show` leaves out of its columns), metrics/classification_re
   confusion.png, confusion_normalized.png      counts and row-normalised (recall) matrices
   roc.json, pr.json      one-vs-rest curves per class for DVC plots
   reliability.png        calibration diagram;  mistakes.png  most confident mistakes
+  decisions.json, coverage.json   the model file's decision rules on the split
+                         (folderfit.results.decision_report), when the file has them
 The directory is built beside its place and swapped in whole, then eval.json is written.
 """
 
@@ -52,7 +54,7 @@ from folderfit.errors import PipelineError
 from folderfit.images import datasets
 from folderfit.params import Params
 from folderfit.paths import EVAL_DIR, EVAL_JSON, MODEL_FILE, PREPARED, REPORT_TXT
-from folderfit.results import metrics, reports
+from folderfit.results import decision_report, metrics, reports
 from folderfit.results.pages import results_page
 from folderfit.support.fileio import staged_dir, write_json, write_text
 from folderfit.support.report import say
@@ -60,7 +62,9 @@ from folderfit.support.report import say
 HEADLINE = ("split", "estimate", "n_images", "accuracy", "accuracy_ci95_low", "accuracy_ci95_high", "macro_f1",
             "balanced_accuracy", "roc_auc_ovr_macro", "ece", "copies_of_learned_excluded",
             "accuracy_with_copies", "macro_f1_with_copies", "n_images_with_copies",
-            "test_dropped_by_corrections", "test_relabelled_by_corrections")
+            "test_dropped_by_corrections", "test_relabelled_by_corrections",
+            "accepted_fraction", "accepted_accuracy", "accepted_accuracy_ci95_low", "unfamiliar_rate",
+            "set_coverage_95", "set_mean_size_95")
 
 # A feature_extract model whose features are fp32 is scored from its backbone's cached features
 # (score_checked); this many of the scored images also go through the whole model file, which
@@ -347,7 +351,15 @@ def run(params: Params) -> None:
         summary["test_dropped_by_corrections"] = fixed["dropped"]
         summary["test_relabelled_by_corrections"] = fixed["relabelled"]
 
+    decided = None
+    if loaded.decisions is not None and len(y):
+        vectors = None if split == "cv" else decision_report.scored_features(
+            loaded, samples, params.evaluate.batch_size, rt, feature_route(loaded, params))
+        decided, curve = decision_report.report(loaded.decisions, probs, y, vectors, classes, split)
+        summary.update(decision_report.headline(decided))
     with staged_dir(EVAL_DIR) as staging:  # swapped in whole; a failure leaves the old one
+        if decided is not None:
+            decision_report.write(staging, decided, curve)
         per_class = write_eval_dir(staging, probs, y, classes, samples, summary)
         results_page.write(staging, PREPARED, staging / "index.html",
                            facts={**run_facts(loaded, params, split),
@@ -371,6 +383,7 @@ def run(params: Params) -> None:
           f"({summary['roc_auc_classes']}/{len(classes)} classes), ECE {summary['ece']:.4f}"
           + (f"; scored with {summary['scored_with']}" if "scored_with" in summary else "")
           + "".join(f"; {note}" for note in scored_set_notes(summary))
+          + (f"; {decision_report.sentence(decided)}" if decided is not None else "")
           + f" [{time.perf_counter() - started:.1f} s]")
 
 

@@ -38,6 +38,7 @@ from folderfit.compute.runtime import (
 )
 from folderfit.errors import PipelineError
 from folderfit.frozen import extractor as feature_extractor
+from folderfit.frozen import decisions as decision_rules
 from folderfit.frozen import feature_cache, learning_curve, probe
 from folderfit.images import datasets
 from folderfit.params import Params
@@ -104,12 +105,13 @@ def class_weights(params: Params, samples, n_classes: int) -> torch.Tensor | Non
 
 def solve_head(built: architecture.BuiltModel, pre, params: Params, splits, rt, weights, *, log=None,
                refit: bool = False, cv_folds: int = 0, calibrate: bool = False,
-               choice=None, curve: bool = False) -> tuple[probe.SolvedHead, probe.CrossValidation | None]:
+               choice=None, curve: bool = False, decide: bool = False) -> tuple[probe.SolvedHead, probe.CrossValidation | None]:
     """The head of the frozen backbone solved on its cached features (folderfit.frozen.probe) and
     put into the model; with `cv_folds`, also the cross-validation of that whole procedure
     over train + val (the honest estimate when there is no test split). `choice`: the
     engine choice made already (engine_choice), else made here. `curve`: also the learning
-    curve (folderfit.frozen.learning_curve), in the result's `learning_curve`."""
+    curve (folderfit.frozen.learning_curve), in the result's `learning_curve`. `decide`: also
+    the decision rules (folderfit.frozen.decisions), in the returned head's `decisions`."""
     model, head = feature_cache.backbone_only(built.model, built.head_name)
     extractor, engine_choice = feature_extractor.feature_extractor(model, pre, params, rt, choice)
     files = {split: [path for path, _ in splits[split]] for split in ("train", "val")}
@@ -139,6 +141,17 @@ def solve_head(built: architecture.BuiltModel, pre, params: Params, splits, rt, 
     if curve:
         solved = dataclasses.replace(solved, learning_curve=_learning_curve(features, labels, files, solved,
                                                                             params, weights, head.out_features))
+    if decide:
+        copies = [sha256_file(path) for path in files["train"] + files["val"]]
+        rules = decision_rules.rules_for_head(
+            features, labels["train"], labels["val"], head.out_features, cv=cv, delivered_tta=solved.tta,
+            target_accuracy=params.predict.target_accuracy, folds=params.evaluate.cv_folds,
+            groups=copies, seed=params.seed, **procedure)
+        solved = dataclasses.replace(solved, decisions=rules)
+        say(f"decisions: confidence >= {rules.confidence_threshold:.4f} accepted "
+            f"({rules.accepted_fraction:.1%} of {rules.n_calibration} out-of-fold images, accuracy "
+            f">= {rules.accuracy_low:.4f}{'' if rules.target_met else ', target not met'}); "
+            f"unfamiliar above distance {rules.distance_threshold:.4f}")
     if hflip != a.hflip:  # recorded with the run: why hflip auto used no mirror images
         solved = dataclasses.replace(solved, mirror_test={"hflip": False, "skipped": probe.size_note(len(files["train"]))})
     architecture.set_submodule(built.model, built.head_name, head)
@@ -254,7 +267,7 @@ def _train(params: Params, ctx: distributed.DistContext, curves: Path | None) ->
         if strategy == "feature_extract":
             solved, cv = solve_head(built, pre, params, splits, rt, weights, log=log,
                                     refit=params.refit_head, cv_folds=cv_folds, calibrate=True,
-                                    choice=choice, curve=True)
+                                    choice=choice, curve=True, decide=True)
             numerics = solved.feature_engine  # what really ran (a failed export: torch)
             flip, tta = solved.hflip, solved.tta
             outcome = {"best_val_accuracy": solved.fit.val_accuracy, "best_val_loss": solved.fit.val_loss}
@@ -311,7 +324,9 @@ def _train(params: Params, ctx: distributed.DistContext, curves: Path | None) ->
         "numerics": numerics,
         "processes": ctx.world_size,
     }
-    model_file.save_model_file(MODEL_FILE, built, classes, pre, extra=details, tta=tta)
+    rules = solved.decisions if strategy == "feature_extract" else None
+    model_file.save_model_file(MODEL_FILE, built, classes, pre, extra=details, tta=tta,
+                               decisions=rules.to_payload() if rules else None)
     write_json(curves / "details.json", details)
     learned_from.write_learned_from(curves, learned)
     if cv is not None:

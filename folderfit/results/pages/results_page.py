@@ -116,7 +116,9 @@ def collect(eval_dir: Path, prepared_dir: Path, *, facts: dict | None = None,
     bins = reliability([i["conf"] for i in items], [i["t"] == i["p"] for i in items], n_bins)
     return {"summary": summary, "estimate": estimate_of(summary), "classes": classes,
             "matrix": matrix, "items": items, "thumbs": thumbs, "per_class": per_class,
-            "bins": bins, "facts": facts or {}}
+            "bins": bins, "facts": facts or {},
+            "decisions": read_json(eval_dir / "decisions.json", default={}) or None,
+            "coverage": read_json(eval_dir / "coverage.json", default={}).get("coverage", [])}
 
 
 def _num(x, pct: bool = False) -> str:
@@ -244,6 +246,35 @@ def _calibration(bins: list, ece) -> str:
             f'<p class="muted">ECE {_num(ece)}: bars under the dashed line = over-confident.</p>')
 
 
+def _decisions(d, curve: list) -> str:
+    """The model file's decision rules on the split: accepted share and accuracy, the
+    unfamiliar rate, and the accuracy-vs-coverage curve as a small table."""
+    if not isinstance(d, dict):
+        return '<p class="muted">the model file has no decision rules: every photo gets a class</p>'
+    rows = [("target accuracy", _num(d.get("target_accuracy"))),
+            ("confidence threshold", _num(d.get("confidence_threshold"))),
+            ("accepted", f'{esc(d.get("n_accepted"))} of {esc(d.get("n_images"))} ({_num(d.get("accepted_fraction"), True)})'),
+            ("accuracy of accepted", f'{_num(d.get("accepted_accuracy"))} (95% CI {_num(d.get("accepted_accuracy_ci95_low"))}'
+                                     f'\u2013{_num(d.get("accepted_accuracy_ci95_high"))})'),
+            ("unfamiliar", _num(d.get("unfamiliar_rate"), True)),
+            ("chosen on", esc(d.get("calibrated_on")))]
+    sets = d.get("sets") or {}
+    if sets.get("coverage") is not None:
+        rows.append((f'prediction sets ({esc(sets.get("level"))})',
+                     f'cover {_num(sets.get("coverage"), True)}, mean size {_num(sets.get("mean_size"))}'))
+    table = '<table class="kv" id="decisions">' + "".join(
+        f'<tr><th class="l">{esc(k)}</th><td>{v}</td></tr>' for k, v in rows) + "</table>"
+    step = max(1, len(curve) // 10)
+    points = [p for p in curve[::step] if isinstance(p, dict)]
+    curve_rows = "".join(f'<tr><td>{_num(p.get("coverage"), True)}</td><td>{_num(p.get("accuracy"))}</td>'
+                         f'<td>{_num(p.get("threshold"))}</td></tr>' for p in points)
+    note = " In-sample: the thresholds were chosen on these scores." if d.get("in_sample") else ""
+    return (f'<div class="bar" style="align-items:flex-start">{table}<table id="coverage"><tr>'
+            f'<th>kept (most confident)</th><th>accuracy</th><th>threshold</th></tr>{curve_rows}</table></div>'
+            f'<p class="muted">Below the threshold the model says <i>unsure</i>; photos unlike any it '
+            f'learned from are <i>unfamiliar</i>.{note}</p>')
+
+
 def _facts(facts: dict) -> str:
     if not facts:
         return '<p class="muted">no run facts given</p>'
@@ -272,7 +303,8 @@ def render(data: dict) -> str:
         f'<section><h2>Mistakes ({n_wrong}), most confident first</h2><div class="grid" id="mistakes"></div></section>'
         f'<section><h2>Per class</h2>{_per_class(data["per_class"])}</section>'
         f'<section><h2>Calibration</h2>{_calibration(data["bins"], s.get("ece"))}</section>'
-        f'{_more_photos(data.get("learning_curve"))}')
+        f'{_more_photos(data.get("learning_curve"))}'
+        f'<section><h2>When it abstains</h2>{_decisions(data.get("decisions"), data.get("coverage") or [])}</section>')
     return page("folderfit results", header, body, json_script("data", data), SCRIPT)
 
 
