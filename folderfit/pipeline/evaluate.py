@@ -277,12 +277,17 @@ def class_note(photos: int, support: int, interval: list, split: str) -> str | N
             f"{interval[0]:.2f}-{interval[1]:.2f} (95%)")
 
 
-def add_class_notes(per_class: dict, split: str) -> None:
-    """A `photos` count (every split) and, for few-shot classes, a `note` on each row."""
-    photos = {name: 0 for name in per_class}
+def photos_per_class(classes: list) -> dict:
+    """Prepared photos of each class, in all splits (the manifest's rows)."""
+    photos = {name: 0 for name in classes}
     for row in manifest.read_manifest_rows(PREPARED):
         if row["class"] in photos:
             photos[row["class"]] += 1
+    return photos
+
+
+def add_class_notes(per_class: dict, split: str, photos: dict) -> None:
+    """A `photos` count (every split) and, for few-shot classes, a `note` on each row."""
     for name, row in per_class.items():
         row["photos"] = photos[name]
         note = class_note(photos[name], row["support"], row["recall_ci95"], split)
@@ -290,12 +295,15 @@ def add_class_notes(per_class: dict, split: str) -> None:
             row["note"] = note
 
 
-def write_eval_dir(out: Path, probs, y, classes: list, samples, summary: dict) -> dict:
-    """Every file of metrics/eval/ into `out`; returns the per-class report."""
+def write_eval_dir(out: Path, probs, y, classes: list, samples, summary: dict,
+                   photos: dict | None = None) -> dict:
+    """Every file of metrics/eval/ into `out`; returns the per-class report. `photos`: the
+    prepared photos per class (photos_per_class), for the per-class counts and notes."""
     split, n = summary["split"], len(y)
     preds, confidence = probs.argmax(1), probs.max(1)
     per_class = metrics.per_class_report(probs, y, classes)
-    add_class_notes(per_class, split)
+    if photos is not None:
+        add_class_notes(per_class, split, photos)
     write_json(out / "summary.json", summary)
     write_json(out / "per_class.json", per_class)
 
@@ -360,7 +368,8 @@ def run(params: Params) -> None:
     with staged_dir(EVAL_DIR) as staging:  # swapped in whole; a failure leaves the old one
         if decided is not None:
             decision_report.write(staging, decided, curve)
-        per_class = write_eval_dir(staging, probs, y, classes, samples, summary)
+        per_class = write_eval_dir(staging, probs, y, classes, samples, summary,
+                                   photos_per_class(classes))
         results_page.write(staging, PREPARED, staging / "index.html",
                            facts={**run_facts(loaded, params, split),
                                   "scored with": facts.get("scored_with", "train's cross-validation")})
