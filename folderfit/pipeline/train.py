@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import sys
 import time
 from pathlib import Path
 
@@ -152,6 +153,11 @@ def solve_head(built: architecture.BuiltModel, pre, params: Params, splits, rt, 
             f"({rules.accepted_fraction:.1%} of {rules.n_calibration} out-of-fold images, accuracy "
             f">= {rules.accuracy_low:.4f}{'' if rules.target_met else ', target not met'}); "
             f"unfamiliar above distance {rules.distance_threshold:.4f}")
+        if not rules.target_met:
+            print(f"warning: predict.target_accuracy {params.predict.target_accuracy} cannot be "
+                  f"certified from {rules.n_calibration} out-of-fold images (95% lower bound): "
+                  f"predict will answer `unsure` for nearly every photo; lower the target or add "
+                  f"photos", file=sys.stderr)
     if hflip != a.hflip:  # recorded with the run: why hflip auto used no mirror images
         solved = dataclasses.replace(solved, mirror_test={"hflip": False, "skipped": probe.size_note(len(files["train"]))})
     architecture.set_submodule(built.model, built.head_name, head)
