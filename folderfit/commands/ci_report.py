@@ -19,23 +19,28 @@ import subprocess
 import sys
 
 from folderfit.errors import PipelineError
+from folderfit.paths import DATA_REPORT, EVAL_JSON, REVIEW_JSON, TIMING, TRAIN_METRICS
 from folderfit.results import comparison
+
+# the metrics files as `dvc metrics show --json` names them (paths.py owns where they are)
+EVAL, TRAIN, DATA, REVIEW, TIMED = (path.as_posix() for path in
+                                    (EVAL_JSON, TRAIN_METRICS, DATA_REPORT, REVIEW_JSON, TIMING))
 
 # (metrics file, key, label) of the rows the report shows, in this order
 HEADLINE = [
-    ("metrics/eval.json", "accuracy", "accuracy (on the scored split)"),
-    ("metrics/eval.json", "accuracy_ci95_low", "accuracy 95% CI low"),
-    ("metrics/eval.json", "accuracy_ci95_high", "accuracy 95% CI high"),
-    ("metrics/eval.json", "macro_f1", "macro F1"),
-    ("metrics/eval.json", "split", "scored split: test | cv | val_holdout"),
-    ("metrics/train.json", "strategy", "strategy"),
-    ("metrics/train.json", "best_val_accuracy", "best val accuracy"),
-    ("metrics/data.json", "n_images", "images"),
-    ("metrics/data.json", "n_classes", "classes"),
-    ("metrics/data.json", "n_skipped", "files skipped"),
-    ("metrics/data.json", "n_label_conflicts", "label conflicts"),
-    ("metrics/review.json", "n_label_issues", "likely label errors"),
-    ("metrics/timing.json", "train_wall_s", "train wall s"),
+    (EVAL, "accuracy", "accuracy (on the scored split)"),
+    (EVAL, "accuracy_ci95_low", "accuracy 95% CI low"),
+    (EVAL, "accuracy_ci95_high", "accuracy 95% CI high"),
+    (EVAL, "macro_f1", "macro F1"),
+    (EVAL, "split", "scored split: test | cv | val_holdout"),
+    (TRAIN, "strategy", "strategy"),
+    (TRAIN, "best_val_accuracy", "best val accuracy"),
+    (DATA, "n_images", "images"),
+    (DATA, "n_classes", "classes"),
+    (DATA, "n_skipped", "files skipped"),
+    (DATA, "n_label_conflicts", "label conflicts"),
+    (REVIEW, "n_label_issues", "likely label errors"),
+    (TIMED, "train_wall_s", "train wall s"),
 ]
 
 
