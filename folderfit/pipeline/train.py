@@ -117,6 +117,9 @@ def solve_head(built: architecture.BuiltModel, pre, params: Params, splits, rt, 
     extractor, engine_choice = feature_extractor.feature_extractor(model, pre, params, rt, choice)
     files = {split: [path for path, _ in splits[split]] for split in ("train", "val")}
     labels = {split: torch.tensor([y for _, y in splits[split]]) for split in ("train", "val")}
+    # copies of one picture share a fold in the cross-validation, the decision rules' folds and
+    # the learning curve: each file is hashed once for all three
+    copies = [sha256_file(path) for path in files["train"] + files["val"]] if cv_folds or curve or decide else None
 
     def features(requests):
         return extractor.features_of([(files[split], view) for split, view in requests], "features")
@@ -133,17 +136,15 @@ def solve_head(built: architecture.BuiltModel, pre, params: Params, splits, rt, 
     cv = None
     if cv_folds:
         started = time.perf_counter()
-        copies = [sha256_file(path) for path in files["train"] + files["val"]]  # copies: one fold
         cv = probe.cross_validate(features, labels["train"], labels["val"], head.out_features,
                               folds=cv_folds, groups=copies, seed=params.seed, **procedure)
         correct = int((cv.probs.argmax(1) == cv.labels).sum())
         say(f"cross-validation ({cv.folds} folds, the whole head procedure nested in each): "
               f"{correct}/{len(cv.labels)} right out of fold [{time.perf_counter() - started:.1f} s]")
     if curve:
-        solved = dataclasses.replace(solved, learning_curve=_learning_curve(features, labels, files, solved,
+        solved = dataclasses.replace(solved, learning_curve=_learning_curve(features, labels, files, copies, solved,
                                                                             params, weights, head.out_features))
     if decide:
-        copies = [sha256_file(path) for path in files["train"] + files["val"]]
         rules = decision_rules.rules_for_head(
             features, labels["train"], labels["val"], head.out_features, cv=cv, delivered_tta=solved.tta,
             target_accuracy=params.predict.target_accuracy, folds=params.evaluate.cv_folds,
@@ -419,7 +420,7 @@ def _fit(params: Params, built: architecture.BuiltModel, pre, splits, rt, frozen
     return result, checkpointer
 
 
-def _learning_curve(features, labels: dict, files: dict, solved: probe.SolvedHead, params: Params,
+def _learning_curve(features, labels: dict, files: dict, copies: list, solved: probe.SolvedHead, params: Params,
                     weights, n_classes: int) -> dict:
     """feature_extract: the out-of-fold learning curve of the delivered head's procedure at its
     l2 (folderfit.frozen.learning_curve), on the features the head learned from (cached), with
@@ -436,7 +437,6 @@ def _learning_curve(features, labels: dict, files: dict, solved: probe.SolvedHea
     wanted = list(dict.fromkeys(views + scored))
     both = features([(split, v) for v in wanted for split in ("train", "val")])
     per_view = {v: torch.cat(both[2 * i:2 * i + 2]) for i, v in enumerate(wanted)}
-    copies = [sha256_file(path) for path in files["train"] + files["val"]]  # copies: one fold
     found = learning_curve.curve([per_view[v] for v in views], [per_view[v] for v in scored],
                                  torch.cat([labels["train"], labels["val"]]).numpy(), n_classes, copies,
                                  l2=solved.fit.l2, seed=params.seed, class_weights=weights,
