@@ -193,7 +193,12 @@ def test_a_real_trial_times_every_candidate_and_exports_once(tmp_path, monkeypat
     cpu_engines.export_backbone(net, 16, 8)
     assert exports == [1]
     del net  # another module, perhaps at the same address: never served the old graph
-    cpu_engines.export_backbone(network(), 16, 8)
+    other = network()
+    with torch.no_grad():
+        other[0].weight.mul_(3)
+    cpu_engines.export_backbone(other, 16, 8)
+    assert exports == [1, 1]
+    cpu_engines.export_backbone(network(), 16, 8)  # the trial's weights: its graph, from disk
     assert exports == [1, 1]
 
 

@@ -122,7 +122,9 @@ def export_backbone(backbone: nn.Module, image_size: int, batch_size: int,
                     threads: int | None = None) -> OrtBackbone:
     """An ONNX Runtime session computing `backbone` (frozen, on the CPU) for batches of
     `batch_size` square images of `image_size` px, checked against torch on one image.
-    Raises EngineUnavailable with the reason."""
+    The graph comes from this process's last export, else from the graph cache on disk
+    (GRAPH_DIR), else from the exporter (and is then stored there). Raises EngineUnavailable
+    with the reason."""
     try:
         import onnxruntime  # noqa: F401
     except ImportError as exc:
@@ -137,6 +139,27 @@ def export_backbone(backbone: nn.Module, image_size: int, batch_size: int,
     # a fixed, seeded image in the normalised range: the parity check must not depend on
     # the global random stream (nor move it)
     example = torch.rand(1, 3, image_size, image_size, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.inference_mode():
+        expected = backbone(example).float()
+    path = graph_file(backbone, image_size)
+    graph = _read_graph(path)
+    if graph is not None and _parity_problem(graph, example, expected, threads) is not None:
+        # intact, yet not this module's function (a key that misses what changed it): never used
+        print(f"note: {path}: the cached ONNX graph does not compute this backbone; exported again",
+              file=sys.stderr)
+        graph = None
+    if graph is None:
+        graph = _export(backbone, example)
+        problem = _parity_problem(graph, example, expected, threads)
+        if problem is not None:
+            raise EngineUnavailable(problem)
+        _store_graph(path, graph)
+    _GRAPH_MEMO.update(module=weakref.ref(backbone), key=memo_key, graph=graph)
+    return OrtBackbone(_session(graph, threads, batch_size))
+
+
+def _export(backbone: nn.Module, example: torch.Tensor) -> bytes:
+    """The ONNX graph of `backbone` (TorchScript-based exporter, batch dimension free)."""
     buffer = io.BytesIO()
     try:
         with warnings.catch_warnings(), torch.no_grad():
@@ -144,23 +167,106 @@ def export_backbone(backbone: nn.Module, image_size: int, batch_size: int,
             torch.onnx.export(backbone, (example,), buffer, dynamo=False, opset_version=ONNX_OPSET,
                               input_names=["images"], output_names=["features"],
                               dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}})
-        graph = buffer.getvalue()
+    except Exception as exc:  # any exporter failure means: use torch
+        raise EngineUnavailable(f"export failed ({_reason(exc)})")
+    return buffer.getvalue()
+
+
+def _reason(exc: Exception) -> str:
+    reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+    return f"{type(exc).__name__}{': ' + reason if reason else ''}"
+
+
+def _parity_problem(graph: bytes, example: torch.Tensor, expected: torch.Tensor,
+                    threads: int) -> str | None:
+    """Why `graph` cannot stand in for the torch module that gave `expected` on `example`
+    (None: it can)."""
+    try:
         check = OrtBackbone(_session(graph, threads, None))(example)
-    except Exception as exc:  # any exporter or runtime failure means: use torch
-        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-        raise EngineUnavailable(f"export failed ({type(exc).__name__}{': ' + reason if reason else ''})")
-    with torch.inference_mode():
-        expected = backbone(example).float()
+    except Exception as exc:  # a graph ONNX Runtime cannot load or run
+        return f"export failed ({_reason(exc)})"
     if check.shape != expected.shape:
-        raise EngineUnavailable(f"the exported graph gives shape {tuple(check.shape)}, torch "
-                                f"{tuple(expected.shape)}")
+        return f"the exported graph gives shape {tuple(check.shape)}, torch {tuple(expected.shape)}"
     scale = expected.abs().max().item() or 1.0
     difference = (check - expected).abs().max().item()
     if not difference <= PARITY_TOLERANCE * scale:
-        raise EngineUnavailable(f"the exported graph differs from torch by {difference:.3g} "
-                                f"(largest feature {scale:.3g})")
-    _GRAPH_MEMO.update(module=weakref.ref(backbone), key=memo_key, graph=graph)
-    return OrtBackbone(_session(graph, threads, batch_size))
+        return f"the exported graph differs from torch by {difference:.3g} (largest feature {scale:.3g})"
+    return None
+
+
+# ------------------------------------------------------------------ the graph cache
+# Exported graphs, one file per (module structure, weights, image size, exporter and runtime
+# versions, opset), so the review, train and evaluate processes of a run, and later runs,
+# export a backbone once per machine. A file is the header line GRAPH_MAGIC, the graph's size
+# and sha256, then the graph: a truncated or damaged file fails the check and is exported
+# again; an intact one still passes the parity check before use. Like the feature cache, a
+# pure memo: deleting it costs only time, and a cache that cannot be written is skipped.
+GRAPH_DIR = "onnx_graphs"
+GRAPH_FORMAT = 1
+GRAPH_MAGIC = b"folderfit-onnx-graph"
+
+
+def _package_version(name: str) -> str | None:
+    """The installed version, without importing the package (onnx costs ~1 s to import)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def graph_key(backbone: nn.Module, image_size: int) -> str:
+    """What the exported graph of `backbone` at `image_size` depends on, as a digest."""
+    spec = {"format": GRAPH_FORMAT, "opset": ONNX_OPSET, "image_size": image_size,
+            "class": f"{type(backbone).__module__}.{type(backbone).__qualname__}",
+            "structure": hashlib.sha256(repr(backbone).encode()).hexdigest(),
+            "torch": torch.__version__, "onnx": _package_version("onnx"),
+            "onnxruntime": _package_version("onnxruntime")}
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode())
+    for name, tensor in backbone.state_dict().items():
+        data = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tuple(data.shape)}:{data.dtype}".encode())
+        digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+    return digest.hexdigest()[:32]
+
+
+def graph_file(backbone: nn.Module, image_size: int) -> Path:
+    from folderfit.paths import cache_root
+
+    return cache_root() / GRAPH_DIR / f"{graph_key(backbone, image_size)}.onnx"
+
+
+def _read_graph(path: Path) -> bytes | None:
+    """The graph stored at `path`, or None when missing, truncated or damaged (with a note)."""
+    from folderfit.support.fileio import open_regular, sha256_bytes
+
+    try:
+        with open_regular(path) as fh:  # a named pipe in its place would block for ever
+            data = fh.read()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        print(f"note: {path}: cached ONNX graph not readable ({exc}); exported again", file=sys.stderr)
+        return None
+    header, _, graph = data.partition(b"\n")
+    fields = header.split(b" ")
+    if (len(fields) == 3 and fields[0] == GRAPH_MAGIC and fields[1] == str(len(graph)).encode()
+            and fields[2] == sha256_bytes(graph).encode()):
+        return graph
+    print(f"note: {path}: cached ONNX graph is damaged or incomplete; exported again", file=sys.stderr)
+    return None
+
+
+def _store_graph(path: Path, graph: bytes) -> None:
+    from folderfit.support.fileio import sha256_bytes, write_bytes
+
+    header = b" ".join([GRAPH_MAGIC, str(len(graph)).encode(), sha256_bytes(graph).encode()])
+    try:
+        write_bytes(path, header + b"\n" + graph)
+    except (OSError, PipelineError) as exc:  # a memo: without it the next process exports again
+        print(f"note: ONNX graph not cached in {path} ({exc}); the next run exports again",
+              file=sys.stderr)
 
 
 # the last graph that passed its parity check, so that the engine trial and the extraction
