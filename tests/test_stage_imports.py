@@ -30,9 +30,9 @@ NOT_AT_IMPORT = {
 }
 
 
-def loaded_after(code: str, cwd: Path = REPO, env: dict | None = None) -> set[str]:
-    """The HEAVY packages in sys.modules after `code` ran in a fresh interpreter."""
-    probe = f"{code}\nimport json, sys\nprint(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))"
+def loaded_after(code: str, cwd: Path = REPO, env: dict | None = None, names=HEAVY) -> set[str]:
+    """The modules of `names` in sys.modules after `code` ran in a fresh interpreter."""
+    probe = f"{code}\nimport json, sys\nprint(json.dumps([m for m in {tuple(names)!r} if m in sys.modules]))"
     result = subprocess.run([sys.executable, "-c", probe], cwd=cwd, capture_output=True, text=True,
                             env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})}, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -73,3 +73,26 @@ def test_a_later_process_loads_the_exported_graph_without_the_exporter(tmp_path)
     env = {"FOLDERFIT_CACHE": str(tmp_path / "cache")}
     assert "onnx" in loaded_after(NET, env=env)  # the first process on the machine exports
     assert "onnx" not in loaded_after(NET, env=env)  # the next ones read the graph
+
+
+def test_the_accuracy_bound_needs_no_scipy_stats():
+    """train's decision rules take the Clopper-Pearson bound from scipy.special: the same
+    numbers as scipy.stats.beta.ppf, without the second or more that scipy.stats costs."""
+    import numpy as np
+    from scipy.stats import beta
+
+    from folderfit.frozen import decisions
+
+    rng = np.random.default_rng(0)
+    n = rng.integers(1, 5000, 20000).astype(float)
+    correct = np.floor(rng.uniform(0, 1, n.size) * (n + 1))
+    correct[:3], n[:3] = [0, 1, 7], [4, 1, 7]
+    for confidence in (0.95, 0.9, 0.99):
+        with np.errstate(invalid="ignore"):
+            expected = beta.ppf(1 - confidence, correct, n - correct + 1)
+        expected = np.where(correct > 0, np.nan_to_num(expected, nan=0.0), 0.0)
+        assert np.array_equal(decisions.accuracy_lower_bound(correct, n, confidence), expected)
+    loaded = loaded_after("from folderfit.frozen import decisions\n"
+                          "decisions.accuracy_lower_bound([5, 0, 30], [10, 4, 30])",
+                          names=("scipy.stats",))
+    assert not loaded
