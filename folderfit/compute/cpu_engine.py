@@ -25,8 +25,10 @@ ONNX Runtime's outputs agree with torch's to about 1e-5, not bit for bit, and bf
 1e-2, so the engine, precision included, is part of the feature cache's key
 (folderfit.frozen.feature_cache). The graph is exported from the torch module with the TorchScript-based
 exporter (an order of magnitude faster than the torch.export-based one), its batch dimension free
-and fixed at session creation. Before use, one image goes through both engines: a graph that
-does not compute what the torch module computes is never used.
+and fixed at session creation, and kept in `<cache root>/onnx_graphs` (see GRAPH_DIR), so a
+machine exports a backbone once, not once per stage process. Before use, one image goes
+through both engines: a graph, fresh or cached, that does not compute what the torch module
+computes is never used.
 """
 
 from __future__ import annotations
