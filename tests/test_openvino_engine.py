@@ -105,6 +105,20 @@ def test_a_graph_that_computes_something_else_is_rejected_with_the_reason(monkey
     assert len(notes) == 1 and notes[0].startswith("openvino-fp32: OpenVINO differs from torch by 1 ")
 
 
+@needs_openvino
+def test_the_extraction_after_the_trial_compiles_no_more(monkeypatch):
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+    first = cpu_engine.openvino_backbone(net, 16, 2)
+    assert cpu_engine.openvino_backbone(net, 16, 2) is first
+    assert cpu_engine.openvino_backbone(net, 16, 3) is not first  # another batch: compiled for it
+    with torch.no_grad():
+        net[0].weight.mul_(2)  # changed weights: compiled again, and computing them
+    again = cpu_engine.openvino_backbone(net, 16, 2)
+    x = torch.rand(2, 3, 16, 16)
+    with torch.inference_mode():
+        assert again is not first and torch.allclose(again(x), net(x), atol=1e-5)
+
+
 @pytest.fixture
 def machine(tmp_path, monkeypatch):
     """A CPU with native bf16 whose engine speeds (ms/image) the test sets."""
@@ -210,8 +224,8 @@ def test_a_file_recording_openvino_predicts_with_it_or_torch_fp32_after_a_note(t
     # the numerics contract's bound (tests/test_numerics_contract.py)
     assert (by_openvino - by_torch).abs().max().item() <= 1e-4
     capsys.readouterr()
-    monkeypatch.setitem(sys.modules, "openvino", None)
-    without = classifier.predict_files(loaded, files, 4, progress=False)[0]
+    monkeypatch.setitem(sys.modules, "openvino", None)  # loaded afresh, as in another Python
+    without = classifier.predict_files(model_file.load_model_file(path), files, 4, progress=False)[0]
     assert not isinstance(routes[-1], openvino_engine.OvBackbone)
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["note: predict runs torch fp32, not OpenVINO (openvino is not installed (openvino); "

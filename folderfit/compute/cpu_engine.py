@@ -332,14 +332,25 @@ def _torch_runner(network: nn.Module, dtype: torch.dtype | None):
 
 def openvino_backbone(backbone: nn.Module, image_size: int, batch_size: int | None):
     """OpenVINO fp32 computing `backbone` (folderfit.compute.openvino_engine), held to ONNX
-    Runtime's parity check. Raises EngineUnavailable with the reason."""
+    Runtime's parity check. Raises EngineUnavailable with the reason. The last one compiled
+    is served again for the same live module, weights and shapes (the trial's, to the
+    extraction after it), as export_backbone serves its graph."""
     from folderfit.compute import openvino_engine
 
+    key = (image_size, batch_size, torch.get_num_threads(), _weights_fingerprint(backbone))
+    memo_ref = _OPENVINO_MEMO.get("module")
+    if memo_ref is not None and memo_ref() is backbone and _OPENVINO_MEMO["key"] == key:
+        return _OPENVINO_MEMO["engine"]
     try:
-        return openvino_engine.compile_backbone(backbone, image_size, batch_size, opset=ONNX_OPSET,
-                                                tolerance=PARITY_TOLERANCE)
+        engine = openvino_engine.compile_backbone(backbone, image_size, batch_size, opset=ONNX_OPSET,
+                                                  tolerance=PARITY_TOLERANCE)
     except openvino_engine.EngineUnavailable as exc:
         raise EngineUnavailable(str(exc)) from exc
+    _OPENVINO_MEMO.update(module=weakref.ref(backbone), key=key, engine=engine)
+    return engine
+
+
+_OPENVINO_MEMO: dict = {}
 
 
 def _candidates(precision: str, cpu_engine: str, rt: Runtime) -> list[str]:
