@@ -202,6 +202,17 @@ def test_not_installed_explicit_is_one_line_naming_the_install(machine, not_inst
 
 
 @needs_openvino
+def test_preflight_stops_at_cpu_engine_openvino_without_the_package(not_installed, monkeypatch):
+    from folderfit.pipeline import preflight
+
+    monkeypatch.setattr(preflight, "check_source_names", lambda source: None)
+    params = SimpleNamespace(cpu_engine="openvino", data=SimpleNamespace(source="photos"))
+    with pytest.raises(PipelineError, match=r"^params.yaml: 'cpu_engine' is 'openvino', but the openvino "
+                                            r"package is not installed: pip install openvino"):
+        preflight.run(params)
+
+
+@needs_openvino
 def test_a_file_recording_openvino_predicts_with_it_or_torch_fp32_after_a_note(tmp_path, monkeypatch, capsys):
     """predict's default is the file's numerics: OpenVINO where installed; where not, torch
     fp32, which agrees to the parity tolerance (as it does below ORT_MIN_IMAGES anyway)."""
