@@ -65,8 +65,8 @@ def test_openvino_computes_torch_fp32s_features_on_lite0(lite0, compiled):
 @needs_openvino
 def test_fp32_is_forced_on_folderfits_threads(compiled):
     import openvino
-    import openvino.properties as properties
     import openvino.properties.hint as hints
+    from openvino import properties
 
     compiled(images(3))  # the batch-free compilation too
     assert set(compiled._compiled) == {4, None}
@@ -239,8 +239,8 @@ def test_a_file_recording_openvino_predicts_with_it_or_torch_fp32_after_a_note(t
     without = classifier.predict_files(model_file.load_model_file(path), files, 4, progress=False)[0]
     assert not isinstance(routes[-1], openvino_engine.OvBackbone)
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["note: predict runs torch fp32, not OpenVINO (openvino is not installed (openvino); "
-                   "pip install openvino): the same numbers"]
+    assert err == [("note: predict runs torch fp32, not OpenVINO (openvino is not installed (openvino); "
+                    "pip install openvino): the same numbers")]
     assert torch.equal(without, by_torch)
 
 

@@ -58,8 +58,8 @@ def compile_options(threads: int) -> dict:
     """OpenVINO's CPU plugin settings: fp32 forced, `threads` threads in one stream (one
     batch at a time, as the other engines run)."""
     import openvino
-    import openvino.properties as properties
     import openvino.properties.hint as hints
+    from openvino import properties
 
     return {hints.inference_precision: openvino.Type.f32,
             hints.performance_mode: hints.PerformanceMode.LATENCY,
