@@ -186,7 +186,7 @@ def test_cpu_engine_through_dvc_exp_run(repo, baseline):
     wrong = dvc(repo, "exp", "run", "-S", "cpu_engine=onnx")
     assert wrong.returncode != 0 and ran(wrong) == ["preflight"]
     assert error_lines(wrong) == ["error: params.yaml: 'cpu_engine' is 'onnx'; choose one of: "
-                                  "auto, onnxruntime, torch"]
+                                  "auto, onnxruntime, openvino, torch"]
     assert_nothing_lost(repo, baseline)
     result = dvc(repo, "exp", "run", "-S", "cpu_engine=torch")
     assert result.returncode == 0, result.stderr

@@ -70,7 +70,7 @@ def test_a_non_finite_time_in_the_engine_choice_is_measured_again(bad, tmp_path,
     monkeypatch.setattr(runtime, "cpu_supports_bf16", lambda: True)
     timed = []
     monkeypatch.setattr(cpu_engine, "time_runner", lambda name, *a: timed.append(name) or
-                        {"onnxruntime-fp32": 20.0, "torch-fp32": 100.0, "torch-bf16": 120.0}[name])
+                        {"onnxruntime-fp32": 20.0, "torch-fp32": 100.0, "openvino-fp32": 30.0, "torch-bf16": 120.0}[name])
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1),
                               torch.nn.Flatten()).eval()
     spec = dict(precision="auto", cpu_engine="auto", model_name="tiny", image_size=16, batch_size=8)

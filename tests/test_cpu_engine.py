@@ -84,7 +84,7 @@ def test_onnxruntime_is_only_for_fp32_on_the_cpu():
                                             r"computed on cpu in bf16"):
         extractor("onnxruntime", rt=bf16)
     assert cpu_engine.planned_engine("auto", CPU) == "onnxruntime"
-    with pytest.raises(PipelineError, match=r"'cpu_engine' is 'onnx'; choose one of: auto, onnxruntime, torch"):
+    with pytest.raises(PipelineError, match=r"'cpu_engine' is 'onnx'; choose one of: auto, onnxruntime, openvino, torch"):
         cpu_engine.planned_engine("onnx", CPU)
 
 

@@ -65,7 +65,7 @@ def test_repro_then_experiment(pipeline_repo):
     assert train["head_refit_on_train_val"] is True
     # cpu_engine auto: the engine a timed trial chose on this machine, recorded with its times;
     # review ran the backbone with the same engine (one cache entry for both)
-    assert train["feature_engine"] in ("onnxruntime-fp32", "torch-fp32", "torch-bf16")
+    assert train["feature_engine"] in ("onnxruntime-fp32", "torch-fp32", "openvino-fp32", "torch-bf16")
     assert read_json(repo / "metrics/review.json")["feature_engine"] == train["feature_engine"]
     assert model["tta"] == train["tta"] == "none"
     # evaluate scored the test images from the vectors review computed (the same engine),

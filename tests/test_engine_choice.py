@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from folderfit.compute import cpu_engine as cpu_engines
-from folderfit.compute import runtime
+from folderfit.compute import openvino_engine, runtime
 from folderfit.compute.runtime import Runtime
 from folderfit.errors import PipelineError
 from folderfit.frozen import feature_cache
@@ -25,6 +25,12 @@ CPU_BF16 = Runtime(torch.device("cpu"), torch.bfloat16)
 def network() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+
+
+@pytest.fixture(autouse=True)
+def without_openvino(monkeypatch):
+    """These trials are ONNX Runtime's and torch's; OpenVINO's: tests/test_openvino_engine.py."""
+    monkeypatch.setattr(openvino_engine, "installed", lambda: False)
 
 
 @pytest.fixture
@@ -209,7 +215,7 @@ def _preprocess():
 
 
 PIPELINE_EXTRAS = ("sklearn", "scipy", "dvc", "dvclive", "cleanlab", "matplotlib", "onnx",
-                   "onnxruntime", "onnxscript", "pandas", "ruamel", "yaml")
+                   "onnxruntime", "onnxscript", "openvino", "pandas", "ruamel", "yaml")
 
 
 def test_load_and_the_choice_work_with_the_core_install_only(tmp_path):

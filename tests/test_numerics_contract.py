@@ -106,6 +106,7 @@ def make_project(root: Path, **overrides) -> Path:
 CASES = {
     # the finding: ONNX Runtime fp32 features on a bf16 CPU, where predict used to pick bf16
     "bf16-cpu-onnxruntime": (True, {"cpu_engine": "onnxruntime"}, "onnxruntime-fp32"),
+    "bf16-cpu-openvino": (True, {"cpu_engine": "openvino"}, "openvino-fp32"),
     "bf16-cpu-bf16": (True, {"precision": "bf16"}, "torch-bf16"),
     "no-bf16-cpu": (False, {}, None),  # the engine trial's pick: fp32 either way
 }
@@ -118,6 +119,8 @@ def test_predict_and_load_default_to_evaluates_numerics(case, tmp_path, monkeypa
     import folderfit
 
     bf16, overrides, recorded = CASES[case]
+    if overrides.get("cpu_engine") == "openvino":
+        pytest.importorskip("openvino")  # optional (pip install openvino)
     fake_cpu(bf16)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setenv("FOLDERFIT_CACHE", str(tmp_path / "cache"))
@@ -127,7 +130,7 @@ def test_predict_and_load_default_to_evaluates_numerics(case, tmp_path, monkeypa
     header = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("train: "))
     details = json.loads((project / "metrics/train/details.json").read_text())
     numerics = details["numerics"]
-    assert numerics == (recorded or numerics) and numerics in ("onnxruntime-fp32", "torch-fp32", "torch-bf16")
+    assert numerics == (recorded or numerics) and numerics in ("onnxruntime-fp32", "torch-fp32", "openvino-fp32", "torch-bf16")
     assert numerics == details["feature_engine"]
     # train's first line names what computed the features, not the training runtime
     assert header.endswith(f"cpu, features: {numerics}"), header

@@ -20,7 +20,7 @@ a predicted class changes where the eager top-2 margin was clear of that bound. 
 alone moves logits by ~1e-4..1e-3 (reported as `eager_fp32_vs_fp64`), hence the default 5e-3.
 Parity images: --images (files or folders), else data/prepared (test, then val, then train).
 The exports compute fp32, the numerics of evaluate and predict for a model whose features were
-computed in fp32 (ONNX Runtime or torch: the engine trial's usual pick); preprocess.json names
+computed in fp32 (ONNX Runtime, OpenVINO or torch: the engine trial's usual pick); preprocess.json names
 the model file's (`scores_numerics`), and for a model scored in bf16 parity.json also gives
 how far its bf16 probabilities are from the exports' (`eager_bf16_vs_fp32_abs_diff_probs`).
 

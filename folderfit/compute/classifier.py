@@ -50,32 +50,37 @@ def collate(items):
 
 
 # ------------------------------------------------------------------ prediction
-# From this many images on, a model whose scores were computed by ONNX Runtime fp32 is run by
-# it (when installed): below, its export costs more than it saves against torch fp32.
+# From this many images on, a model whose scores were computed by ONNX Runtime or OpenVINO fp32
+# is run by it (when installed): below, its export costs more than it saves against torch fp32.
 ORT_MIN_IMAGES = 64
 
 
 def onnxruntime_model(model, loaded, rt):
-    """`model` (fp32, CPU) as an ONNX Runtime session where the file records that engine, else
-    `model` itself: torch fp32 computes the same numbers (to ~1e-6 in probability), slower.
-    The exported graph passes cpu_engine's parity check against torch first. A file with
-    decision rules exports its backbone only and keeps its torch head (FeaturesThenHead), so
-    the head's input, the features the rules measure, stays in sight."""
+    """`model` (fp32, CPU) as an ONNX Runtime session or an OpenVINO compiled model where the
+    file records that engine, else `model` itself: torch fp32 computes the same numbers (to
+    ~1e-6 in probability), slower. So a file recording OpenVINO where openvino is not installed
+    runs torch fp32 with a note, as every file does below ORT_MIN_IMAGES. The exported graph
+    passes the engines' parity check against torch first. A file with decision rules exports
+    its backbone only and keeps its torch head (FeaturesThenHead), so the head's input, the
+    features the rules measure, stays in sight."""
     from folderfit.compute import cpu_engine
 
-    if not str(loaded.numerics).startswith("onnxruntime") or not cpu_engine.applies(rt):
+    recorded = str(loaded.numerics).rpartition("-")[0]
+    if recorded not in ("onnxruntime", "openvino") or not cpu_engine.applies(rt):
         return model
+    prepare = cpu_engine.openvino_backbone if recorded == "openvino" else cpu_engine.export_backbone
     try:
         if loaded.decisions is None:
-            return cpu_engine.export_backbone(model.eval(), loaded.preprocess.image_size, None)
+            return prepare(model.eval(), loaded.preprocess.image_size, None)
         head_name = loaded.info["head_name"]
         flip = isinstance(model, FlipTTA)
         backbone = copy.deepcopy(model.model if flip else model).eval()
         set_submodule(backbone, head_name, torch.nn.Identity())
-        features = cpu_engine.export_backbone(backbone, loaded.preprocess.image_size, None)
+        features = prepare(backbone, loaded.preprocess.image_size, None)
         return FeaturesThenHead(features, decisions.head_module(model, head_name), flip)
     except cpu_engine.EngineUnavailable as exc:
-        print(f"note: predict runs torch fp32, not ONNX Runtime ({exc}): the same numbers", file=sys.stderr)
+        print(f"note: predict runs torch fp32, not {cpu_engine.ENGINE_NAMES[recorded]} ({exc}): "
+              f"the same numbers", file=sys.stderr)
         return model
 
 

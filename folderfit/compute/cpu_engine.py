@@ -16,6 +16,10 @@ onnxruntime versions; model, image size, batch; candidates), so a machine measur
 always gives the same answer afterwards. What was chosen, how, and the measured ms/image are
 returned as an EngineChoice for details.json.
 
+Where the optional `openvino` package is installed, OpenVINO fp32 (folderfit.compute.openvino_engine)
+is a third fp32 candidate, kept only where it is clearly faster; `cpu_engine: openvino` always
+uses it.
+
 Explicit settings are honoured without measuring: `precision: fp32` leaves ONNX Runtime and
 torch fp32 to compare, `precision: bf16` is torch bf16, `cpu_engine: torch` never uses ONNX
 Runtime, `cpu_engine: onnxruntime` always does (an export that fails is then an error). On a
@@ -61,7 +65,8 @@ PARITY_TOLERANCE = 1e-3
 
 
 class EngineUnavailable(Exception):
-    """ONNX Runtime cannot run this backbone (not installed, export or parity failed)."""
+    """ONNX Runtime (or OpenVINO) cannot run this backbone (not installed, export or parity
+    failed)."""
 
 
 def applies(rt: Runtime) -> bool:
@@ -69,20 +74,24 @@ def applies(rt: Runtime) -> bool:
     return rt.device.type == "cpu" and rt.dtype is None
 
 
+ENGINE_NAMES = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO", "torch": "torch"}
+
+
 def planned_engine(choice: str, rt: Runtime) -> str:
-    """"onnxruntime" or "torch" for `cpu_engine: choice`, before any export is tried."""
+    """"onnxruntime", "openvino" or "torch" for `cpu_engine: choice`, before any export is
+    tried."""
     if choice not in CPU_ENGINES:
         raise PipelineError(f"params.yaml: 'cpu_engine' is '{choice}'; choose one of: {', '.join(CPU_ENGINES)}")
     if choice == "torch":
         return "torch"
     if not applies(rt):
-        if choice == "onnxruntime":
+        if choice in ("onnxruntime", "openvino"):
             raise PipelineError(
-                f"params.yaml: 'cpu_engine' is 'onnxruntime', but features are computed on "
-                f"{rt.device.type} in {rt.precision}; ONNX Runtime runs them on the CPU in fp32 "
-                f"only: set cpu_engine: auto (or device: cpu and precision: fp32)")
+                f"params.yaml: 'cpu_engine' is '{choice}', but features are computed on "
+                f"{rt.device.type} in {rt.precision}; {ENGINE_NAMES[choice]} runs them on the CPU "
+                f"in fp32 only: set cpu_engine: auto (or device: cpu and precision: fp32)")
         return "torch"
-    return "onnxruntime"
+    return "openvino" if choice == "openvino" else "onnxruntime"
 
 
 def version() -> str:
@@ -132,12 +141,20 @@ def export_backbone(backbone: nn.Module, image_size: int, batch_size: int,
     except ImportError as exc:
         raise EngineUnavailable(f"onnxruntime is not installed ({exc.name}); pip install onnxruntime")
     threads = threads or torch.get_num_threads()
+    return OrtBackbone(_session(checked_graph(backbone, image_size, threads), threads, batch_size))
+
+
+def checked_graph(backbone: nn.Module, image_size: int, threads: int | None = None) -> bytes:
+    """The ONNX graph of `backbone` for `image_size` px, checked against torch on one image:
+    from this process's last export, else from the graph cache on disk (GRAPH_DIR), else from
+    the exporter (and then stored there). ONNX Runtime and OpenVINO both run it. Raises
+    EngineUnavailable with the reason."""
+    threads = threads or torch.get_num_threads()
     backbone = backbone.eval()
     memo_key = (image_size, _weights_fingerprint(backbone))
     memo_ref = _GRAPH_MEMO.get("module")
     if memo_ref is not None and memo_ref() is backbone and _GRAPH_MEMO["key"] == memo_key:
-        # the engine trial exported this very module (alive: not another one at its address)
-        return OrtBackbone(_session(_GRAPH_MEMO["graph"], threads, batch_size))
+        return _GRAPH_MEMO["graph"]  # the engine trial exported this very (live) module
     # a fixed, seeded image in the normalised range: the parity check must not depend on
     # the global random stream (nor move it)
     example = torch.rand(1, 3, image_size, image_size, generator=torch.Generator().manual_seed(0)) * 2 - 1
@@ -157,7 +174,7 @@ def export_backbone(backbone: nn.Module, image_size: int, batch_size: int,
             raise EngineUnavailable(problem)
         _store_graph(path, graph)
     _GRAPH_MEMO.update(module=weakref.ref(backbone), key=memo_key, graph=graph)
-    return OrtBackbone(_session(graph, threads, batch_size))
+    return graph
 
 
 def _export(backbone: nn.Module, example: torch.Tensor) -> bytes:
@@ -286,8 +303,11 @@ def _weights_fingerprint(module: nn.Module) -> tuple:
 # ------------------------------------------------------------------ the choice
 # Candidates in order of preference: the more exact engine first (ONNX Runtime and torch fp32
 # agree to ~1e-5; bf16 rounds activations to 8 bits of mantissa).
+# OpenVINO (folderfit.compute.openvino_engine, optional) is as exact as ONNX Runtime, but comes
+# after both fp32 engines: a new engine must win clearly where it is installed to be chosen.
 ORT_FP32, TORCH_FP32, TORCH_BF16 = "onnxruntime-fp32", "torch-fp32", "torch-bf16"
-PREFERENCE = (ORT_FP32, TORCH_FP32, TORCH_BF16)
+OV_FP32 = "openvino-fp32"
+PREFERENCE = (ORT_FP32, TORCH_FP32, OV_FP32, TORCH_BF16)
 CHOICE_MARGIN = 1.2  # a less preferred engine must be this much faster to be chosen
 TRIAL_ROUNDS = 2  # timed batches per candidate after one warm-up batch (the fastest counts)
 # Losers stop early: the trial times whole batches of the real size, which take seconds.
@@ -357,6 +377,13 @@ def _choice_key(candidates: list[str], model_name: str, image_size: int, batch_s
     spec = {"format": CHOICE_FORMAT, "cpu": _cpu_identity(), "torch": torch.__version__,
             "onnxruntime": ort, "model": model_name, "image_size": image_size,
             "batch": batch_size, "candidates": candidates}
+    if OV_FP32 in candidates:  # only then: the keys stored before OpenVINO stay valid
+        from folderfit.compute import openvino_engine
+
+        try:
+            spec["openvino"] = openvino_engine.version()
+        except ImportError:  # found but broken: the trial notes why
+            spec["openvino"] = None
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:24]
 
 
@@ -419,17 +446,45 @@ def _torch_runner(network: nn.Module, dtype: torch.dtype | None):
     return run
 
 
+def openvino_backbone(backbone: nn.Module, image_size: int, batch_size: int | None):
+    """OpenVINO fp32 computing `backbone` (folderfit.compute.openvino_engine), held to ONNX
+    Runtime's parity check. Raises EngineUnavailable with the reason. The last one compiled
+    is served again for the same live module, weights and shapes (the trial's, to the
+    extraction after it), as export_backbone serves its graph."""
+    from folderfit.compute import openvino_engine
+
+    key = (image_size, batch_size, torch.get_num_threads(), _weights_fingerprint(backbone))
+    memo_ref = _OPENVINO_MEMO.get("module")
+    if memo_ref is not None and memo_ref() is backbone and _OPENVINO_MEMO["key"] == key:
+        return _OPENVINO_MEMO["engine"]
+    try:
+        engine = openvino_engine.compile_backbone(backbone, checked_graph(backbone, image_size), image_size,
+                                                  batch_size, tolerance=PARITY_TOLERANCE)
+    except openvino_engine.EngineUnavailable as exc:
+        raise EngineUnavailable(str(exc)) from exc
+    _OPENVINO_MEMO.update(module=weakref.ref(backbone), key=key, engine=engine)
+    return engine
+
+
+_OPENVINO_MEMO: dict = {}
+
+
 def _candidates(precision: str, cpu_engine: str, rt: Runtime) -> list[str]:
     """The engines `precision` and `cpu_engine` allow on this CPU, in order of preference."""
+    from folderfit.compute import openvino_engine
+
+    fp32 = [ORT_FP32, TORCH_FP32] + ([OV_FP32] if openvino_engine.installed() else [])
     if precision == "auto":
-        allowed = [ORT_FP32, TORCH_FP32] + ([TORCH_BF16] if runtime.cpu_supports_bf16() else [])
+        allowed = fp32 + ([TORCH_BF16] if runtime.cpu_supports_bf16() else [])
     else:  # resolved and checked by pick_runtime: fp32, or bf16 where native
-        allowed = [TORCH_BF16] if rt.dtype == torch.bfloat16 else [ORT_FP32, TORCH_FP32]
+        allowed = [TORCH_BF16] if rt.dtype == torch.bfloat16 else fp32
     if cpu_engine == "torch":
-        allowed = [c for c in allowed if c != ORT_FP32]
-    elif cpu_engine == "onnxruntime":
+        allowed = [c for c in allowed if c not in (ORT_FP32, OV_FP32)]
+    elif cpu_engine in ("onnxruntime", "openvino"):
         planned_engine(cpu_engine, Runtime(rt.device, None if precision == "auto" else rt.dtype))
-        allowed = [ORT_FP32]
+        if cpu_engine == "openvino":
+            openvino_engine.require("params.yaml: 'cpu_engine'")
+        allowed = [ORT_FP32 if cpu_engine == "onnxruntime" else OV_FP32]
     return [c for c in PREFERENCE if c in allowed]
 
 
@@ -445,7 +500,8 @@ def _valid_record(record, candidates: list[str]) -> bool:
 
 def _result(engine: str, rt: Runtime, cpu_engine: str, how: str, times=None, notes=()) -> EngineChoice:
     dtype = torch.bfloat16 if engine == TORCH_BF16 else None
-    passed = "torch" if engine != ORT_FP32 else cpu_engine  # auto keeps its fallback to torch
+    # auto keeps its fallback to torch (for OpenVINO: FeatureExtractor's `fallback`)
+    passed = {ORT_FP32: cpu_engine, OV_FP32: "openvino"}.get(engine, "torch")
     return EngineChoice(engine, Runtime(rt.device, dtype), passed, how, dict(times or {}), tuple(notes))
 
 
@@ -496,11 +552,12 @@ def _measure(network: nn.Module, candidates: list[str], image_size: int,
     times: dict[str, float] = {}
     notes: list[str] = []
     for name in candidates:
-        if name == ORT_FP32:
+        if name in (ORT_FP32, OV_FP32):
+            prepare = export_backbone if name == ORT_FP32 else openvino_backbone
             try:
-                run = export_backbone(network, image_size, batch)
+                run = prepare(network, image_size, batch)
             except EngineUnavailable as exc:
-                notes.append(f"{ORT_FP32}: {exc}")
+                notes.append(f"{name}: {exc}")
                 continue
         else:
             run = _torch_runner(network, torch.bfloat16 if name == TORCH_BF16 else None)

@@ -30,7 +30,8 @@ def feature_extractor(backbone, pre, params, rt,
     already, e.g. to name it in train's first line)."""
     batch = extraction_batch(params, rt)
     choice = choice or choose(backbone, pre, params, rt)
-    return feature_cache.FeatureExtractor(backbone, pre, choice.rt, batch, engine=choice.cpu_engine), choice
+    return feature_cache.FeatureExtractor(backbone, pre, choice.rt, batch, engine=choice.cpu_engine,
+                                          fallback=params.cpu_engine == "auto"), choice
 
 
 def train_feature_extractor(params, n_classes: int, rt) -> tuple[feature_cache.FeatureExtractor, EngineChoice]:
@@ -45,8 +46,12 @@ def train_feature_extractor(params, n_classes: int, rt) -> tuple[feature_cache.F
 
 
 def recorded_extractor(backbone, pre, params, rt, engine: str) -> feature_cache.FeatureExtractor:
-    """An extractor that computes the features a model file records (engine "onnxruntime" or
-    "torch", in `rt`'s precision), as the train stage computed them: evaluate scores from
-    the same feature-cache entries."""
+    """An extractor that computes the features a model file records (engine "onnxruntime",
+    "openvino" or "torch", in `rt`'s precision), as the train stage computed them: evaluate
+    scores from the same feature-cache entries. An engine not installed here turns into torch
+    fp32 with a note (the same numbers to the engines' parity tolerance), as predict does."""
+    if engine == "openvino":
+        return feature_cache.FeatureExtractor(backbone, pre, rt, extraction_batch(params, rt),
+                                              engine="openvino", fallback=True)
     return feature_cache.FeatureExtractor(backbone, pre, rt, extraction_batch(params, rt),
                                           engine="auto" if engine == "onnxruntime" else "torch")

@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from folderfit.artifacts.model_file import Numerics
-from folderfit.compute import cpu_engine
+from folderfit.compute import cpu_engine, openvino_engine
 from folderfit.compute.inference import infer_batches, make_loader, pad_batch
 from folderfit.compute.runtime import Runtime
 from folderfit.errors import PipelineError
@@ -275,24 +275,28 @@ def mean_over_views(per_view: list[torch.Tensor]) -> torch.Tensor:
 class FeatureExtractor:
     """Pooled features of a frozen backbone (its head replaced by Identity) for image files,
     one view at a time, through the cache. `engine` is params.yaml's cpu_engine: which engine
-    runs the backbone (folderfit.compute.cpu_engine); ONNX Runtime is prepared only when a vector
-    has to be computed, so a run served by the cache never exports the graph."""
+    runs the backbone (folderfit.compute.cpu_engine); ONNX Runtime or OpenVINO is prepared only
+    when a vector has to be computed, so a run served by the cache never exports the graph.
+    `fallback`: an engine that cannot run turns into torch with a note instead of an error
+    (default: for `auto` only)."""
 
     def __init__(self, backbone: nn.Module, preprocess, rt: Runtime, batch_size: int,
-                 use_cache: bool = True, engine: str = "auto"):
+                 use_cache: bool = True, engine: str = "auto", fallback: bool | None = None):
         self.backbone = backbone.eval()
         self.preprocess = preprocess
         self.rt = rt
         self.batch_size = batch_size
         self.normalizer = datasets.Normalizer(preprocess.mean, preprocess.std).to(rt.device)
         self.engine_choice = engine
-        self.engine = cpu_engine.planned_engine(engine, rt)  # "onnxruntime" | "torch"
+        self.fallback = engine == "auto" if fallback is None else fallback
+        self.engine = cpu_engine.planned_engine(engine, rt)  # "onnxruntime" | "openvino" | "torch"
         self.engine_label = f"torch {torch.__version__}"  # the engine as the cache key names it
-        if self.engine == "onnxruntime":
+        if self.engine in ("onnxruntime", "openvino"):
+            module = openvino_engine if self.engine == "openvino" else cpu_engine
             try:
-                self.engine_label = f"onnxruntime {cpu_engine.version()}"
+                self.engine_label = f"{self.engine} {module.version()}"
             except ImportError as exc:
-                self._use_torch(f"onnxruntime is not installed ({exc.name})")
+                self._use_torch(f"{self.engine} is not installed ({exc.name})")
         self._runner = None  # what runs the backbone, built on the first computation
         self.weights = weights_digest(backbone)
         self._width: int | None = None
@@ -321,12 +325,14 @@ class FeatureExtractor:
         self.computed = self.reused = 0  # vectors computed / found in the cache, each pair once
 
     def _use_torch(self, reason: str) -> None:
-        """ONNX Runtime cannot be used. cpu_engine onnxruntime: an error; auto: a note, then
-        torch for the whole run."""
-        if self.engine_choice == "onnxruntime":
-            raise PipelineError(f"params.yaml: 'cpu_engine' is 'onnxruntime', but ONNX Runtime "
-                                f"cannot run this backbone: {reason}; set cpu_engine: auto or torch")
-        print(f"note: features computed with torch, not ONNX Runtime: {reason}", file=sys.stderr)
+        """ONNX Runtime or OpenVINO cannot be used. Asked for (cpu_engine onnxruntime or openvino):
+        an error; with `fallback` (auto): a note, then torch for the whole run."""
+        name = cpu_engine.ENGINE_NAMES[self.engine]
+        if not self.fallback:
+            install = f" ({openvino_engine.INSTALL})" if "not installed" in reason and self.engine == "openvino" else ""
+            raise PipelineError(f"params.yaml: 'cpu_engine' is '{self.engine_choice}', but {name} "
+                                f"cannot run this backbone: {reason}{install}; set cpu_engine: auto or torch")
+        print(f"note: features computed with torch, not {name}: {reason}", file=sys.stderr)
         self.engine, self.engine_label = "torch", f"torch {torch.__version__}"
 
     def feature_width(self) -> int:
@@ -397,10 +403,11 @@ class FeatureExtractor:
     def _backbone_runner(self):
         if self._runner is None:
             self._runner = self.backbone
-            if self.engine == "onnxruntime":
+            if self.engine in ("onnxruntime", "openvino"):
+                prepare = (cpu_engine.openvino_backbone if self.engine == "openvino"
+                           else cpu_engine.export_backbone)
                 try:
-                    self._runner = cpu_engine.export_backbone(self.backbone, self.preprocess.image_size,
-                                                     self.batch_size)
+                    self._runner = prepare(self.backbone, self.preprocess.image_size, self.batch_size)
                 except cpu_engine.EngineUnavailable as exc:
                     self._use_torch(str(exc))
                     self._reset()  # the lookups so far were under ONNX Runtime's keys

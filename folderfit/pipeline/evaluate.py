@@ -175,7 +175,7 @@ def feature_route(loaded, params: Params):
 
     record = loaded.record
     if record.strategy != "feature_extract" or record.feature_engine is None or \
-            record.feature_engine.engine not in ("onnxruntime", "torch"):
+            record.feature_engine.engine not in ("onnxruntime", "openvino", "torch"):
         return None
     engine, precision = record.feature_engine
     device = pick_runtime("fp32", params.device).device

@@ -67,5 +67,9 @@ def check_source_names(source: str) -> None:
 
 def run(params) -> None:
     check_source_names(params.data.source)
+    if params.cpu_engine == "openvino":  # optional: stop here, not after prepare
+        from folderfit.compute import openvino_engine
+
+        openvino_engine.require("params.yaml: 'cpu_engine'")
     write_text(PREFLIGHT_OK, stamp())
     say(f"preflight: params.yaml and data.source {image_folder.printable(params.data.source)} OK")
