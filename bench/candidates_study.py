@@ -18,7 +18,8 @@ crop size without cropping; a 1.15x zoom of the clean view), for training and sc
 Prints (and writes to --out/table.md, with --out/results.json) out-of-fold accuracy with its
 Wilson 95% interval, the paired difference to lite2@260 with a paired bootstrap 95% interval
 (images resampled), and each backbone's feature seconds per image (clean + mirror views,
-measured as they are first computed: rerun with an empty --out for timings).
+decoding included, measured as they are first computed: rerun with an empty --out for
+timings). Every backbone runs in ONNX Runtime fp32 unless --cpu-engine says otherwise.
 Nothing is asserted.
 """
 
@@ -112,6 +113,9 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--bootstrap", type=int, default=5000)
     parser.add_argument("--views", action="store_true", help="also lite2@260 with 3 views averaged")
+    parser.add_argument("--cpu-engine", default="onnxruntime", choices=["auto", "onnxruntime", "torch"],
+                        help="params.yaml cpu_engine for every backbone (auto: a timed trial per backbone, "
+                             "which on a busy machine can give backbones different engines)")
     parser.add_argument("--backbones", default=",".join(BACKBONES), help="subset of " + ",".join(BACKBONES))
     args = parser.parse_args(argv)
     sys.path.insert(0, str(REPO))
@@ -125,7 +129,7 @@ def main(argv=None) -> None:
     from folderfit.support.fileio import sha256_file
     from folderfit.support.report import say
 
-    params = dataclasses.replace(load_params(REPO / "params.yaml"), seed=args.seed)
+    params = dataclasses.replace(load_params(REPO / "params.yaml"), seed=args.seed, cpu_engine=args.cpu_engine)
     seed_everything(args.seed)
     rt = pick_runtime(params.precision, params.device)
     names, split = roles(args.data, params.data.val_fraction, args.seed)
