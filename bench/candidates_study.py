@@ -105,6 +105,24 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, resamples: int, seed: int) ->
     return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
 
 
+def interleaved_ms(extractors: dict, files: list, rounds: int) -> dict[str, float]:
+    """Milliseconds per image of each extractor's clean view on the same `files`, the
+    extractors taking turns, best of `rounds` (the first round includes ONNX export; turns
+    spread the other jobs' load on a shared machine over all of them)."""
+    from folderfit.frozen import feature_cache
+
+    best: dict[str, float] = {}
+    for ex in extractors.values():
+        ex.root = None  # no disk cache: every round computes
+    for _ in range(rounds):
+        for name, ex in extractors.items():
+            ex._reset()  # forget the vectors of the last round, keep the engine
+            started = time.perf_counter()
+            ex.features(files, feature_cache.CLEAN, f"timing {name}")
+            best[name] = min(best.get(name, float("inf")), 1000 * (time.perf_counter() - started) / len(files))
+    return best
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, required=True, help="ImageFolder: one folder per class")
@@ -116,6 +134,8 @@ def main(argv=None) -> None:
     parser.add_argument("--cpu-engine", default="onnxruntime", choices=["auto", "onnxruntime", "torch"],
                         help="params.yaml cpu_engine for every backbone (auto: a timed trial per backbone, "
                              "which on a busy machine can give backbones different engines)")
+    parser.add_argument("--timing-images", type=int, default=32, help="images per timing round (0: no timing)")
+    parser.add_argument("--timing-rounds", type=int, default=3)
     parser.add_argument("--backbones", default=",".join(BACKBONES), help="subset of " + ",".join(BACKBONES))
     args = parser.parse_args(argv)
     sys.path.insert(0, str(REPO))
@@ -165,10 +185,12 @@ def main(argv=None) -> None:
 
     wanted = [b for b in args.backbones.split(",") if b]
     probs: dict[str, np.ndarray] = {}
+    extractors = {}
     clean_flip = [feature_cache.CLEAN, feature_cache.FLIP]
     for name in wanted:
         model, size = BACKBONES[name]
         ex, _ = extractor_for(params, model, size, len(names), rt)
+        extractors[name] = ex
         got = all_views(ex, clean_flip, name)
         probs[name] = cv_of(probe.tensor_source(got))
         say(f"{name}: {(probs[name].argmax(1) == torch.cat([labels['train'], labels['val']]).numpy()).mean():.4f}")
@@ -181,38 +203,49 @@ def main(argv=None) -> None:
             mean = {r: feature_cache.mean_over_views([g[r] for g in per_view]) for r in got}
             probs[f"{name} 3 views"] = cv_of(probe.tensor_source(mean))
 
+    ms = {}
+    if args.timing_images and extractors:
+        pick = np.random.default_rng(args.seed).choice(n, min(args.timing_images, n), replace=False)
+        every = files["train"] + files["val"]
+        ms = interleaved_ms(extractors, [every[i] for i in sorted(pick)], args.timing_rounds)
+
     y = torch.cat([labels["train"], labels["val"]]).numpy()
     rows, results = [], {}
     cands = {k: v for k, v in CANDIDATES.items() if all(b in probs for b in v)}
-    cands.update({k: [k] for k in probs if k not in cands and k not in BACKBONES})
+    cands.update({k: [REFERENCE] * (1 + len(EXTRA_VIEWS)) for k in probs if k.endswith(" views")})
     ref = probs[REFERENCE].argmax(1) == y if REFERENCE in probs else None
     for cand, parts in cands.items():
-        p = np.mean([probs[b] for b in parts], axis=0)
+        p = probs[cand] if cand in probs else np.mean([probs[b] for b in parts], axis=0)
         correct = p.argmax(1) == y
         low, high = accuracy_interval(int(correct.sum()), n)
-        entry = {"accuracy": float(correct.mean()), "wilson95": [low, high], "correct": int(correct.sum())}
+        entry = {"accuracy": float(correct.mean()), "wilson95": [low, high], "correct": int(correct.sum()),
+                 "backbone_passes": parts}
         diff = ""
         if ref is not None and cand != REFERENCE:
             d_low, d_high = paired_bootstrap(correct, ref, args.bootstrap, args.seed)
             entry["vs_reference"] = [float(correct.mean() - ref.mean()), d_low, d_high]
             diff = f"{correct.mean() - ref.mean():+.3f} [{d_low:+.3f}, {d_high:+.3f}]"
-        keys = parts if len(parts) > 1 else [b for b in timings if b == cand or
-                                             (cand.endswith("views") and b.startswith(REFERENCE + " "))]
-        if cand.endswith("views"):
-            keys.append(REFERENCE)
-        cost = sum(timings[b]["seconds_per_image"] for b in keys) if all(b in timings for b in keys) and keys else None
-        entry["feature_seconds_per_image"] = cost
+        # cost of one prediction: one clean pass per part (a view is one more pass of lite2)
+        cost = sum(ms[b] for b in parts) if all(b in ms for b in parts) else None
+        extracted = [REFERENCE] + [f"{REFERENCE} {v}" for v in EXTRA_VIEWS] if cand.endswith(" views") else parts
+        first = [timings.get(k, {}).get("seconds_per_image") for k in extracted]
+        first_cost = sum(first) if all(f is not None for f in first) else None
+        entry["ms_per_image"] = cost
+        entry["first_extraction_s_per_image"] = first_cost
         results[cand] = entry
         rows.append(f"| {cand} | {correct.mean():.3f} [{low:.3f}, {high:.3f}] | {diff} | "
-                    f"{'' if cost is None else f'{cost:.3f}'} |")
-    table = "\n".join([f"{args.data.name}: {n} images, {len(names)} classes, {args.folds}-fold out-of-fold, seed {args.seed}",
-                       "", "| candidate | accuracy [Wilson 95%] | vs lite2@260 (paired bootstrap 95%) | feature s/image |",
-                       "| --- | --- | --- | --- |", *rows])
+                    f"{'' if cost is None else f'{cost:.0f}'} | {'' if first_cost is None else f'{first_cost:.2f}'} |")
+    table = "\n".join([
+        f"{args.data.name}: {n} images, {len(names)} classes, {args.folds}-fold out-of-fold, seed {args.seed}",
+        "", ("| candidate | accuracy [Wilson 95%] | vs lite2@260 (paired bootstrap 95%) | "
+             "ms/image to predict | s/image to extract (clean + mirror) |"),
+        "| --- | --- | --- | --- | --- |", *rows])
     print(table)
     (args.out / "table.md").write_text(table + "\n")
     (args.out / "results.json").write_text(json.dumps({"data": str(args.data), "images": n, "classes": names,
                                                       "folds": args.folds, "seed": args.seed,
-                                                      "candidates": results, "timings": timings}, indent=1))
+                                                      "candidates": results, "timings": timings,
+                                                      "ms_per_image": ms}, indent=1))
 
 
 if __name__ == "__main__":
