@@ -7,19 +7,21 @@ For one ImageFolder (one folder per class), the images get the pipeline's seeded
 roles (folderfit.images.image_folder.stratified_split, 15% val, no test). Each backbone is
 built as train builds it (folderfit.backbone.architecture.build_model, the weights' resize/crop
 ratio at the study's size) and its clean and mirrored features come from the pipeline's
-extractor (folderfit.frozen.extractor, engine chosen as train chooses it, feature cache in
---out/cache). Each candidate is then scored by folderfit.frozen.probe.cross_validate: the
+extractor (folderfit.frozen.extractor, with --cpu-engine as params.yaml's cpu_engine, feature
+cache in --out/cache). Each candidate is then scored by folderfit.frozen.probe.cross_validate: the
 whole head procedure of params.yaml (hflip auto, l2 chosen on val, refit on train + val)
 nested in K folds, copies grouped. A probability average of several backbones averages
-their out-of-fold probabilities image by image (same folds). `--views`: lite2@260's clean
-vector becomes the mean over three views (the clean view; the whole image, resized to the
+their out-of-fold probabilities image by image (same folds). `--views`: lite2@260's clean and
+mirrored vectors become means over three views (the clean view; the whole image, resized to the
 crop size without cropping; a 1.15x zoom of the clean view), for training and scoring alike.
 
 Prints (and writes to --out/table.md, with --out/results.json) out-of-fold accuracy with its
 Wilson 95% interval, the paired difference to lite2@260 with a paired bootstrap 95% interval
-(images resampled), and each backbone's feature seconds per image (clean + mirror views,
-decoding included, measured as they are first computed: rerun with an empty --out for
-timings). Every backbone runs in ONNX Runtime fp32 unless --cpu-engine says otherwise.
+(images resampled), and two costs: milliseconds per predicted image (one clean pass of each
+backbone the candidate needs, timed in turns on the same images, best of --timing-rounds) and
+the seconds per image of the first extraction (clean + mirror, decoding included). Both swing
+with other jobs on a shared machine. Every backbone runs in ONNX Runtime fp32 unless
+--cpu-engine says otherwise.
 Nothing is asserted.
 """
 
