@@ -82,9 +82,12 @@ def manifest(tmp: Path) -> list[dict]:
 
 
 def stored(tmp: Path, source_rel: str) -> Image.Image:
+    """The stored copy the later stages read for a source file (decode.read_prepared)."""
+    from folderfit.artifacts.manifest import image_path
+
     for row in manifest(tmp):
         if row["source"] == source_rel:
-            return Image.open(tmp / "data/prepared" / row["file"])
+            return decode.read_prepared(image_path(tmp / "data/prepared", row))
     raise AssertionError(f"{source_rel} is not in the manifest")
 
 

@@ -210,8 +210,8 @@ def test_repro_never_scores_test_copies_of_training_photos(tmp_path):
     assert headline["copies_of_learned_excluded"] == len(copied) == 6
     assert headline["n_images_with_copies"] == 15 and "accuracy_with_copies" in headline
     learned = learned_from.read_learned_from(repo / "metrics/train")
-    hashes = {manifest_file.image_path(repo / "data/prepared", r).as_posix(): r["sha256"]
-              for r in manifest(repo)}  # data.source is absolute here: so are the learned files
+    hashes = {manifest_file.image_path(Path("data/prepared"), r).as_posix(): r["sha256"]
+              for r in manifest(repo)}  # the files as the stages (run in repo) name them
     learned_hashes = {hashes[f] for f in learned}
     by_source = {r["source"]: r["sha256"] for r in manifest(repo)}
     assert not {by_source[f] for f in scored} & learned_hashes
