@@ -134,3 +134,15 @@ def test_names_that_are_not_utf8_are_found(tmp_path):
     assert row["root"] == (root / "photos").as_posix()  # an absolute data.source stays absolute
     path = manifest.image_path(root / "data/prepared", row)
     assert path == root / "photos/bars" / odd and datasets.decode_file(path).shape[0] == 3
+
+
+def test_the_error_stays_one_line_from_a_loader_worker(project):
+    """On a GPU the images are decoded in DataLoader workers, whose errors torch rebuilds in
+    the main process from the worker's traceback text."""
+    path, _ = samples(project)[2]
+    photo(Path(path), seed=998)
+    dataset = datasets.ImageTensorDataset([(path, 0)], datasets.eval_geometry(PRE))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=1, num_workers=1)
+    with pytest.raises(PipelineError) as caught:
+        next(iter(loader))
+    assert str(caught.value) == one_line_error(path)

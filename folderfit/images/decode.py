@@ -206,6 +206,18 @@ def pixel_hash(img: Image.Image) -> str:
     return sha256_bytes(f"{img.size}".encode() + img.tobytes())
 
 
+class SourceChanged(PipelineError):
+    """A file prepare listed is gone or no longer holds what prepare read. A DataLoader worker's
+    exception reaches the main process rebuilt from its traceback text (torch does that), so
+    the message is cut back to its own last line: still one line for the user."""
+
+    def __init__(self, message: str):
+        if "\n" in message:
+            last = message.rstrip().splitlines()[-1]
+            message = last.split(f"{type(self).__name__}: ", 1)[-1]
+        super().__init__(message)
+
+
 class SourceImage(type(Path())):
     """An original image file as prepare's manifest names it (folderfit.artifacts.manifest):
     its path, plus the pixel hash prepare recorded and the image_size it prepared for, so the
@@ -245,12 +257,12 @@ def read_prepared(path: SourceImage) -> Image.Image:
         img, stored, _ = stored_image(path, path.image_size)
     except BadImage as exc:
         if not os.path.lexists(path):
-            raise PipelineError(f"{path}: not found, but prepare listed it in its manifest; put "
+            raise SourceChanged(f"{path}: not found, but prepare listed it in its manifest; put "
                                 f"it back, or {again}") from None
-        raise PipelineError(f"{path}: can no longer be read ({exc}), but prepare read it; "
+        raise SourceChanged(f"{path}: can no longer be read ({exc}), but prepare read it; "
                             f"if it changed, {again}") from None
     if pixel_hash(img) != path.sha256:
-        raise PipelineError(f"{path}: changed since prepare (its pixels no longer match the "
+        raise SourceChanged(f"{path}: changed since prepare (its pixels no longer match the "
                             f"manifest's sha256); {again}")
     return stored
 
