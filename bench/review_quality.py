@@ -88,6 +88,7 @@ def reference_ranking(work: Path, cache: Path) -> list[str]:
     cwd = Path.cwd()
     os.chdir(work)
     try:
+        from folderfit.artifacts import manifest
         from folderfit.compute.runtime import pick_runtime
         from folderfit.frozen import feature_cache
         from folderfit.frozen.extractor import train_feature_extractor
@@ -98,7 +99,8 @@ def reference_ranking(work: Path, cache: Path) -> list[str]:
         rows = review.read_rows()
         classes = sorted({r["class"] for r in rows})
         extractor, _ = train_feature_extractor(params, len(classes), pick_runtime(params.precision))
-        x = extractor.features([review.PREPARED / r["file"] for r in rows], feature_cache.CLEAN).numpy()
+        files = [manifest.image_path(review.PREPARED, r) for r in rows]  # the originals
+        x = extractor.features(files, feature_cache.CLEAN).numpy()
     finally:
         os.chdir(cwd)
     y = np.array([classes.index(r["class"]) for r in rows])

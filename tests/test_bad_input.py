@@ -82,9 +82,12 @@ def manifest(tmp: Path) -> list[dict]:
 
 
 def stored(tmp: Path, source_rel: str) -> Image.Image:
+    """The stored copy the later stages read for a source file (decode.read_prepared)."""
+    from folderfit.artifacts.manifest import image_path
+
     for row in manifest(tmp):
         if row["source"] == source_rel:
-            return Image.open(tmp / "data/prepared" / row["file"])
+            return decode.read_prepared(image_path(tmp / "data/prepared", row))
     raise AssertionError(f"{source_rel} is not in the manifest")
 
 
@@ -502,11 +505,16 @@ def sources(tmp: Path) -> dict[str, dict]:
     ("dogs/linked_file.png", "link to a file"),
 ])
 def test_odd_name_is_used_under_a_printable_name(odd_names, source_rel, case):
+    from folderfit.artifacts.manifest import image_path
+    from folderfit.images import image_folder
+
     tmp, report = odd_names
     row = sources(tmp).get(source_rel)
     assert row is not None, f"{case}: {source_rel} missing from the manifest"
-    stored_name = Path(row["file"]).name
-    assert len(os.fsencode(stored_name)) <= 255 and (tmp / "data/prepared" / row["file"]).is_file()
+    # the manifest leads back to the very file, whatever bytes its name holds, and it reads
+    path = image_path(tmp / "data/prepared", row)
+    assert image_folder.printable(os.path.relpath(path, Path(tmp, row["root"]))) == source_rel
+    assert os.path.lexists(path) and decode.read_prepared(path).mode == "RGB"
 
 
 def test_class_folder_name_that_is_not_utf8_becomes_a_printable_class(odd_names):
@@ -514,14 +522,15 @@ def test_class_folder_name_that_is_not_utf8_becomes_a_printable_class(odd_names)
     assert [row["class"] for row in report["per_class"]] == ["caf\\xe9", "cats", "dogs"]
 
 
-def test_nested_names_flattened_past_255_bytes_are_cut_and_stay_distinct(odd_names):
+def test_nested_names_past_255_bytes_stay_distinct(odd_names):
+    """Deep paths are kept whole (no copy is stored under a flattened name)."""
+    from folderfit.artifacts.manifest import image_path
+
     tmp, _ = odd_names
     rows = sources(tmp)
-    names = [Path(rows[f"dogs/{n.decode()}"]["file"]).name for n in (NESTED_A, NESTED_B)]
-    assert names[0] != names[1]
-    for name in names:
-        assert len(name.encode()) <= 255 and name.startswith("n" * 200 + "__")
-        assert re.search(r"~[0-9a-f]{8}" + re.escape(decode.STORED_FORMAT) + "$", name)
+    paths = [image_path(tmp / "data/prepared", rows[f"dogs/{n.decode()}"]) for n in (NESTED_A, NESTED_B)]
+    assert paths[0] != paths[1] and all(p.is_file() for p in paths)
+    assert all(len(p.as_posix().encode()) > 255 for p in paths)
 
 
 @pytest.mark.parametrize("rel,reason", [

@@ -48,7 +48,7 @@ def setup(root: Path, learned_roles=("train", "val"), **params) -> None:
     T.prepare(root)
     T.save_tiny_model(root / "models/model.pt", image_size=32)
     rows = manifest(root)
-    learned = {role: [(Path("data/prepared") / r["file"], 0) for r in rows if r["split"] == split]
+    learned = {role: [(manifest_file.image_path("data/prepared", r), 0) for r in rows if r["split"] == split]
                for role, split in zip(("train", "val_selection"), learned_roles) if split}
     learned_from.write_learned_from(root / "metrics/train", learned)
 
@@ -96,8 +96,8 @@ def test_content_hashes_name_files_as_read_manifest_does(tmp_path):
     files = {p.as_posix() for s in splits.values() for p, _ in s}
     assert set(hashes) == files
     by_stem = {Path(f).with_suffix("").as_posix(): h for f, h in hashes.items()}
-    twin = by_stem["data/prepared/train/bars/000"]
-    assert by_stem["data/prepared/test/bars/copy"] == twin != by_stem["data/prepared/train/bars/001"]
+    twin = by_stem["src/train/bars/000"]  # the originals, relative to the project
+    assert by_stem["src/test/bars/copy"] == twin != by_stem["src/train/bars/001"]
 
 
 # ------------------------------------------------------------------ evaluate, in process
@@ -149,10 +149,10 @@ def test_val_holdout_leaves_out_copies_of_learned_images(tmp_path):
     given_split(tmp_path, {}, {"val/bars/copy.png": "train/bars/003.png"}, test=False)
     setup(tmp_path, learned_roles=("train", None), strategy="fine_tune")
     rows = manifest(tmp_path)
-    selection = [(Path("data/prepared") / r["file"], 0) for r in rows
+    selection = [(manifest_file.image_path("data/prepared", r), 0) for r in rows
                  if r["split"] == "val" and r["source"].endswith("/000.png")]
     learned_from.write_learned_from(tmp_path / "metrics/train",
-                           {"train": [(Path("data/prepared") / r["file"], 0) for r in rows
+                           {"train": [(manifest_file.image_path("data/prepared", r), 0) for r in rows
                                       if r["split"] == "train"], "val_selection": selection})
     run_stage("evaluate", tmp_path)
     headline = json.loads((tmp_path / "metrics/eval.json").read_text())
@@ -210,7 +210,8 @@ def test_repro_never_scores_test_copies_of_training_photos(tmp_path):
     assert headline["copies_of_learned_excluded"] == len(copied) == 6
     assert headline["n_images_with_copies"] == 15 and "accuracy_with_copies" in headline
     learned = learned_from.read_learned_from(repo / "metrics/train")
-    hashes = {f"data/prepared/{r['file']}": r["sha256"] for r in manifest(repo)}
+    hashes = {manifest_file.image_path(Path("data/prepared"), r).as_posix(): r["sha256"]
+              for r in manifest(repo)}  # the files as the stages (run in repo) name them
     learned_hashes = {hashes[f] for f in learned}
     by_source = {r["source"]: r["sha256"] for r in manifest(repo)}
     assert not {by_source[f] for f in scored} & learned_hashes

@@ -16,7 +16,6 @@ from folderfit.artifacts import manifest
 from folderfit.cli import run_main
 from folderfit.errors import PipelineError
 from folderfit.images import image_folder as image_folders
-from folderfit.images.decode import STORED_FORMAT
 
 
 def noise_image(seed: int) -> Image.Image:
@@ -64,9 +63,11 @@ def test_byte_and_pixel_duplicates_share_one_split(tmp_path, monkeypatch):
     assert len(dups["groups"]) == 1 and report["n_duplicate_files"] == 3
     assert dups["cross_split_duplicates"] == [] and dups["label_conflicts"] == []
     assert report["n_images"] == 3 * 6 + 3
-    # every copy is kept under its own name (a.png + a.bmp would otherwise collide)
-    files = list((work / "data/prepared").rglob("*" + STORED_FORMAT))
-    assert len(files) == report["n_images"]
+    # every copy keeps its own row, naming its own original file
+    rows = manifest.read_manifest_rows(work / "data/prepared")
+    paths = [manifest.image_path(work / "data/prepared", r) for r in rows]
+    assert len(rows) == report["n_images"] and len(set(paths)) == len(rows)
+    assert all(p.is_file() and p.is_relative_to(src) for p in paths)
 
 
 def test_split_keeps_every_duplicate_group_together_for_any_seed():
@@ -181,7 +182,7 @@ def test_two_prepares_at_once_the_second_stops_clearly(tmp_path, monkeypatch):
 
 
 def test_parallel_decoding_gives_the_same_output(tmp_path, monkeypatch):
-    """A pool of decoding processes gives byte-identical prepared files and manifest."""
+    """A pool of decoding processes gives byte-identical prepared files (manifest, thumbnails)."""
     from folderfit.pipeline import prepare
 
     source = image_folder(tmp_path / "src", per_class=8)
@@ -195,4 +196,4 @@ def test_parallel_decoding_gives_the_same_output(tmp_path, monkeypatch):
         root = work / "data/prepared"
         outputs[pool] = {p.relative_to(root).as_posix(): p.read_bytes()
                          for p in sorted(root.rglob("*")) if p.is_file()}
-    assert outputs[True] == outputs[False] and len(outputs[True]) == 26  # + manifest, thumbnails
+    assert outputs[True] == outputs[False] and sorted(outputs[True]) == ["manifest.csv", "thumbnails.npy"]

@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from folderfit.errors import PipelineError
+from folderfit.artifacts import manifest
 from folderfit.images import image_folder
 
 EXTENSIONS = [b".png", b".jpg", b".JPEG", b".gif", b".bmp", b".webp", b".txt", b""]
@@ -144,9 +145,10 @@ def test_random_names_and_bytes_through_prepare_and_predict(source, model_file):
         for rel in on_disk:  # every file is used or listed with its reason
             assert rel in used or covered(rel, listed), rel
         assert report["n_images"] == len(rows) == len(used)
-        for row in rows:
-            assert len(os.fsencode(Path(row["file"]).name)) <= 255
-            assert (tmp / "data/prepared" / row["file"]).is_file()
+        for row in rows:  # each row names its own original, whatever bytes its name holds
+            path = manifest.image_path(tmp / "data/prepared", row)
+            assert path.is_file() and path.resolve().is_relative_to(src.resolve())
+            assert image_folder.printable(os.path.relpath(path, src)) == row["source"]
 
         out = tmp / "preds.csv"
         with contextlib.suppress(SystemExit):  # exit code 1 when some file was unreadable

@@ -39,19 +39,19 @@ def _csv(path: Path, header, rows) -> None:
 
 
 def make_project(root: Path, per_class: int = 6) -> dict:
-    """source/<class>/<i>.png (data.source), data/prepared/<split>/<class>/... + manifest,
-    metrics/review/ and metrics/eval/ as the stages write them (plus an extra column/key)."""
+    """source/<class>/<i>.png (data.source), data/prepared/manifest.csv naming them (prepare
+    keeps no copies), metrics/review/ and metrics/eval/ as the stages write them (plus an extra
+    column/key)."""
     manifest, n = [], 0
     splits = ["train", "train", "train", "val", "test", "test"]
     for c in CLASSES:
         for i in range(per_class):
             rel = ODD if (c, i) == ("cats", 0) else f"{c}/{i:03d}.png"
             split = splits[i % len(splits)]
-            file = f"{split}/{c}/{Path(rel).name}"
             _img(root / "source" / rel, n)
-            _img(root / "data/prepared" / file, n)
-            manifest.append({"file": file, "source": rel, "class": c, "split": split,
-                             "sha256": f"{n:064x}", "width": 48, "height": 40})
+            manifest.append({"file": rel, "source": rel, "class": c, "split": split,
+                             "sha256": f"{n:064x}", "width": 48, "height": 40, "root": "source",
+                             "image_size": 32})
             n += 1
     _csv(root / "data/prepared/manifest.csv", list(manifest[0]), [list(r.values()) for r in manifest])
     rev = root / "metrics/review"
@@ -81,7 +81,7 @@ def make_project(root: Path, per_class: int = 6) -> dict:
     preds = []
     for k, r in enumerate(tests):  # every third one wrong
         pred = CLASSES[(CLASSES.index(r["class"]) + (1 if k % 3 == 0 else 0)) % 3]
-        preds.append([r["source"], f"data/prepared/{r['file']}", r["class"], pred,
+        preds.append([r["source"], f"source/{r['file']}", r["class"], pred,
                       f"{0.5 + 0.08 * k:.6f}", int(pred == r["class"]), f"{pred}=0.6;x=0.2"])
     _csv(ev / "predictions.csv", ["path", "prepared_file", "true", "predicted", "confidence",
                                   "correct", "top_k"], preds)
@@ -114,8 +114,9 @@ def test_review_page_lists_issues_in_file_order_with_thumbnails(project):
     assert [data["images"][it["img"]]["path"] for it in data["issues"]] == [p for p, *_ in project["issues"]]
     assert [(it["given"], it["suggested"]) for it in data["issues"]] == [(g, s) for _, g, s, _ in project["issues"]]
     assert data["images"][data["issues"][0]["img"]]["split"] == "test"
-    for it in data["issues"]:
-        assert data["thumbs"][it["img"]].startswith("data:image/jpeg;base64,")
+    for it in data["issues"]:  # made from the original file (prepare keeps no copy)
+        path = data["images"][it["img"]]["path"]
+        assert data["thumbs"][it["img"]] == thumbs.data_uri(project["source"] / path)
     # cross-class pair first although the stage file lists the same-class pair first
     assert data["pairs"][0]["issue"] == "different classes"
     assert [r["class"] for r in data["noise"]] == list(CLASSES) and data["noise"][2]["rate"] == 0.2
@@ -171,6 +172,7 @@ def test_results_page_numbers_confusion_and_facts(project):
     wrong = sum(p[2] != p[3] for p in project["preds"])
     assert sum(data["matrix"][i][i] for i in range(3)) == len(project["preds"]) - wrong
     assert "0.3000 \u2013 0.9000" in html and "tf_efficientnet_lite0" in html and "abc123" in html
+    assert data["thumbs"] == [thumbs.data_uri(project["source"] / p[0]) for p in project["preds"]]
     assert all(t and t.startswith("data:image/jpeg") for t in data["thumbs"])
     assert sum(b["count"] for b in data["bins"]) == len(project["preds"]) and len(data["bins"]) == 10
 

@@ -17,7 +17,7 @@ from conftest import run_stage
 from folderfit.cli import build_parser
 from folderfit.commands import predict as predict_command
 from folderfit.errors import PipelineError
-from folderfit.images.decode import STORED_FORMAT
+from folderfit.artifacts.manifest import read_manifest
 
 
 def predict(*argv: str) -> None:
@@ -45,6 +45,11 @@ def project(tmp_path_factory, request) -> Path:
     return root
 
 
+def listed(project: Path, split: str) -> list[Path]:
+    """The original files prepare listed for `split` (prepare keeps no copies)."""
+    return sorted(Path(str(path)) for path, _ in read_manifest(project / "data/prepared")[1][split])
+
+
 def read_csv(path: Path) -> list[dict]:
     with open(path, newline="", encoding="utf-8") as fh:
         return list(csv.DictReader(fh))
@@ -52,13 +57,15 @@ def read_csv(path: Path) -> list[dict]:
 
 def test_predict_equals_evaluate(project):
     run_stage("evaluate", project)
-    predict(str(project / "data/prepared/test"), "--output", str(project / "preds.csv"),
+    scored = sorted(row["prepared_file"] for row in read_csv(project / "metrics/eval/predictions.csv"))
+    assert [project / f for f in scored] == listed(project, "test")  # the originals, as read
+    predict(*[str(project / f) for f in scored], "--output", str(project / "preds.csv"),
             "--model", str(project / "models/model.pt"), "--precision", "fp32",
             "--batch-size", "3", "--top-k", "2")
     expected = {row["prepared_file"]: row for row in read_csv(project / "metrics/eval/predictions.csv")}
     got = {Path(row["path"]).relative_to(project).as_posix(): row
            for row in read_csv(project / "preds.csv")}
-    # prepared copies are PNG whatever the source (lossless: issue 24), JPEG sources included
+    # evaluate decodes the originals as predict does (issue 24), JPEG sources included
     assert sorted(got) == sorted(expected) and any("/j" in r["path"] for r in expected.values())
     for name, row in got.items():
         assert row["predicted"] == expected[name]["predicted"], name
@@ -83,7 +90,7 @@ def test_folder_with_bad_file_cli(project, tmp_path):
     """Recursive folder, hidden and non-image files ignored, a broken image reported and
     skipped, exit code 1, the good images still written (JSON lines)."""
     folder = tmp_path / "incoming"
-    good = sorted((project / "data/prepared/train").rglob("*" + STORED_FORMAT))[:4]
+    good = listed(project, "train")[:4]
     for i, f in enumerate(good):
         target = folder / ("nested" if i % 2 else "") / f"img{i}.png"
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -108,7 +115,7 @@ def test_folder_with_bad_file_cli(project, tmp_path):
 
 
 def test_explicit_files_and_missing_path(project, capsys):
-    files = sorted((project / "data/prepared/train").rglob("*" + STORED_FORMAT))[:2]
+    files = listed(project, "train")[:2]
     with pytest.raises(SystemExit) as exit_info:
         predict(*[str(f) for f in files], str(project / "nope.png"),
                 "--model", str(project / "models/model.pt"), "--precision", "fp32")
@@ -138,7 +145,7 @@ def test_device_and_precision_flags(project, capsys, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on a CPU-only Linux machine
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
     model = str(project / "models/model.pt")
-    images = str(sorted((project / "data/prepared/train").rglob("*" + STORED_FORMAT))[0])
+    images = str(listed(project, "train")[0])
     predict(images, "--model", model, "--device", "cpu", "--precision", "fp32")
     assert capsys.readouterr().out.count("\n") == 2  # header + one row
     with pytest.raises(PipelineError, match=r"^--device cuda:3: no CUDA GPU visible .*use --device auto"):
@@ -152,7 +159,7 @@ def test_device_and_precision_flags(project, capsys, monkeypatch):
 
 def test_existing_output_is_refused_without_force(project, tmp_path):
     """`predict -o data/corrections.csv` used to overwrite it silently (issue 24)."""
-    image = str(next((project / "data/prepared/test").rglob("*" + STORED_FORMAT)))
+    image = str(listed(project, "test")[0])
     model = str(project / "models/model.pt")
     target = tmp_path / "corrections.csv"
     target.write_text("file,action\nx.png,drop\n")
@@ -172,7 +179,7 @@ def test_nan_model_is_a_one_line_error(project, tmp_path, capsys):
         if tensor.is_floating_point():
             tensor.fill_(float("nan"))
     torch.save(payload, tmp_path / "nan.pt")
-    image = str(next((project / "data/prepared/test").rglob("*" + STORED_FORMAT)))
+    image = str(listed(project, "test")[0])
     with pytest.raises(PipelineError, match="non-finite|NaN") as exc:
         predict(image, "--model", str(tmp_path / "nan.pt"), "-o", str(tmp_path / "p.csv"))
     assert "\n" not in str(exc.value) and not (tmp_path / "p.csv").exists()
@@ -183,7 +190,7 @@ def test_extreme_aspect_ratio_is_a_reported_skip(project, tmp_path, capsys):
     from PIL import Image
 
     Image.new("RGB", (6000, 1)).save(tmp_path / "line.png")
-    image = str(next((project / "data/prepared/test").rglob("*" + STORED_FORMAT)))
+    image = str(listed(project, "test")[0])
     with pytest.raises(SystemExit) as stop:
         predict(image, str(tmp_path / "line.png"), "--model", str(project / "models/model.pt"))
     assert stop.value.code == 1

@@ -31,16 +31,18 @@ def test_large_jpeg_is_drafted_and_keeps_its_size(tmp_path):
     assert stored.size == (107, 80) and stored.tobytes() == decode.shrink(img, 64).tobytes()
 
 
-def test_decode_one_returns_the_stored_copy_losslessly_encoded(tmp_path):
+def test_decode_one_returns_the_hash_size_and_thumbnail_but_no_copy(tmp_path):
+    from folderfit.frozen import similarity
+
     path = tmp_path / "big.jpg"
     big_jpeg(path)
-    pixel_hash, blob, (size, thumbnail) = prepare.decode_one(path, 64)
-    assert size == (2400, 1800) and len(pixel_hash) == 64
-    assert thumbnail.shape == (32 * 32,) and thumbnail.dtype == np.uint8
-    back = Image.open(io.BytesIO(blob))
-    assert "." + back.format.lower() == decode.STORED_FORMAT
-    assert back.tobytes() == decode.stored_image(path, 64)[1].tobytes()
-    assert prepare.decode_one(tmp_path / "missing.jpg", 64)[0] is None
+    pixel_hash, reason, (size, thumbnail) = prepare.decode_one(path, 64)
+    img, stored, _ = decode.stored_image(path, 64)
+    assert size == (2400, 1800) and reason is None
+    assert pixel_hash == decode.pixel_hash(img) and len(pixel_hash) == 64
+    assert np.array_equal(thumbnail, similarity.thumbnail_pixels(stored)) and thumbnail.dtype == np.uint8
+    missing, reason, _ = prepare.decode_one(tmp_path / "missing.jpg", 64)
+    assert missing is None and reason.startswith("cannot read")
 
 
 def test_progress_prints_plain_lines_when_not_a_terminal(monkeypatch):

@@ -1,5 +1,6 @@
-"""One preprocessing path: evaluate's input for a prepared copy is predict's input for the
-original file (issue 24: a lossy stored copy made them differ by up to 0.32 in confidence)."""
+"""One preprocessing path: evaluate's input for a prepared image is predict's input for the
+original file (issue 24: a lossy stored copy made them differ by up to 0.32 in confidence;
+prepare now keeps no copy, and evaluate decodes the original the way predict does)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import tiny_project as T
 import torch
 from PIL import Image
 
+from folderfit.artifacts import manifest as prepared_manifest
 from folderfit.artifacts.model_file import load_model_file
 from folderfit.images import datasets, decode
 
@@ -49,11 +51,13 @@ def manifest(project: Path) -> list[dict]:
 
 
 def test_prepared_copy_gives_predicts_input(project):
-    """Eval path on the prepared copy == predict path on the original, pixel for pixel."""
+    """Eval path on a prepared image == predict path on the original, pixel for pixel."""
     loaded = load_model_file(project / "models/model.pt")
     rows = manifest(project)
-    assert len(rows) == 12 and all(r["file"].endswith(decode.STORED_FORMAT) for r in rows)
-    samples = [(project / "data/prepared" / r["file"], 0) for r in rows]
+    assert len(rows) == 12
+    samples = [(prepared_manifest.image_path(project / "data/prepared", r), 0) for r in rows]
+    # the manifest names the originals: no pixels are kept under data/prepared
+    assert [s[0].resolve() for s in samples] == [(project / "src" / r["source"]).resolve() for r in rows]
     evaluated = datasets.ImageTensorDataset(samples, datasets.eval_geometry(loaded.preprocess))
     for k, row in enumerate(rows):
         original = project / "src" / row["source"]
@@ -71,7 +75,7 @@ def test_probabilities_agree(project):
     originals = [project / "src" / r["source"] for r in rows]
     probs, order, failed = model_classifier.predict_files(loaded, originals, 5, "fp32", progress=False, device="cpu")
     assert not failed and order == list(range(len(rows)))
-    samples = [(project / "data/prepared" / r["file"], 0) for r in rows]
+    samples = [(prepared_manifest.image_path(project / "data/prepared", r), 0) for r in rows]
     dataset = datasets.ImageTensorDataset(samples, datasets.eval_geometry(loaded.preprocess))
     batch = torch.stack([dataset[i][0] for i in range(len(dataset))])
     normalizer = datasets.Normalizer(loaded.preprocess.mean, loaded.preprocess.std)

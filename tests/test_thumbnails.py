@@ -8,7 +8,7 @@ import tiny_project as T
 from conftest import run_stage, write_params
 
 from folderfit.frozen import similarity
-from folderfit.images.decode import STORED_FORMAT
+from folderfit.artifacts import manifest
 from folderfit.paths import THUMBNAILS_NAME
 from folderfit.pipeline.review import prepared_thumbnails, read_rows
 
@@ -19,9 +19,9 @@ def test_prepared_thumbnails_equal_the_files(tmp_path, monkeypatch):
     run_stage("prepare", tmp_path)
     monkeypatch.chdir(tmp_path)
     prepared = tmp_path / "data/prepared"
-    files = sorted(p.relative_to(tmp_path) for p in prepared.rglob("*" + STORED_FORMAT))
+    files = [manifest.image_path("data/prepared", r) for r in read_rows()]
     known = prepared_thumbnails(read_rows())
-    assert sorted(known) == sorted(f.as_posix() for f in files)
+    assert sorted(known) == sorted(f.as_posix() for f in files) and len(files) == 15
     assert np.array_equal(similarity.thumbnails(files, known), similarity.thumbnails(files))
     # a thumbnails file that does not match the manifest is ignored (the images are read)
     np.save(prepared / THUMBNAILS_NAME, np.zeros((3, 1024), np.uint8))

@@ -19,6 +19,7 @@ from conftest import make_repo, run
 from tiny_project import make_image_folder
 
 from folderfit.artifacts import learned_from
+from folderfit.artifacts.manifest import image_path
 
 
 def _rows(path: Path) -> list[dict]:
@@ -71,7 +72,8 @@ def test_no_scored_image_was_learned_from(tmp_path, layout):
     manifest = _rows(repo / "data/prepared/manifest.csv")
     by_split = {}
     for row in manifest:
-        by_split.setdefault(row["split"], set()).add(f"data/prepared/{row['file']}")
+        # the file as the stages name it (run in the repository)
+        by_split.setdefault(row["split"], set()).add(image_path(Path("data/prepared"), row).as_posix())
     learned = learned_from.read_learned_from(repo / "metrics/train")
     scored = {row["prepared_file"] for row in _rows(repo / "metrics/eval/predictions.csv")}
     headline = json.loads((repo / "metrics/eval.json").read_text())

@@ -11,7 +11,8 @@ A cached vector is found by two digests:
   folderfit.compute.cpu_engine), the precision (fp32 / bf16 / fp16: a bf16 vector differs from an
   fp32 one), the device kind (cpu / cuda / mps: other kernels), the batch shape (kernels are
   chosen by shape) and FEATURE_VERSION;
-* the image: sha256 of the prepared file's bytes.
+* the image: sha256 of the image file's bytes (the original prepare listed), with the
+  image_size its stored copy is made for.
 Loaded vectors are checked: a pack whose checksum (sha256 of its keys and numbers, stored in
 it) does not match, whose width is not the backbone's, or that holds NaN/Inf is discarded
 with a one-line note, deleted, and its vectors recomputed. (The checksum catches a damaged or
@@ -353,7 +354,9 @@ class FeatureExtractor:
     def keys(self, files: list[Path]) -> list[str]:
         for f in files:
             if f not in self._keys:
-                self._keys[f] = sha256_file(f)
+                # a listed original's stored copy also depends on the size prepare made it for
+                size = getattr(f, "image_size", 0)
+                self._keys[f] = sha256_file(f) + (f"@{size}" if size else "")
         return [self._keys[f] for f in files]
 
     def features(self, files: list[Path], view: View = CLEAN, desc: str = "features") -> torch.Tensor:

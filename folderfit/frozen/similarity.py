@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from folderfit.images import decode
+
 THUMBNAIL = 32  # px, grayscale
 THUMBNAIL_CORRELATION = 0.998  # from here two thumbnails are one picture (resized/re-encoded)
 _CHUNK = 2048  # rows per block of the pairwise products, at most
@@ -79,14 +81,17 @@ def thumbnail_pixels(img) -> np.ndarray:
 def thumbnails(files: list[Path], known: dict | None = None) -> np.ndarray:
     """[N, 32*32] float32: each file as a grayscale 32x32 thumbnail, centred and scaled to
     unit length, so the dot product of two rows is their pixel correlation. `known`: file ->
-    thumbnail_pixels already made (by prepare); the others are read from the file."""
+    thumbnail_pixels already made (by prepare); the others are read from the file (a file
+    prepare listed: from its stored copy, as prepare made them)."""
     from PIL import Image
 
     known = known or {}
     rows = np.zeros((len(files), THUMBNAIL * THUMBNAIL), dtype=np.float32)
     for i, file in enumerate(files):
         pixels = known.get(Path(file).as_posix())
-        if pixels is None:
+        if pixels is None and isinstance(file, decode.SourceImage):  # as prepare made it
+            pixels = thumbnail_pixels(decode.read_prepared(file))
+        elif pixels is None:
             with Image.open(file) as img:
                 pixels = thumbnail_pixels(img)
         rows[i] = pixels

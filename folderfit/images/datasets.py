@@ -1,4 +1,4 @@
-"""Prepared images as network input: geometry (train crops, eval resize + centre crop),
+"""Prepared images (the original files prepare listed) as network input: geometry (train crops, eval resize + centre crop),
 normalisation on the compute device, and datasets of uint8 tensors.
 
 Training reads uint8 tensors (decoded once and kept in memory while they fit in
@@ -57,13 +57,18 @@ class Normalizer(torch.nn.Module):
 
 
 def decode_file(path: Path) -> torch.Tensor:
-    """A prepared (RGB, small, lossless) image file as a uint8 CHW tensor: the pixels
-    folderfit.images.decode computed from the original, so evaluate sees what predict sees.
-    Pillow reads the uncompressed stored copy (torchvision.io does not read BMP)."""
+    """An image as a uint8 CHW tensor. A file prepare listed (decode.SourceImage, from
+    folderfit.artifacts.manifest) gives its stored copy, checked against the manifest's pixel
+    hash (decode.read_prepared): the pixels predict computes from it, so evaluate sees what
+    predict sees. Any other path: the file's pixels as they are (RGB)."""
     from PIL import Image
 
-    with Image.open(path) as img:
-        pixels = np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
+    stored_copy = getattr(path, "stored_copy", None)  # decode imports this module: no import back
+    if stored_copy is not None:
+        pixels = np.asarray(stored_copy())
+    else:
+        with Image.open(path) as img:
+            pixels = np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
     return torch.from_numpy(pixels.copy()).permute(2, 0, 1).contiguous()
 
 

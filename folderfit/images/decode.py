@@ -1,5 +1,6 @@
-"""The one path from an image file to the network's input, shared by prepare, evaluate (through
-the prepared copy), predict, folderfit.load and export's preprocessing contract.
+"""The one path from an image file to the network's input, shared by prepare, evaluate and
+training (which read the original files prepare listed: read_prepared), predict,
+folderfit.load and export's preprocessing contract.
 
     file --decode--> upright 8-bit RGB --shrink--> stored copy --eval geometry--> network input
                      (decode_upright)             (shrink)       (datasets.eval_geometry)
@@ -9,9 +10,10 @@ the prepared copy), predict, folderfit.load and export's preprocessing contract.
   the stored side); EXIF orientation applied; every mode made 8-bit RGB (to_rgb).
 * shrink: the shorter side is brought down to STORE_MARGIN x image_size (never enlarged),
   PIL bicubic with reducing_gap 3.
-* prepare writes the stored copy losslessly (uncompressed BMP), so reading it back gives the
-  very pixels predict computes from the original file: evaluate's per-image probabilities equal
-  predict's on the original (tested in tests/test_preprocess_path.py).
+* prepare writes no copy: the later stages decode the original file through stored_image
+  again (read_prepared, which checks the pixels against the manifest's hash), so they see the
+  very pixels predict computes from it: evaluate's per-image probabilities equal predict's on
+  the original (tested in tests/test_preprocess_path.py).
 
 Size limits (checked from the header, before any pixel is decoded):
 * aspect ratio (longer / shorter side) at most MAX_ASPECT: the eval resize brings the shorter
@@ -34,6 +36,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from folderfit.errors import PipelineError
+from folderfit.support.fileio import sha256_bytes, sha256_file
+
 STORE_MARGIN = 1.25  # stored copy: shorter side at most this x image_size
 # JPEG draft only while the shorter side stays >= this x the stored side. libjpeg's reduced
 # IDCT is itself a proper downscale, so no margin is needed (1.0 against 2.0 halved prepare's
@@ -42,7 +47,6 @@ DRAFT_GAP = 1.0
 MAX_ASPECT = 20.0  # longer side / shorter side
 # 16-bit and 32-bit grey images: the bit depths a sample range is read as (see to_rgb)
 DEPTHS = (8, 10, 12, 14, 16)
-STORED_FORMAT = ".bmp"  # lossless: the stored copy is exactly what predict computes
 NOT_AN_IMAGE = "not an image file (unrecognised content)"
 
 
@@ -196,22 +200,77 @@ def stored_image(path: str | Path, image_size: int) -> tuple[Image.Image, Image.
     return img, shrink(img, image_size), size
 
 
-def encode_stored(img: Image.Image) -> bytes:
-    """The stored copy as an uncompressed 24-bit BMP: lossless, and the cheapest format to
-    write and to read back (PNG was most of prepare's time per photo; docs/speed.md has the
-    figures). The price is disk: several times the bytes of a PNG. Browsers and every image
-    library show BMP."""
-    import io
+def pixel_hash(img: Image.Image) -> str:
+    """sha256 of an image's size and RGB bytes (decode_upright's output): the manifest's
+    content hash, the same for a byte copy and for the same picture in another lossless format."""
+    return sha256_bytes(f"{img.size}".encode() + img.tobytes())
 
-    buf = io.BytesIO()
-    img.save(buf, format="BMP")
-    return buf.getvalue()
+
+class SourceChanged(PipelineError):
+    """A file prepare listed is gone or no longer holds what prepare read. A DataLoader worker's
+    exception reaches the main process rebuilt from its traceback text (torch does that), so
+    the message is cut back to its own last line: still one line for the user."""
+
+    def __init__(self, message: str):
+        if "\n" in message:
+            last = message.rstrip().splitlines()[-1]
+            message = last.split(f"{type(self).__name__}: ", 1)[-1]
+        super().__init__(message)
+
+
+class SourceImage(type(Path())):
+    """An original image file as prepare's manifest names it (folderfit.artifacts.manifest):
+    its path, plus the pixel hash prepare recorded and the image_size it prepared for, so the
+    reader can check that the file still holds what prepare saw (read_prepared)."""
+
+    sha256 = ""
+    image_size = 0
+
+    def stored_copy(self) -> Image.Image:
+        return read_prepared(self)
+
+    def __reduce__(self):  # to DataLoader workers with its facts (Path's own drops them)
+        return source_image, (str(self), self.sha256, self.image_size)
+
+
+def source_image(path: str | Path, sha256: str, image_size: int) -> SourceImage:
+    out = SourceImage(path)
+    out.sha256, out.image_size = sha256, int(image_size)
+    return out
+
+
+def content_hash(path: str | Path) -> str:
+    """The content of an image: the manifest's pixel hash for a file prepare listed (a byte
+    copy or a lossless re-save of a picture has the same), else the sha256 of the file's bytes."""
+    if isinstance(path, SourceImage) and path.sha256:
+        return path.sha256
+    return sha256_file(path)
+
+
+def read_prepared(path: SourceImage) -> Image.Image:
+    """The stored copy (stored_image) of a file prepare listed, after checking that its
+    decoded pixels still have the manifest's hash: evaluate and training see exactly the
+    pixels predict computes from the file, and a file changed or removed since prepare is a
+    one-line error, never a silent different read."""
+    again = "rerun `dvc repro` so prepare reads data.source again"
+    try:
+        img, stored, _ = stored_image(path, path.image_size)
+    except BadImage as exc:
+        if not os.path.lexists(path):
+            raise SourceChanged(f"{path}: not found, but prepare listed it in its manifest; put "
+                                f"it back, or {again}") from None
+        raise SourceChanged(f"{path}: can no longer be read ({exc}), but prepare read it; "
+                            f"if it changed, {again}") from None
+    if pixel_hash(img) != path.sha256:
+        raise SourceChanged(f"{path}: changed since prepare (its pixels no longer match the "
+                            f"manifest's sha256); {again}")
+    return stored
 
 
 def network_image(source, pre):
     """uint8 CHW tensor after the eval geometry, for an image file path or a PIL image: what
     predict, folderfit.load and export's parity check feed the network (evaluate reads the
-    stored copy and applies the same geometry)."""
+    same stored copy through read_prepared and applies the same geometry)."""
     import torch
 
     if isinstance(source, Image.Image):

@@ -1,4 +1,4 @@
-"""Image folders: scan and validate an ImageFolder, decode, split, store small.
+"""Image folders: scan and validate an ImageFolder, split.
 
 The manifest that prepare writes of the result is folderfit.artifacts.manifest.
 
@@ -9,14 +9,12 @@ Decisions (the user-facing side: docs/data.md):
   folders (DVC does not look inside them, so a change there would never rerun prepare),
   broken links and pipes are listed, not read. Any depth works (an explicit stack).
 * Layout: top-level folders named like splits mean the user's split (detect_layout).
-* Names: whatever bytes a name holds, reports carry its printable UTF-8 form (printable) and
-  stored names fit the file system's 255 bytes (fit_name).
-* Every image is stored as RGB with its EXIF orientation applied; transparency is composited
-  on white; 16-bit images are scaled to 8 bit by their bit depth (imageio.to_rgb).
-* Stored images are at most `STORE_MARGIN` x image_size on their shorter side (never
-  upscaled), so training decodes small files, and always lossless (imageio.STORED_FORMAT):
-  the stored copy is exactly what predict computes from the original (folderfit.images.decode, the
-  one path).
+* Names: whatever bytes a name holds, reports carry its printable UTF-8 form (printable); the
+  manifest keeps the real name too (folderfit.artifacts.manifest.file_entry).
+* Every image is read as RGB with its EXIF orientation applied; transparency is composited
+  on white; 16-bit images are scaled to 8 bit by their bit depth (decode.to_rgb).
+* No copy is stored: every stage decodes the original file through folderfit.images.decode
+  (the one path, predict's too) to at most `STORE_MARGIN` x image_size on its shorter side.
 * The split is stratified per class and seeded. Identical images (same decoded pixels, so also
   a PNG and a BMP of one picture) are one group and always land in the same split, even when
   they sit under two classes (a label conflict): no leakage through duplicates.
@@ -33,7 +31,6 @@ Feeding the prepared images to a network is folderfit.images.datasets.
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import stat
 from collections import Counter, defaultdict
@@ -56,7 +53,6 @@ SPLITS = ("train", "val", "test")
 SPLIT_FOLDERS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 
 
-NAME_MAX = 255  # bytes in one file name (Linux file systems)
 
 
 LINKED_FOLDER = ("link to a folder, not read: DVC does not track what a linked folder holds, so "
@@ -88,18 +84,6 @@ def printable(name: str) -> str:
 
 
 _CONTROL_ESCAPES = {c: f"\\x{c:02x}" for c in [*range(0x20), *range(0x7f, 0xa0)]}
-
-
-def fit_name(stem: str, ext: str = "") -> str:
-    """`stem + ext` as a file or folder name of at most NAME_MAX bytes. A longer stem is cut at
-    a character boundary and ends in `~` and 8 hex digits of its hash, so two long names that
-    differ only at the end stay different."""
-    raw = stem.encode("utf-8")
-    room = NAME_MAX - len(ext.encode("utf-8"))
-    if len(raw) <= room:
-        return stem + ext
-    tag = "~" + hashlib.sha256(raw).hexdigest()[:8]
-    return raw[:room - len(tag)].decode("utf-8", "ignore") + tag + ext
 
 
 # ------------------------------------------------------------------ scanning

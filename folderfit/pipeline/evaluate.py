@@ -149,8 +149,8 @@ def copies_summary(copies, probs, labels, fresh_probs, fresh_labels, n_classes: 
 
 
 def source_paths(prepared: Path) -> dict[str, str]:
-    """Prepared file -> its path relative to data.source, from prepare's manifest."""
-    return {(prepared / r["file"]).as_posix(): r["source"] for r in manifest.read_manifest_rows(prepared)}
+    """Image file (manifest.image_path) -> its path relative to data.source, from prepare's manifest."""
+    return {manifest.image_path(prepared, r).as_posix(): r["source"] for r in manifest.read_manifest_rows(prepared)}
 
 
 def score(loaded, samples, batch_size: int, rt, show_progress: bool | None = None) -> tuple[np.ndarray, np.ndarray]:

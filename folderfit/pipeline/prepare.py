@@ -1,4 +1,6 @@
-"""Stage `prepare` (library side): data.source (an ImageFolder) -> data/prepared/<split>/<class>/... + manifest.
+"""Stage `prepare` (library side): data.source (an ImageFolder) -> data/prepared/manifest.csv
+(+ thumbnails): each row names the ORIGINAL file, its split, class and pixel hash; no pixels
+are copied, so data/ and DVC's cache grow by a manifest, not by a second set of photos.
 
 Layout (folderfit.images.image_folder.detect_layout): top-level folders named like splits (train, val, valid,
 validation, test; any case) hold the user's split, each with the class folders inside; val
@@ -13,14 +15,15 @@ two of the user's train/val/test folders are leakage: listed as a warning, or wi
 `data.on_leak: fail` prepare stops before replacing anything.
 
 Names: any name the file system allows is read; reports and the manifest hold its printable
-form (folderfit.images.image_folder.printable), stored names are cut to the file system's limit (fit_name).
+form (folderfit.images.image_folder.printable), the manifest's `file` column its real path too.
 
 Images are decoded by a pool of processes (one per core, results taken in input order, so the
 output does not depend on the core count) through folderfit.images.decode, the path predict takes
-too: the stored copy (lossless, imageio.STORED_FORMAT) holds exactly the pixels predict
-computes from the original, so what evaluate scores is what predict answers. Progress: folderfit.support.progress.
-Each image is encoded into a staging folder as soon as it is decoded, so memory does not grow
-with the data set; two prepares at once in one project: the second stops (exclusive); the finished folder replaces data/prepared in one rename (fileio.staged_dir),
+too; the later stages decode the same original the same way (decode.read_prepared, which
+checks its pixels against the manifest's hash), so what evaluate scores is what predict
+answers. Progress: folderfit.support.progress. Only the hash, size and a 32x32 thumbnail of
+each image are kept, so memory grows little with the data set; two prepares at once in one
+project: the second stops (exclusive); the finished folder replaces data/prepared in one rename (fileio.staged_dir),
 after metrics/data.json is written. Any failure, a full disk included, leaves both as they were.
 """
 
@@ -28,9 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import itertools
 import os
-import shutil
 import sys
 from collections import defaultdict, deque
 from pathlib import Path
@@ -44,53 +45,28 @@ from folderfit.images import decode, image_folder
 from folderfit.paths import DATA_REPORT, PREPARED, THUMBNAILS_NAME
 from folderfit.support.fileio import (
     check_dvc_cache_room,
-    sha256_bytes,
     staged_dir,
     write_json,
 )
 from folderfit.support.progress import progress
 from folderfit.support.report import say
 
-STAGING = ".staging"  # inside the temp output dir: encoded images before their split is known
 MAX_LISTED = 10  # leak pairs named in the error message (all are printed as warnings)
 MIN_POOL_JOBS = 16  # fewer images are decoded in this process
 MAX_WORKERS = 32
 WINDOW_PER_WORKER = 8  # decoded images waiting per worker (bounds memory, keeps workers busy)
 
 
-class Stager:
-    """Writes encoded images to numbered files in a staging folder; knows how much it wrote,
-    so a full disk can be reported with the space the whole output needs."""
-
-    def __init__(self, folder: Path):
-        self.folder = folder
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self._ids = itertools.count()
-        self.written = self.count = 0
-        self.expected = 0  # image files to stage in all
-
-    def put(self, blob: bytes, ext: str) -> Path:
-        path = self.folder / f"{next(self._ids):07d}{ext}"
-        self.written += len(blob)
-        self.count += 1
-        path.write_bytes(blob)
-        return path
-
-    def estimate(self) -> int:
-        """Bytes the staged images will take once all are written (extrapolated)."""
-        return round(self.written * max(self.expected, self.count) / max(1, self.count))
-
-
 def decode_one(path: Path, image_size: int):
-    """Worker: (pixel hash, stored copy as encoded bytes, (full upright size, thumbnail)), or
-    (None, reason, None). The stored copy comes from folderfit.images.decode, the path predict also
-    takes; the review's 32x32 thumbnail is made from it here, while it is decoded."""
+    """Worker: (pixel hash, None, (full upright size, thumbnail)), or (None, reason, None).
+    The image is decoded through folderfit.images.decode, the path predict also takes (and the
+    later stages, from the same file: decode.read_prepared); the review's 32x32 thumbnail is
+    made from its stored copy here, while it is decoded."""
     try:
         img, stored, size = decode.stored_image(path, image_size)
     except decode.BadImage as exc:
         return None, str(exc), None
-    pixel_hash = sha256_bytes(f"{img.size}".encode() + img.tobytes())
-    return pixel_hash, decode.encode_stored(stored), (size, similarity.thumbnail_pixels(stored))
+    return decode.pixel_hash(img), None, (size, similarity.thumbnail_pixels(stored))
 
 
 def workers(n_jobs: int) -> int:
@@ -122,23 +98,21 @@ def decode_all(paths: list[Path], image_size: int):
             yield pending.popleft().result()
 
 
-def stage_all(jobs: list, image_size: int, stager: Stager, skipped: list) -> list:
-    """[record or None] for jobs [(Found, label, depth)]: each image decoded (in parallel) and
-    its stored copy staged; an unusable one is None with its reason added to `skipped`.
-    `depth`: leading parts of found.rel (split folder, class folder) not part of its name."""
+def decode_jobs(jobs: list, image_size: int, source: Path, skipped: list) -> list:
+    """[record or None] for jobs [(Found, label)]: each image decoded (in parallel); an
+    unusable one is None with its reason added to `skipped`. A record's `file` is the image's
+    real path below `source` (manifest.file_entry)."""
     out = []
-    results = decode_all([found.path for found, _, _ in jobs], image_size)
-    for (found, label, depth), (pixel_hash, blob, facts) in zip(
+    results = decode_all([found.path for found, _ in jobs], image_size)
+    for (found, label), (pixel_hash, reason, facts) in zip(
             jobs, progress(results, total=len(jobs), desc="prepare", unit="images")):
         if pixel_hash is None:
-            skipped.append({"file": found.rel, "reason": blob})
+            skipped.append({"file": found.rel, "reason": reason})
             out.append(None)
             continue
-        *folders, name = found.rel.split("/")[depth:]
-        stem, _ = os.path.splitext(name)
+        real = Path(os.path.relpath(found.path, source)).as_posix()
         out.append({"rel": found.rel, "label": label, "sha256": pixel_hash,
-                    "stem": "__".join([*folders, stem]), "ext": decode.STORED_FORMAT,
-                    "staged": stager.put(blob, decode.STORED_FORMAT), "size": facts[0], "thumbnail": facts[1]})
+                    "file": manifest.file_entry(real), "size": facts[0], "thumbnail": facts[1]})
     return out
 
 
@@ -160,9 +134,8 @@ def _too_few_classes(where: str, usable: list, skipped: list = ()) -> PipelineEr
 
 
 def collect(source: Path, val_fraction: float, test_fraction: float, seed: int, image_size: int,
-            stager: Stager, fixes: dict | None = None):
-    """({split: [record]}, classes, report extras); the stored images go to `stager`;
-    `fixes` (data/corrections.csv) relabel or drop images before anything else sees them."""
+            fixes: dict | None = None):
+    """({split: [record]}, classes, report extras); `fixes` (data/corrections.csv) relabel or drop images before anything else sees them."""
     fixes, applied = fixes or {}, corrections.Applied()
     layout = image_folder.detect_layout(source)
     skipped = [{"file": f, "reason": r} for f, r in layout.skipped]
@@ -173,10 +146,8 @@ def collect(source: Path, val_fraction: float, test_fraction: float, seed: int, 
         classes, left_out = image_folder.read_image_folder(root, prefix)
         scanned[split] = classes
         skipped += [{"file": f, "reason": r} for f, r in left_out]
-    stager.expected = sum(len(files) for classes in scanned.values() for files in classes.values())
-    jobs = [(f, label, 2 if roots[split][1] else 1)
-            for split, classes in scanned.items() for label, files in classes.items() for f in files]
-    staged = iter(stage_all(jobs, image_size, stager, skipped))
+    jobs = [(f, label) for classes in scanned.values() for label, files in classes.items() for f in files]
+    staged = iter(decode_jobs(jobs, image_size, source, skipped))
     records = {split: {label: [r for _ in files if (r := next(staged))]
                        for label, files in classes.items()}
                for split, classes in scanned.items()}
@@ -286,25 +257,14 @@ def check_leaks(dups: dict, on_leak: str) -> None:
             f"or set data.on_leak: warn in params.yaml")
 
 
-def write_prepared(per_split: dict, tmp: Path) -> list[dict]:
-    """Move the staged images to tmp/<split>/<class>/ and write the manifest there. Stored
-    names are the source's path below its class folder joined by '__' (a/b/c.png ->
-    a__b__c.png), cut to the file system's limit (data.fit_name)."""
-    rows = []
-    for split in image_folder.SPLITS:
-        used = set()
-        for r in per_split.get(split, []):
-            stem, ext = r["stem"], r["ext"]
-            name, n = image_folder.fit_name(stem, ext), 1
-            while (r["label"], name) in used:  # a.png + a.bmp in one class: keep both
-                name, n = image_folder.fit_name(f"{stem}-{n}", ext), n + 1
-            used.add((r["label"], name))
-            rel_out = f"{split}/{image_folder.fit_name(r['label'])}/{name}"
-            target = tmp / rel_out
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(r["staged"], target)
-            rows.append({"file": rel_out, "source": r["rel"], "class": r["label"], "split": split,
-                         "sha256": r["sha256"], "width": r["size"][0], "height": r["size"][1]})
+def write_prepared(per_split: dict, tmp: Path, source: Path, image_size: int) -> list[dict]:
+    """Write the manifest (one row per image, naming its original file below data.source) and
+    the thumbnails into tmp: no pixels are copied (folderfit.artifacts.manifest)."""
+    root = manifest.source_root(source)
+    rows = [{"file": r["file"], "source": r["rel"], "class": r["label"], "split": split,
+             "sha256": r["sha256"], "width": r["size"][0], "height": r["size"][1],
+             "root": root, "image_size": image_size}
+            for split in image_folder.SPLITS for r in per_split.get(split, [])]
     manifest.write_manifest(tmp, rows)
     thumbnails = [r["thumbnail"] for split in image_folder.SPLITS for r in per_split.get(split, [])]
     np.save(tmp / THUMBNAILS_NAME, np.stack(thumbnails))  # manifest row order
@@ -375,20 +335,17 @@ def run(params) -> None:
 
 
 def _run(params, source: Path, fixes) -> None:
-    stager = None
-    with staged_dir(PREPARED, expected_size=lambda: stager.estimate() if stager else 0) as tmp:
-        stager = Stager(tmp / STAGING)
+    with staged_dir(PREPARED) as tmp:
         per_split, classes, extras = collect(source, params.data.val_fraction,
                                              params.data.test_fraction, params.seed,
-                                             params.data.image_size, stager, fixes)
+                                             params.data.image_size, fixes)
         dups = duplicates_report(per_split)
         for leak in dups["cross_split_duplicates"]:
             print(f"warning: identical images in different splits (leakage): {', '.join(leak)}",
                   file=sys.stderr)
         check_leaks(dups, params.data.on_leak)
-        rows = write_prepared(per_split, tmp)
-        shutil.rmtree(tmp / STAGING)
-        check_dvc_cache_room(tmp, PREPARED)  # DVC's copy of the images, before any swap
+        rows = write_prepared(per_split, tmp, source, params.data.image_size)
+        check_dvc_cache_room(tmp, PREPARED)  # DVC's copy of the manifest, before any swap
         report = build_report(rows, classes, extras, dups)
         corrections.write_test_record(tmp, report)
         write_json(DATA_REPORT, report)  # before the swap: a failure here leaves both as they were

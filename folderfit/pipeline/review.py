@@ -87,7 +87,7 @@ def read_rows(prepared: Path = PREPARED) -> list[dict]:
 
 
 def prepared_thumbnails(rows: list[dict], prepared: Path = PREPARED) -> dict:
-    """Prepared file -> the 32x32 thumbnail prepare stored for it, for the manifest `rows`
+    """Image file (manifest.image_path) -> the 32x32 thumbnail prepare stored for it, for the manifest `rows`
     (read_rows); empty when the thumbnails file is missing or does not match the manifest
     (then review reads the images)."""
     from folderfit.paths import THUMBNAILS_NAME
@@ -98,7 +98,7 @@ def prepared_thumbnails(rows: list[dict], prepared: Path = PREPARED) -> dict:
         return {}
     if pixels.ndim != 2 or len(pixels) != len(rows) or pixels.dtype != np.uint8:
         return {}
-    return {(prepared / r["file"]).as_posix(): row for r, row in zip(rows, pixels)}
+    return {manifest.image_path(prepared, r).as_posix(): row for r, row in zip(rows, pixels)}
 
 
 def review_views(params) -> list:
@@ -300,7 +300,7 @@ def write_review_dir(out: Path, rows, classes, probs, issues, pairs, distance, o
                   int(outliers[i]), *map(_r, probs[i])]
                  for i, r in enumerate(rows)])
     reports.gallery(out / "label_issues.png",
-              [(PREPARED / rows[i]["file"],
+              [(manifest.image_path(PREPARED, rows[i]),
                 f"{rows[i]['class']} -> {classes[suggested[i]]}\nscore {quality[i]:.3f}",
                 _shorten(rows[i]["source"], 36)) for i in issues["order"][:GALLERY_MAX]],
               f"label review: {min(GALLERY_MAX, len(flagged))} of {len(flagged)} suspects, "
@@ -345,7 +345,7 @@ def run(params) -> None:
         print(f"note: review: {line}", file=sys.stderr)
     extractor, engine_choice = train_feature_extractor(params, len(classes), rt)
     views = review_views(params)
-    files = [PREPARED / row["file"] for row in rows]
+    files = [manifest.image_path(PREPARED, row) for row in rows]
     mirror = None
     if params.augment.hflip == "auto":  # train's own mirror test decides, on the same vectors
         views, mirror = follow_mirror_test(extractor, files, rows, labels, len(classes))

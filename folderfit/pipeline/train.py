@@ -41,10 +41,10 @@ from folderfit.errors import PipelineError
 from folderfit.frozen import extractor as feature_extractor
 from folderfit.frozen import decisions as decision_rules
 from folderfit.frozen import feature_cache, learning_curve, probe
-from folderfit.images import datasets
+from folderfit.images import datasets, decode
 from folderfit.params import Params
 from folderfit.paths import MODEL_FILE, PREPARED, TIMING, TRAIN_DIR, TRAIN_METRICS
-from folderfit.support.fileio import mirror_files, sha256_file, staged_dir, write_json
+from folderfit.support.fileio import mirror_files, staged_dir, write_json
 from folderfit.support.memory import torch_compute_heap
 from folderfit.support.report import say
 from folderfit.tuning import batches, distributed, epoch_loop, freezing
@@ -119,7 +119,7 @@ def solve_head(built: architecture.BuiltModel, pre, params: Params, splits, rt, 
     labels = {split: torch.tensor([y for _, y in splits[split]]) for split in ("train", "val")}
     # copies of one picture share a fold in the cross-validation, the decision rules' folds and
     # the learning curve: each file is hashed once for all three
-    copies = [sha256_file(path) for path in files["train"] + files["val"]] if cv_folds or curve or decide else None
+    copies = [decode.content_hash(path) for path in files["train"] + files["val"]] if cv_folds or curve or decide else None
 
     def features(requests):
         return extractor.features_of([(files[split], view) for split, view in requests], "features")

@@ -17,6 +17,7 @@ import math
 from pathlib import Path
 
 from folderfit.artifacts import learning_curve_record
+from folderfit.artifacts.manifest import image_path
 from folderfit.paths import TRAIN_DIR
 from folderfit.results.pages import thumbs as page_thumbs
 from folderfit.results.pages.html import (
@@ -70,18 +71,17 @@ def reliability(confidence: list[float], correct: list[bool], n_bins: int) -> li
 
 
 def _image_file(row: dict, by_source: dict, prepared_dir: Path) -> Path | None:
-    """The prepared file of a prediction: via the manifest, else the row's prepared_file."""
+    """The image file of a prediction (the original, which the page shows as a thumbnail): via
+    the manifest, else the row's prepared_file."""
     m = by_source.get(row.get("path", ""))
     if m:
-        return prepared_dir / m["file"]
+        return image_path(prepared_dir, m)
     given = row.get("prepared_file") or ""
     if given:
         p = Path(given)
-        if p.is_file():
+        if p.is_file() or p.is_absolute():
             return p
-        parts = Path(given).parts
-        if "prepared" in parts:  # data/prepared/<split>/<class>/<file> relative to another cwd
-            return prepared_dir.joinpath(*parts[parts.index("prepared") + 1:])
+        return prepared_dir.parent.parent / p  # relative to the project that holds data/prepared
     return None
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from folderfit.artifacts.manifest import image_path
 from folderfit.results.pages import thumbs as page_thumbs
 from folderfit.results.pages.html import (
     esc,
@@ -66,7 +67,7 @@ def collect(review_dir: Path, prepared_dir: Path, *, thumbnails: bool = True) ->
             images.append({"path": path,
                            "class": row["class"] if row else fallback_class,
                            "split": row["split"] if row else (fallback_split or "?"),
-                           "file": str(prepared_dir / row["file"]) if row else None})
+                           "file": str(image_path(prepared_dir, row)) if row else None})
         return index[path]
 
     issue_items = [{"img": image(r["path"], r["given"]), "given": r["given"],
