@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from folderfit.artifacts import (
+    backbone_candidates,
     learned_from,
     learning_curve_record,
     manifest,
@@ -44,7 +45,7 @@ from folderfit.frozen import decisions as decision_rules
 from folderfit.frozen import feature_cache, learning_curve, probe
 from folderfit.images import datasets
 from folderfit.params import Params
-from folderfit.paths import CANDIDATES_NAME, MODEL_FILE, PREPARED, TIMING, TRAIN_DIR, TRAIN_METRICS
+from folderfit.paths import MODEL_FILE, PREPARED, TIMING, TRAIN_DIR, TRAIN_METRICS
 from folderfit.support.fileio import mirror_files, sha256_file, staged_dir, write_json
 from folderfit.support.memory import torch_compute_heap
 from folderfit.support.report import say
@@ -463,7 +464,7 @@ def _train(params: Params, ctx: distributed.DistContext, curves: Path | None) ->
     write_json(curves / "details.json", details)
     learned_from.write_learned_from(curves, learned)
     if strategy == "feature_extract" and picked:
-        write_json(curves / CANDIDATES_NAME, record)
+        backbone_candidates.write_candidates(curves, record)
     if cv is not None:
         learned_from.write_cv(curves, splits["train"] + splits["val"], cv)
     curve_s = None
