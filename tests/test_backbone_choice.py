@@ -98,7 +98,8 @@ def test_stratified_sample_keeps_class_shares_and_is_seeded():
 
 BASE = {"data.image_size": 32, "model_name": "tf_efficientnet_lite0", "precision": "fp32",
         "cpu_engine": "torch", "augment.hflip": False, "data.test_fraction": 0.2,
-        "evaluate.bootstrap": 0, "evaluate.cv_folds": 3, "backbone_choice.budget_s": 600}
+        "evaluate.bootstrap": 0, "evaluate.cv_folds": 3, "backbone_choice.mode": "auto",
+        "backbone_choice.budget_s": 600}
 
 
 @pytest.fixture(scope="module")
