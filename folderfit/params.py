@@ -40,6 +40,7 @@ DEVICE_CHOICES = "auto, cpu, cuda, cuda:N, mps"
 ON_LEAK = ("warn", "fail")
 TTA = ("auto", "flip", "none")
 CPU_ENGINES = ("auto", "onnxruntime", "openvino", "torch")  # folderfit.compute.cpu_engine
+BACKBONE_CHOICE = ("auto", "fast")  # folderfit.frozen.backbone_choice
 DEMO_MAX_PER_CLASS = 174  # scikit-learn's digits: the rarest digit (8) has 174 scans
 SEED_MAX = 2**32 - 1  # numpy's seed range, the narrowest of the seeded libraries
 COUNT_MAX = 1_000_000  # upper bound of epochs, patience, batch sizes: far beyond any real use
@@ -84,6 +85,13 @@ class PredictParams:
 
 
 @dataclass(frozen=True)
+class BackboneChoiceParams:
+    mode: str  # auto | fast (folderfit.frozen.backbone_choice)
+    budget_s: float
+    sample: int
+
+
+@dataclass(frozen=True)
 class ReviewParams:
     folds: int
     neighbours: int
@@ -114,6 +122,7 @@ class Params:
     compile: bool
     train_cmd: str
     augment: AugmentParams
+    backbone_choice: BackboneChoiceParams
     data: DataParams
     demo: DemoParams
     evaluate: EvaluateParams
@@ -232,6 +241,10 @@ def validate(p: Params) -> Params:
     _check_range(1 <= p.augment.feature_views <= 64, "augment.feature_views", "in 1..64",
                  p.augment.feature_views)
     _check_range(0 < p.augment.min_scale <= 1, "augment.min_scale", "in (0, 1]", p.augment.min_scale)
+    c = p.backbone_choice
+    _check_choice(c.mode, BACKBONE_CHOICE, "backbone_choice.mode")
+    _check_range(0 <= c.budget_s <= 1e6, "backbone_choice.budget_s", "in 0..1000000", c.budget_s)
+    _check_range(20 <= c.sample <= 10_000_000, "backbone_choice.sample", "in 20..10000000", c.sample)
     d = p.data
     _check_choice(d.on_leak, ON_LEAK, "data.on_leak")
     _check_range(0 < d.val_fraction < 1, "data.val_fraction", "in (0, 1)", d.val_fraction)

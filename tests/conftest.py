@@ -58,7 +58,9 @@ def params_with(**dotted):
 
 def write_params(workdir: Path, **dotted) -> None:
     """params.yaml in `workdir`: the repository's with dotted overrides ("data.source": ...)."""
-    (workdir / "params.yaml").write_text(yaml.safe_dump(repo_params(nested(dotted)), sort_keys=False))
+    # in-process stage tests keep one backbone (test_backbone_choice.py sets mode auto itself)
+    (workdir / "params.yaml").write_text(yaml.safe_dump(repo_params(merge_overrides(
+        {"backbone_choice": {"mode": "fast"}}, nested(dotted))), sort_keys=False))
 
 
 def run_stage(name: str, workdir: Path) -> None:

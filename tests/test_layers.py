@@ -120,6 +120,7 @@ def test_hand_over_files_are_named_in_code_by_their_owner_only():
               "manifest.csv": "artifacts/manifest.py", "learned_from.csv": "artifacts/learned_from.py",
               "cv_predictions.csv": "artifacts/learned_from.py", "models/model.pt": "paths.py"}
     owners |= {"LEARNING_CURVE": "artifacts/learning_curve_record.py", "learning_curve.json": "artifacts/learning_curve_record.py"}
+    owners |= {"CANDIDATES": "artifacts/backbone_candidates.py", "candidates.json": "artifacts/backbone_candidates.py"}
     for path in PACKAGE.rglob("*.py"):
         rel = path.relative_to(PACKAGE).as_posix()
         if rel == "paths.py" or rel.startswith("project/"):

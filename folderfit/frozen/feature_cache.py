@@ -359,6 +359,14 @@ class FeatureExtractor:
                 self._keys[f] = sha256_file(f) + (f"@{size}" if size else "")
         return [self._keys[f] for f in files]
 
+    def missing(self, files: list[Path], view: View = CLEAN) -> list[Path]:
+        """The files whose vector under `view` is not cached yet (nothing is computed)."""
+        if view not in self._caches:
+            folder = self.root / self.spec_digest(view) if self.root else None
+            self._caches[view] = FeatureCache(folder, self.feature_width)
+        vectors = self._caches[view].vectors
+        return [f for f, key in zip(files, self.keys(files)) if key not in vectors]
+
     def features(self, files: list[Path], view: View = CLEAN, desc: str = "features") -> torch.Tensor:
         """[len(files), feature dim] float32, in file order."""
         return self.features_of([(files, view)], desc)[0]

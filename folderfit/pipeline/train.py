@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from folderfit.artifacts import (
+    backbone_candidates,
     learned_from,
     learning_curve_record,
     manifest,
@@ -38,6 +39,7 @@ from folderfit.compute.runtime import (
     seed_everything,
 )
 from folderfit.errors import PipelineError
+from folderfit.frozen import backbone_choice
 from folderfit.frozen import extractor as feature_extractor
 from folderfit.frozen import decisions as decision_rules
 from folderfit.frozen import feature_cache, learning_curve, probe
@@ -106,13 +108,16 @@ def class_weights(params: Params, samples, n_classes: int) -> torch.Tensor | Non
 
 def solve_head(built: architecture.BuiltModel, pre, params: Params, splits, rt, weights, *, log=None,
                refit: bool = False, cv_folds: int = 0, calibrate: bool = False,
-               choice=None, curve: bool = False, decide: bool = False) -> tuple[probe.SolvedHead, probe.CrossValidation | None]:
+               choice=None, curve: bool = False, decide: bool = False,
+               known_cv: probe.CrossValidation | None = None) -> tuple[probe.SolvedHead, probe.CrossValidation | None]:
     """The head of the frozen backbone solved on its cached features (folderfit.frozen.probe) and
     put into the model; with `cv_folds`, also the cross-validation of that whole procedure
     over train + val (the honest estimate when there is no test split). `choice`: the
     engine choice made already (engine_choice), else made here. `curve`: also the learning
     curve (folderfit.frozen.learning_curve), in the result's `learning_curve`. `decide`: also
-    the decision rules (folderfit.frozen.decisions), in the returned head's `decisions`."""
+    the decision rules (folderfit.frozen.decisions), in the returned head's `decisions`.
+    `known_cv`: the cross-validation of this same procedure on these same images and folds,
+    made already (the backbone choice), used instead of solving it again."""
     model, head = feature_cache.backbone_only(built.model, built.head_name)
     extractor, engine_choice = feature_extractor.feature_extractor(model, pre, params, rt, choice)
     files = {split: [path for path, _ in splits[split]] for split in ("train", "val")}
@@ -125,16 +130,14 @@ def solve_head(built: architecture.BuiltModel, pre, params: Params, splits, rt, 
         return extractor.features_of([(files[split], view) for split, view in requests], "features")
 
     a = params.augment
-    hflip = probe.mirror_views_pay(a.hflip, len(files["train"]))
+    procedure = head_procedure(params, len(files["train"]), refit, weights, calibrate)
+    hflip = procedure["hflip"]
     if hflip != a.hflip:
         say(probe.size_note(len(files["train"])))
-    procedure = dict(hflip=hflip, n_views=a.feature_views, min_scale=a.min_scale,
-                     tta=params.evaluate.tta, refit=refit, class_weights=weights,
-                     label_smoothing=params.label_smoothing, calibrate=calibrate)
     solved = probe.solve(features, labels["train"], labels["val"], head.out_features,
                      seed=params.seed, log=log, **procedure)
-    cv = None
-    if cv_folds:
+    cv = known_cv if cv_folds else None
+    if cv_folds and cv is None:
         started = time.perf_counter()
         cv = probe.cross_validate(features, labels["train"], labels["val"], head.out_features,
                               folds=cv_folds, groups=copies, seed=params.seed, **procedure)
@@ -146,7 +149,8 @@ def solve_head(built: architecture.BuiltModel, pre, params: Params, splits, rt, 
                                                                             params, weights, head.out_features))
     if decide:
         rules = decision_rules.rules_for_head(
-            features, labels["train"], labels["val"], head.out_features, cv=cv, delivered_tta=solved.tta,
+            features, labels["train"], labels["val"], head.out_features, cv=cv or known_cv,
+            delivered_tta=solved.tta,
             target_accuracy=params.predict.target_accuracy, folds=params.evaluate.cv_folds,
             groups=copies, seed=params.seed, **procedure)
         solved = dataclasses.replace(solved, decisions=rules)
@@ -185,6 +189,100 @@ def solve_head(built: architecture.BuiltModel, pre, params: Params, splits, rt, 
         say(f"head: confidences calibrated on val: temperature {c['temperature']:.3g} "
               f"(val loss {c['val_loss']:.4f} -> {c['val_loss_calibrated']:.4f}; predictions unchanged)")
     return solved, cv
+
+
+def head_procedure(params: Params, n_train: int, refit: bool, weights, calibrate: bool) -> dict:
+    """probe.solve's keyword arguments for this run (hflip auto: off above the size rule)."""
+    a = params.augment
+    return dict(hflip=probe.mirror_views_pay(a.hflip, n_train), n_views=a.feature_views,
+                min_scale=a.min_scale, tta=params.evaluate.tta, refit=refit, class_weights=weights,
+                label_smoothing=params.label_smoothing, calibrate=calibrate)
+
+
+def choose_backbone(built: architecture.BuiltModel, pre, params: Params, splits, rt, weights, choice,
+                    n_classes: int) -> backbone_choice.Choice | None:
+    """feature_extract: the candidates of backbone_choice tried on train + val
+    (folderfit.frozen.backbone_choice), or None when there is nothing to try (mode fast, a
+    model_name or weights other than the bundled ones)."""
+    if params.backbone_choice.mode == "fast":
+        return None
+    if len(backbone_choice.candidates(params.model_name, params.weights, params.data.image_size)) == 1:
+        say(f"backbone choice: nothing to choose ({params.model_name}, weights {params.weights}: "
+            f"only the bundled tf_efficientnet_lite0/1/2 with weights default are compared)")
+        return None
+    copies = [decode.content_hash(path) for path, _ in splits["train"] + splits["val"]]
+    procedure = head_procedure(params, len(splits["train"]), params.refit_head, weights, True)
+
+    def build(candidate):
+        other = architecture.build_model(candidate.model_name, n_classes, params.weights, params.seed)
+        backbone, _ = feature_cache.backbone_only(prepare_model(other.model, rt), other.head_name)
+        return backbone, other.preprocess.with_image_size(candidate.image_size)
+
+    backbone, head = feature_cache.backbone_only(built.model, built.head_name)
+    try:
+        default = feature_extractor.feature_extractor(backbone, pre, params, rt, choice)
+        return backbone_choice.choose(params, splits, rt, procedure,
+                                      folds=params.evaluate.cv_folds or decision_rules.DEFAULT_FOLDS,
+                                      groups=copies, n_classes=n_classes, default_extractor=default,
+                                      say=say, build=build)
+    finally:
+        architecture.set_submodule(built.model, built.head_name, head)
+
+
+def choice_record(picked: backbone_choice.Choice, params: Params) -> dict:
+    """metrics/train/candidates.json (no wall times: two identical runs write the same bytes)."""
+    from folderfit.results.metrics import accuracy_interval
+
+    labels = None
+    rows = []
+    for t in picked.tried:
+        row = {"model_name": t.candidate.model_name, "image_size": t.candidate.image_size,
+               "status": t.status if t.status == "skipped" or t.candidate != picked.chosen else "chosen",
+               "default": t.status == "default"}
+        if t.cv is not None:
+            labels = t.cv.labels.numpy()
+            correct = int((t.cv.probs.argmax(1) == t.cv.labels).sum())
+            low, high = accuracy_interval(correct, len(labels))
+            row.update(accuracy=round(correct / len(labels), 6), accuracy_ci=[round(low, 6), round(high, 6)])
+            if t.candidate in picked.compared:
+                diff, dlow, dhigh = picked.compared[t.candidate]
+                row.update(difference=round(diff, 6), difference_ci=[round(dlow, 6), round(dhigh, 6)])
+        if t.reason:
+            row["reason"] = t.reason
+        rows.append(row)
+    nested_correct = int((picked.nested.argmax(1) == labels).sum())
+    low, high = accuracy_interval(nested_correct, len(labels))
+    return {"mode": params.backbone_choice.mode, "chosen": picked.chosen.model_name,
+            "image_size": picked.chosen.image_size, "requested": params.model_name,
+            "images": int(len(labels)), "sampled": picked.sampled,
+            "rule": "model_name unless a candidate's paired 95% bootstrap interval of the out-of-fold "
+                    "accuracy difference lies above 0; then the most accurate such candidate",
+            "nested": {"accuracy": round(nested_correct / len(labels), 6),
+                       "accuracy_ci": [round(low, 6), round(high, 6)],
+                       "chosen_per_fold": [c.model_name for c in picked.nested_chosen],
+                       "what": "each outer fold scored by the candidate the rule picks on the other folds"},
+            "candidates": rows}
+
+
+def say_choice_table(record: dict, picked: backbone_choice.Choice) -> None:
+    seconds = {(t.candidate.model_name, t.candidate.image_size): t for t in picked.tried}
+    say(f"backbone choice on {record['images']} train + val images"
+        f"{' (a stratified sample)' if record['sampled'] else ''}, out-of-fold accuracy (Wilson 95%), "
+        f"paired difference vs {record['requested']} (bootstrap 95%):")
+    for row in record["candidates"]:
+        t = seconds[row["model_name"], row["image_size"]]
+        acc = (f"{row['accuracy']:.3f} ({row['accuracy_ci'][0]:.3f}-{row['accuracy_ci'][1]:.3f})"
+               if "accuracy" in row else "-")
+        diff = (f"{row['difference']:+.3f} ({row['difference_ci'][0]:+.3f} to {row['difference_ci'][1]:+.3f})"
+                if "difference" in row else "-")
+        status = row["status"] + (" (default)" if row["default"] and row["status"] == "chosen" else "")
+        say(f"  {row['model_name']:<22} {row['image_size']:>4}px  {acc:<22} {diff:<26} "
+            f"{t.seconds:6.1f} s ({t.computed} vectors computed)  {status}"
+            + (f": {row['reason']}" if "reason" in row else ""))
+    n = record["nested"]
+    say(f"backbone choice: {record['chosen']} @{record['image_size']} px; choose-then-deliver, nested "
+        f"out of fold: {n['accuracy']:.4f} ({n['accuracy_ci'][0]:.3f}-{n['accuracy_ci'][1]:.3f}), "
+        f"folds chose {', '.join(n['chosen_per_fold'])}")
 
 
 def engine_choice(built: architecture.BuiltModel, pre, params: Params, rt):
@@ -266,15 +364,40 @@ def _train(params: Params, ctx: distributed.DistContext, curves: Path | None) ->
           f"{numerics_text(rt, strategy, choice)}")
     log = EpochLog(curves, live=TRAIN_DIR / "plots") if ctx.is_main else None
     checkpointer = None
+    picked = None  # feature_extract: the backbone choice (folderfit.frozen.backbone_choice)
     # On a GPU the heavy batches are evaluate.batch_size for feature_extract, batch_size otherwise.
     batch_key, batch = (("evaluate.batch_size", params.evaluate.batch_size)
                         if strategy == "feature_extract" else ("batch_size", params.batch_size))
     # closing(): the curves are flushed however training ends.
     with gpu_memory_guard(batch_key, batch), (contextlib.closing(log) if log else contextlib.nullcontext()):
         if strategy == "feature_extract":
+            choice_started = time.perf_counter()
+            picked = choose_backbone(built, pre, params, splits, rt, weights, choice, len(classes))
+            choice_s = time.perf_counter() - choice_started if picked else None
+            known_cv = None
+            if picked:
+                record = choice_record(picked, params)
+                say_choice_table(record, picked)
+                chosen = picked.chosen
+                if chosen.model_name != params.model_name:
+                    params = backbone_choice.candidate_params(params, chosen)
+                    built = architecture.build_model(chosen.model_name, len(classes), params.weights, params.seed)
+                    pre = built.preprocess.with_image_size(chosen.image_size)
+                    n_frozen = freezing.frozen_stage_count(strategy, params.freeze_layers, len(built.stages))
+                    freezing.apply_freezing(built.model, built.stages, n_frozen)
+                    built.model = model = prepare_model(built.model, rt)
+                    choice = picked.engine
+                # the same procedure on the same images and folds: no second solve of it
+                known_cv = None if picked.sampled else picked.cv_of(chosen)
             solved, cv = solve_head(built, pre, params, splits, rt, weights, log=log,
                                     refit=params.refit_head, cv_folds=cv_folds, calibrate=True,
-                                    choice=choice, curve=True, decide=True)
+                                    choice=choice, curve=True, decide=True, known_cv=known_cv)
+            if picked and cv is not None:
+                # the honest estimate is of "choose, then deliver": the nested one (the sampled
+                # rows; the rest took no part in the choice and keep the chosen one's)
+                probs = cv.probs.clone()
+                probs[torch.from_numpy(picked.rows)] = torch.from_numpy(picked.nested)
+                cv = dataclasses.replace(cv, probs=probs)
             numerics = solved.feature_engine  # what really ran (a failed export: torch)
             flip, tta = solved.hflip, solved.tta
             outcome = {"best_val_accuracy": solved.fit.val_accuracy, "best_val_loss": solved.fit.val_loss}
@@ -284,6 +407,10 @@ def _train(params: Params, ctx: distributed.DistContext, curves: Path | None) ->
                        "head_path": solved.fit.path}
             if cv is not None:
                 details["cv"] = {"folds": cv.folds, "l2": cv.l2, "hflip": cv.hflip}
+            if picked:
+                details["backbone_choice"] = {k: record[k] for k in ("requested", "chosen", "image_size")}
+                if cv is not None:
+                    details["cv"]["estimate"] = "nested: the backbone choice inside the folds"
         else:
             flip, tta = _flips_for_epochs(params, built, pre, splits, rt, weights, choice)
             # validated (and so scored) in the precision of the warm start's features
@@ -336,6 +463,8 @@ def _train(params: Params, ctx: distributed.DistContext, curves: Path | None) ->
                                decisions=rules.to_payload() if rules else None)
     write_json(curves / "details.json", details)
     learned_from.write_learned_from(curves, learned)
+    if strategy == "feature_extract" and picked:
+        backbone_candidates.write_candidates(curves, record)
     if cv is not None:
         learned_from.write_cv(curves, splits["train"] + splits["val"], cv)
     curve_s = None
@@ -347,7 +476,11 @@ def _train(params: Params, ctx: distributed.DistContext, curves: Path | None) ->
     write_json(TRAIN_METRICS, headline)
     wall = time.perf_counter() - started
     write_json(TIMING, {"train_wall_s": round(wall, 2),
-                        **({"learning_curve_s": round(curve_s, 2)} if curve_s is not None else {})})
+                        **({"learning_curve_s": round(curve_s, 2)} if curve_s is not None else {}),
+                        **({"backbone_choice_s": round(choice_s, 2),
+                            "backbone_candidates_s": {f"{t.candidate.model_name}@{t.candidate.image_size}":
+                                                      round(t.seconds, 2) for t in picked.tried}}
+                           if strategy == "feature_extract" and picked else {})})
     if checkpointer:
         checkpointer.finish()  # only now: the outputs it could have recovered are written
     say(f"train: val accuracy {headline['best_val_accuracy']:.4f}, {wall:.1f} s -> {MODEL_FILE}")

@@ -16,7 +16,7 @@ import json
 import math
 from pathlib import Path
 
-from folderfit.artifacts import learning_curve_record
+from folderfit.artifacts import backbone_candidates, learning_curve_record
 from folderfit.artifacts.manifest import image_path
 from folderfit.paths import TRAIN_DIR
 from folderfit.results.pages import thumbs as page_thumbs
@@ -304,6 +304,7 @@ def render(data: dict) -> str:
         f'<section><h2>Per class</h2>{_per_class(data["per_class"])}</section>'
         f'<section><h2>Calibration</h2>{_calibration(data["bins"], s.get("ece"))}</section>'
         f'{_more_photos(data.get("learning_curve"))}'
+        f'{_backbones(data.get("backbones"))}'
         f'<section><h2>When it abstains</h2>{_decisions(data.get("decisions"), data.get("coverage") or [])}</section>')
     return page("folderfit results", header, body, json_script("data", data), SCRIPT)
 
@@ -316,6 +317,7 @@ def write(eval_dir: Path, prepared_dir: Path, out: Path, *, facts: dict,
     `train_dir` when it wrote one (None: not shown). Atomic."""
     data = collect(eval_dir, prepared_dir, facts=facts)
     data["learning_curve"] = learning_curve_record.read_learning_curve(train_dir) if train_dir else None
+    data["backbones"] = backbone_candidates.read_candidates(train_dir) if train_dir else None
     write_text(out, render(data))
     return Path(out)
 
@@ -373,6 +375,35 @@ for (const td of document.querySelectorAll('#cm td.cell')) td.onclick = () => {
 };
 document.body.dataset.ready = '1';
 """
+
+
+def _backbones(record: dict | None) -> str:
+    """"Backbone": the candidates train's choice tried (folderfit.frozen.backbone_choice), when
+    it made one."""
+    if not record:
+        return ""
+
+    def interval(row: dict, key: str, signed: bool = False) -> str:
+        value, ci = row.get(key), row.get(f"{key}_ci")
+        if not isinstance(value, (int, float)) or not isinstance(ci, list) or len(ci) != 2:
+            return ""
+        fmt = "{:+.3f}" if signed else "{:.3f}"
+        return f"{fmt.format(value)} ({fmt.format(ci[0])} to {fmt.format(ci[1])})"
+
+    rows = "".join(
+        f'<tr data-status="{esc(r.get("status", ""))}"><td class="l">{esc(r.get("model_name", ""))}</td>'
+        f'<td>{esc(r.get("image_size", ""))}</td><td>{esc(interval(r, "accuracy"))}</td>'
+        f'<td>{esc(interval(r, "difference", True))}</td>'
+        f'<td class="l">{esc(r.get("status", ""))}{esc(": " + r["reason"] if r.get("reason") else "")}</td></tr>'
+        for r in record["candidates"] if isinstance(r, dict))
+    nested = record.get("nested") or {}
+    return (f'<section><h2>Backbone</h2><p class="muted">Out-of-fold accuracy of each candidate on '
+            f'{esc(record.get("images", "?"))} train + val photos{" (a sample)" if record.get("sampled") else ""}, '
+            f'same folds for all; {esc(record.get("requested", "model_name"))} is kept unless another\'s '
+            f'paired 95% interval of the difference lies above 0. Choosing then delivering, scored '
+            f'out of fold with the choice nested: {esc(interval(nested, "accuracy"))}.</p>'
+            f'<table id="backbones"><tr><th class="l">backbone</th><th>px</th><th>accuracy (95%)</th>'
+            f'<th>difference (95%)</th><th class="l"></th></tr>{rows}</table></section>')
 
 
 def _more_photos(record: dict | None) -> str:
