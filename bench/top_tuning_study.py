@@ -99,6 +99,7 @@ class Top(nn.Module):
         self.conv_head = copy.deepcopy(model.conv_head)
         self.bn2 = copy.deepcopy(model.bn2)
         self.classifier = nn.Linear(model.conv_head.out_channels, model.classifier.out_features)
+        self.eval()  # BN running stats stay frozen, whatever mode `model` was in
 
     def pooled(self, x):
         if self.block is not None:
