@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
 import os
 import sys
 from collections import defaultdict, deque
@@ -46,6 +47,7 @@ from folderfit.paths import DATA_REPORT, PREPARED, THUMBNAILS_NAME
 from folderfit.support.fileio import (
     check_dvc_cache_room,
     staged_dir,
+    write_bytes,
     write_json,
 )
 from folderfit.support.progress import progress
@@ -267,7 +269,11 @@ def write_prepared(per_split: dict, tmp: Path, source: Path, image_size: int) ->
             for split in image_folder.SPLITS for r in per_split.get(split, [])]
     manifest.write_manifest(tmp, rows)
     thumbnails = [r["thumbnail"] for split in image_folder.SPLITS for r in per_split.get(split, [])]
-    np.save(tmp / THUMBNAILS_NAME, np.stack(thumbnails))  # manifest row order
+    # manifest row order; saved to memory first: numpy's own file write reports a full disk
+    # as a short write without an errno, which would not be recognised as one
+    buffer = io.BytesIO()
+    np.save(buffer, np.stack(thumbnails))
+    write_bytes(tmp / THUMBNAILS_NAME, buffer.getvalue())
     return rows
 
 
