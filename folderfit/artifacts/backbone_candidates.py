@@ -10,12 +10,11 @@ Schema: {"mode", "chosen", "image_size", "requested", "images", "sampled", "rule
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from folderfit.errors import PipelineError
 from folderfit.paths import TRAIN_DIR
-from folderfit.support.fileio import write_json
+from folderfit.support.fileio import read_json_if_present, write_json
 
 CANDIDATES = "candidates.json"
 
@@ -28,12 +27,9 @@ def read_candidates(folder: Path = TRAIN_DIR) -> dict | None:
     """The record, or None when train made no choice (mode fast, nothing to choose, another
     strategy, an older run)."""
     path = Path(folder) / CANDIDATES
-    if not path.is_file():
+    record = read_json_if_present(path, "dvc repro train")
+    if record is None:
         return None
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PipelineError(f"{path}: unreadable ({exc}); rerun `dvc repro train`") from None
     if not isinstance(record, dict) or not isinstance(record.get("candidates"), list):
         raise PipelineError(f"{path}: not a backbone choice record (a `candidates` list); "
                             f"rerun `dvc repro train`")

@@ -7,12 +7,11 @@ Schema: {"folds", "fractions", "overall": {"photos_per_class", "accuracy"}, "cla
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from folderfit.errors import PipelineError
 from folderfit.paths import TRAIN_DIR
-from folderfit.support.fileio import write_json
+from folderfit.support.fileio import read_json_if_present, write_json
 
 LEARNING_CURVE = "learning_curve.json"
 
@@ -24,12 +23,9 @@ def write_learning_curve(folder: Path, record: dict) -> None:
 def read_learning_curve(folder: Path = TRAIN_DIR) -> dict | None:
     """The record, or None when train wrote none (fine_tune / full_tune, an older run)."""
     path = Path(folder) / LEARNING_CURVE
-    if not path.is_file():
+    record = read_json_if_present(path, "dvc repro train")
+    if record is None:
         return None
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PipelineError(f"{path}: unreadable ({exc}); rerun `dvc repro train`") from None
     classes = record.get("classes", {}) if isinstance(record, dict) else None
     if not isinstance(classes, dict) or not all(isinstance(v, dict) for v in classes.values()):
         raise PipelineError(f"{path}: not a learning curve record (a `classes` mapping of "

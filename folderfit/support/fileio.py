@@ -22,7 +22,7 @@ import stat
 import tempfile
 from pathlib import Path
 
-from folderfit.errors import OutputError
+from folderfit.errors import OutputError, PipelineError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -190,6 +190,18 @@ def write_text(path: str | Path, text: str) -> None:
 
 def write_json(path: str | Path, data) -> None:
     write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def read_json_if_present(path: str | Path, rerun: str):
+    """A stage's JSON output, or None where it was not written; an unreadable one is a
+    one-line error saying to run `rerun` (e.g. "dvc repro train")."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PipelineError(f"{path}: unreadable ({exc}); rerun `{rerun}`") from None
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:
